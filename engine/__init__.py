@@ -1,0 +1,54 @@
+"""bakeoff's inference engine: local generation (llama.cpp) and local retrieval.
+
+The public surface is small: ``Generator`` (GGUF generation with LoRA adapters),
+``Embedder`` (ONNX Runtime sentence embeddings), ``KnowledgeBase`` (HNSW + SQLite
+FTS5 retrieval with Numba scoring), their result types, ``hardware()``, the
+``models`` cache and the ``errors`` hierarchy.
+
+Heavy modules (ONNX Runtime, Numba, the native core) are imported on first use,
+so ``import engine`` and the CLI start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from engine import errors, models
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it; resolved lazily by __getattr__.
+_LAZY = {
+    "Generator": "engine.generator",
+    "Generation": "engine.generator",
+    "GenerationTimings": "engine.generator",
+    "ModelInfo": "engine.generator",
+    "Embedder": "engine.embedder",
+    "KnowledgeBase": "engine.kb",
+    "Hit": "engine.kb",
+    "SearchResult": "engine.kb",
+    "SearchTimings": "engine.kb",
+    "hardware": "engine.hardware",
+}
+
+__all__ = sorted([*_LAZY, "errors", "models", "__version__"])
+
+if TYPE_CHECKING:
+    from engine.embedder import Embedder
+    from engine.generator import Generation, GenerationTimings, Generator, ModelInfo
+    from engine.hardware import hardware
+    from engine.kb import Hit, KnowledgeBase, SearchResult, SearchTimings
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
