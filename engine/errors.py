@@ -85,3 +85,10 @@ __all__ = [
     "ModelError",
     "ModelFetchError",
 ]
+
+
+class BuildMismatchError(EngineError, ImportError):
+    """engine._core was built against another llama-cpp-python than the one installed."""
+
+
+__all__ += ["BuildMismatchError"]
