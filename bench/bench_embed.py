@@ -1,0 +1,108 @@
+"""Embedding stage: query latency and batch throughput, fp32 (baseline) vs int8, and int8's cost in quality.
+
+Run: ``.venv/bin/python -m pytest bench/bench_embed.py -o python_files='bench_*.py'``
+
+The corpus is real English prose: sentences of the docstrings of Python's own standard
+library, read with ``ast`` (no module is imported), sampled with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.embedder import Embedder
+
+QUERY = "How do I configure a logging handler to rotate files?"  # 10 words, a typical query
+CORPUS_SIZE = 3000
+QUERIES = 300
+BATCH_TEXTS = 512
+K = 10
+_medians_ms: dict[str, float] = {}
+
+
+def stdlib_sentences(seed: int = 0) -> list[str]:
+    """Distinct 6-60-word sentences from the standard library's docstrings, shuffled with ``seed``."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    seen: set[str] = set()
+    sentences: list[str] = []
+    for path in sorted(root.glob("*.py")) + sorted(root.glob("*/*.py")):
+        if "test" in path.parts or "idlelib" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for paragraph in re.split(r"\n\s*\n", ast.get_docstring(node) or ""):
+                for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(paragraph.split())):
+                    if 6 <= len(sentence.split()) <= 60 and sentence not in seen and not sentence.startswith(">>>"):
+                        seen.add(sentence)
+                        sentences.append(sentence)
+    random.Random(seed).shuffle(sentences)
+    return sentences
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[str]:
+    found = stdlib_sentences()
+    assert len(found) >= CORPUS_SIZE + QUERIES, f"only {len(found)} stdlib sentences"
+    return found
+
+
+@pytest.fixture(scope="module")
+def embedders(embedder_dir: Path) -> dict[str, Embedder]:
+    return {variant: Embedder(embedder_dir, variant=variant) for variant in ("fp32", "int8")}
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_query_latency(benchmark, embedders, claims, variant: str) -> None:
+    embedder = embedders[variant]
+    for _ in range(50):  # burn-in: thread pool spin-up, allocator warm-up
+        embedder.embed_query(QUERY)
+    benchmark.group = "embed-query"
+    benchmark.extra_info["tokens"] = embedder.count_tokens(QUERY) + 2
+    benchmark.pedantic(embedder.embed_query, args=(QUERY,), rounds=300, iterations=1)
+    median_ms = benchmark.stats.stats.median * 1e3
+    _medians_ms[variant] = median_ms
+    target = {"fp32": "<= 12", "int8": "<= 6"}[variant]
+    claims.add("embed", f"query p50 {variant} ({len(QUERY.split())}-word query)", median_ms, "ms", target)
+    if variant == "int8" and "fp32" in _medians_ms:
+        claims.add("embed", "query p50 int8/fp32", median_ms / _medians_ms["fp32"], "x", "< 1")
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_batch_throughput(benchmark, embedders, sentences, claims, variant: str) -> None:
+    embedder = embedders[variant]
+    texts = sentences[:BATCH_TEXTS]
+    embedder.embed(texts[:64])
+    benchmark.group = "embed-batch"
+    benchmark.extra_info["texts"] = len(texts)
+    benchmark.pedantic(embedder.embed, args=(texts,), rounds=3, iterations=1)
+    claims.add("embed", f"batch throughput {variant}", len(texts) / benchmark.stats.stats.median, "texts/s")
+
+
+def test_int8_parity_and_recall(embedders, sentences, claims) -> None:
+    corpus, queries = sentences[:CORPUS_SIZE], sentences[CORPUS_SIZE:CORPUS_SIZE + QUERIES]
+    vectors = {v: (e.embed(corpus), e.embed(queries)) for v, e in embedders.items()}
+    (c32, q32), (c8, q8) = vectors["fp32"], vectors["int8"]
+    cosine = np.concatenate([np.sum(c32 * c8, axis=1), np.sum(q32 * q8, axis=1)])
+    claims.add("embed", "int8 vs fp32 cosine, mean", cosine.mean(), "", ">= 0.995")
+    claims.add("embed", "int8 vs fp32 cosine, min", cosine.min(), "", ">= 0.99")
+    truth = np.argsort(-(q32 @ c32.T), axis=1)[:, :K]
+    found = np.argsort(-(q8 @ c8.T), axis=1)[:, :K]
+    overlap = np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth)])
+    top1_in_k = np.mean([t[0] in f for t, f in zip(truth, found)])
+    claims.add("embed", f"int8 recall@{K} loss vs fp32 exact search ({CORPUS_SIZE} sentences)",
+               100 * (1 - overlap), "points", "<= 1")
+    claims.add("embed", f"int8 recall 1@{K} loss (fp32 top-1 in int8 top-{K})", 100 * (1 - top1_in_k), "points",
+               "<= 1")
+    assert cosine.mean() > 0.99
