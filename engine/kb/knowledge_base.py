@@ -1,0 +1,438 @@
+"""``KnowledgeBase``: build, open, update and search a folder of embedded chunks.
+
+Layout of a knowledge base folder ``DIR``::
+
+    DIR/manifest.json          what is published (engine/kb/manifest.py)
+    DIR/.lock                  the writer lock (engine/kb/locking.py)
+    DIR/gen-NNNNNN/            one immutable generation (engine/kb/writer.py)
+        chunks.sqlite          chunk text, source, span, heading + FTS5 (engine/kb/store.py)
+        vectors.npy, ids.npy   float32 embeddings and their chunk ids
+        index.hnsw             hnswlib graph, inner product (engine/kb/index.py)
+
+Decisions a user can notice:
+
+- Writers (``build``, ``add``, ``remove``) hold ``DIR/.lock``; a second writer gets
+  ``KnowledgeBaseLockedError`` at once, or waits up to ``lock_timeout_s``. Readers take
+  no lock and keep reading the generation they opened while a writer publishes a new one.
+- ``open`` checks every file's size against the manifest (a truncated or missing file
+  is ``KnowledgeBaseCorruptError``), and its sha256 too when the files total at most
+  64 MiB (``verify="auto"``; ``"full"`` or ``"size"`` to choose).
+- A document is known by its absolute path. Re-adding it unchanged (same sha256) is a
+  no-op; changed, its chunks are replaced. Documents are content-addressed: a file
+  whose content is already indexed under another path is skipped and reported as a
+  duplicate, so the same text never fills two of the ``k`` hits.
+- Unusable files (empty, binary, not UTF-8, wrong suffix) are skipped and listed in
+  ``BuildReport.skipped``; ``strict=True`` raises ``DocumentError`` instead. A build
+  with no usable document raises ``InputError``.
+- A knowledge base opened with another embedder model or dimension raises
+  ``KnowledgeBaseMismatchError``; another variant of the same model (fp32 vs int8) is
+  accepted, since their vectors agree to within rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import scoring
+from engine.errors import (
+    DocumentError,
+    InputError,
+    KnowledgeBaseCorruptError,
+    KnowledgeBaseMismatchError,
+)
+from engine.kb import documents, index, manifest, writer
+from engine.kb.chunking import ChunkingConfig
+from engine.kb.documents import SkippedFile
+from engine.kb.index import HnswConfig
+from engine.kb.locking import LOCK_FILE, WriteLock
+from engine.kb.manifest import Manifest
+from engine.kb.store import ChunkStore
+from engine.kb.writer import BuildProgress, BuildReport
+
+PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
+Progress = Callable[[BuildProgress], None]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk.
+
+    Attributes:
+        chunk_id: the chunk's id in this knowledge base.
+        text: the chunk's text, exactly ``document[span[0]:span[1]]``.
+        source: absolute path of the document.
+        span: ``(start_char, end_char)`` character offsets in the document (UTF-8 decoded, BOM dropped).
+        heading: Markdown heading trail above the chunk ("Manual > Safety"), ``""`` if none.
+        score: fused relevance (weighted reciprocal-rank fusion of dense and bm25 ranks); higher is
+            better. Hits come in MMR order, so a later hit may score higher than an earlier one
+            that was chosen for being less redundant.
+    """
+
+    chunk_id: int
+    text: str
+    source: str
+    span: tuple[int, int]
+    heading: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchTimings:
+    """Wall time of each retrieval stage, in milliseconds."""
+
+    embed_ms: float
+    dense_search_ms: float
+    lexical_search_ms: float
+    scoring_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Hits best first, stage timings, and whether the query was cut to the embedder's window."""
+
+    query: str
+    hits: tuple[Hit, ...]
+    timings: SearchTimings
+    query_truncated: bool
+    query_embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseStats:
+    """What a knowledge base holds and how it was built."""
+
+    path: str
+    generation: str
+    documents: int
+    chunks: int
+    embedder_model: str
+    embedder_variant: str
+    dim: int
+    chunking: ChunkingConfig
+    hnsw: HnswConfig
+    size_bytes: int
+    warm_up_s: float
+
+
+class KnowledgeBase:
+    """A searchable, persistent set of chunks. Create with ``build``; reopen with ``open``."""
+
+    def __init__(self, directory: Path, embedder, current: Manifest, *, verify: str, warm_up_s: float,
+                 lock_timeout_s: float) -> None:
+        self.path = directory
+        self.embedder = embedder
+        self.lock_timeout_s = lock_timeout_s
+        self.build_report: BuildReport | None = None
+        self._verify = verify
+        self._warm_up_s = warm_up_s
+        self._search_lock = threading.Lock()
+        self._load(current)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def build(cls, paths: PathsLike, path: str | os.PathLike[str], *, embedder, chunk_tokens: int = 200,
+              overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(), progress: Progress | None = None,
+              strict: bool = False, lock_timeout_s: float = 0.0) -> KnowledgeBase:
+        """Build a knowledge base in folder ``path`` from documents, replacing what it held.
+
+        Args:
+            paths: ``.txt``/``.md`` files, folders (recursive) and globs.
+            path: the knowledge base folder; created if missing. An existing knowledge base
+                there is replaced atomically; a non-empty folder that is not one is refused.
+            embedder: an ``engine.embedder.Embedder``.
+            chunk_tokens: most tokens per chunk (at most the embedder's ``max_tokens - 2``).
+            overlap_tokens: most tokens shared by consecutive chunks.
+            hnsw: graph parameters (``HnswConfig``).
+            progress: called with a ``BuildProgress`` as documents and chunk batches finish.
+            strict: raise ``DocumentError`` for an unusable file instead of skipping it.
+            lock_timeout_s: seconds to wait for another writer before ``KnowledgeBaseLockedError``.
+
+        Returns:
+            The opened knowledge base; ``build_report`` says what was indexed and skipped.
+
+        Raises:
+            InputError: no usable documents, a path that does not exist, bad sizes.
+            DocumentError: with ``strict=True``, the first unusable file.
+            KnowledgeBaseLockedError: another process is writing ``path``.
+        """
+        chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
+        chunking.validate(embedder.max_tokens)
+        hnsw.validate()
+        directory = Path(path)
+        sources, skipped = documents.discover(paths)
+        if not sources and not skipped:
+            raise InputError(f"no documents (.txt or .md) found in {_describe(paths)}: point at files or folders that hold some")
+        directory.mkdir(parents=True, exist_ok=True)
+        _refuse_foreign(directory)
+        started = time.perf_counter()
+        with WriteLock(directory, lock_timeout_s):
+            docs, more_skipped = _inspect_all(sources, {}, strict)
+            skipped += more_skipped
+            if not docs:
+                reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
+                raise InputError(f"no usable documents in {_describe(paths)} ({reasons}): "
+                                 f"give UTF-8 .txt or .md files with text")
+            new, n_added, _, empty, indexed = writer.write_generation(
+                directory, None, embedder, chunking, hnsw, docs, [], progress)
+        if not indexed:
+            raise InputError(f"no text to index in {_describe(paths)}: the documents hold only headings or whitespace")
+        kb = cls.open(directory, embedder=embedder)
+        kb.build_report = BuildReport(tuple(indexed), (), (), (), tuple(skipped + empty), n_added, 0, new.chunks,
+                                      new.generation, time.perf_counter() - started)
+        return kb
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, embedder, verify: str = "auto",
+             lock_timeout_s: float = 0.0) -> KnowledgeBase:
+        """Open a knowledge base for searching (and updating with ``add``/``remove``).
+
+        Also compiles the scoring kernels (``scoring.warm_up``) so that the first query
+        pays no compile time; ``stats().warm_up_s`` says how long that took.
+
+        Args:
+            path: the folder given to ``build``.
+            embedder: an ``Embedder`` of the same model and dimension as the one that built it.
+            verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
+            lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
+
+        Raises:
+            KnowledgeBaseCorruptError: no manifest, or a file missing, truncated or failing its checksum.
+            KnowledgeBaseMismatchError: another embedder, dimension or format version.
+        """
+        directory = Path(path)
+        if not directory.is_dir():
+            raise KnowledgeBaseCorruptError(f"{directory} does not exist: build it with `bakeoff index`")
+        warm = scoring.warm_up()
+        for attempt in range(3):
+            current = manifest.read(directory)
+            _check_embedder(directory, current, embedder)
+            try:
+                return cls(directory, embedder, current, verify=verify, warm_up_s=warm, lock_timeout_s=lock_timeout_s)
+            except KnowledgeBaseCorruptError:
+                # A writer may have published and pruned between our reads: retry on the new manifest.
+                if attempt == 2 or manifest.read(directory).generation == current.generation:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _load(self, current: Manifest) -> None:
+        folder = self.path / current.generation
+        manifest.verify_files(folder, current.files, self._verify)
+        store = ChunkStore.open_readonly(folder / "chunks.sqlite")
+        try:
+            ids = np.load(folder / "ids.npy")
+            vectors = np.load(folder / "vectors.npy", mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:
+            store.close()
+            raise KnowledgeBaseCorruptError(f"{folder}: unreadable vectors ({error}): rebuild with `bakeoff index`") from None
+        if len(ids) != current.chunks or vectors.shape != (current.chunks, current.dim):
+            store.close()
+            raise KnowledgeBaseCorruptError(f"{folder}: vectors disagree with the manifest: rebuild with `bakeoff index`")
+        graph = index.load_graph(folder / "index.hnsw", current.dim, current.graph_elements, current.hnsw_ef)
+        old = getattr(self, "_store", None)
+        self.manifest = current
+        self._store, self._ids, self._vectors, self._graph = store, ids, vectors, graph
+        if old is not None:
+            old.close()
+
+    def close(self) -> None:
+        """Release the chunk store (the object must not be used afterwards)."""
+        self._store.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, paths: PathsLike, *, progress: Progress | None = None, strict: bool = False,
+            lock_timeout_s: float | None = None) -> BuildReport:
+        """Add documents: new ones are indexed, changed ones replaced, unchanged ones skipped.
+
+        Atomic: on any failure or kill the knowledge base stays as it was. This object
+        then sees the new generation.
+
+        Raises:
+            InputError: a path does not exist. DocumentError: with ``strict``, an unusable file.
+            KnowledgeBaseLockedError: another process is writing.
+        """
+        sources, skipped = documents.discover(paths)
+        return self._write(sources, [], skipped, progress, strict, lock_timeout_s)
+
+    def remove(self, source: str | os.PathLike[str], *, lock_timeout_s: float | None = None) -> BuildReport:
+        """Remove a document's chunks (by the path it was added with).
+
+        Raises:
+            InputError: the document is not in the knowledge base.
+            KnowledgeBaseLockedError: another process is writing.
+        """
+        name = documents.source_name(source)
+        return self._write([], [name], [], None, False, lock_timeout_s)
+
+    def _write(self, sources: list[str], removals: list[str], skipped: list[SkippedFile],
+               progress: Progress | None, strict: bool, lock_timeout_s: float | None) -> BuildReport:
+        started = time.perf_counter()
+        timeout = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
+        with WriteLock(self.path, timeout):
+            current = manifest.read(self.path)
+            _check_embedder(self.path, current, self.embedder)
+            for name in removals:
+                if name not in current.documents:
+                    raise InputError(f"{name} is not in the knowledge base {self.path}: see stats() or "
+                                     f"`bakeoff index --list` for what it holds")
+            unchanged = [s for s in sources if s in current.documents and _same(s, current)]
+            docs, more_skipped = _inspect_all([s for s in sources if s not in unchanged], current.documents, strict)
+            skipped = skipped + more_skipped
+            replaced = [d.source for d in docs if d.source in current.documents]
+            if not docs and not removals:
+                if current.generation != self.manifest.generation:
+                    self._load(current)  # another process published since we opened
+                return BuildReport((), (), tuple(unchanged), (), tuple(skipped), 0, 0, current.chunks,
+                                   current.generation, time.perf_counter() - started)
+            chunking = ChunkingConfig(current.chunk_tokens, current.overlap_tokens)
+            hnsw = HnswConfig(current.hnsw_M, current.hnsw_ef_construction, current.hnsw_ef)
+            new, n_added, n_removed, empty, indexed = writer.write_generation(
+                self.path, current, self.embedder, chunking, hnsw, docs, removals + replaced, progress)
+        self._load(new)
+        added = tuple(s for s in indexed if s not in replaced)
+        return BuildReport(added, tuple(replaced), tuple(unchanged), tuple(removals), tuple(skipped + empty),
+                           n_added, n_removed, new.chunks, new.generation, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ reading
+
+    def search(self, query: str, k: int = 5, *, candidates: int = 64, lam: float = 0.7, w_dense: float = 1.0,
+               w_lexical: float = 1.0, k_rrf: float = 60.0) -> SearchResult:
+        """The ``k`` best chunks for ``query``: dense (HNSW) and bm25 candidates, fused, diversified.
+
+        Args:
+            query: free text; cut to the embedder's ``max_tokens`` for the dense stage
+                (``SearchResult.query_truncated`` says so); bm25 uses its first 64 distinct words.
+            k: number of hits; all chunks when larger than the knowledge base.
+            candidates: how many candidates each of dense and lexical search contribute.
+            lam: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no diversification).
+            w_dense, w_lexical, k_rrf: weights and constant of reciprocal-rank fusion.
+
+        Raises:
+            InputError: an empty or whitespace query, ``k <= 0``, ``lam`` outside ``[0, 1]``.
+        """
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty: ask a question or give keywords")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise InputError(f"k={k!r}: ask for at least one hit (k >= 1)")
+        if not 0.0 <= lam <= 1.0:
+            raise InputError(f"lam={lam} must be between 0 (diversity only) and 1 (relevance only)")
+        with self._search_lock:
+            return self._search(query, int(k), max(int(candidates), int(k)), lam, w_dense, w_lexical, k_rrf)
+
+    def _search(self, query: str, k: int, n_candidates: int, lam: float, w_dense: float, w_lexical: float,
+                k_rrf: float) -> SearchResult:
+        t0 = time.perf_counter()
+        text, truncated = _truncate(query, self.embedder)
+        q = np.asarray(self.embedder.embed_query(text), np.float32)
+        t1 = time.perf_counter()
+        live = len(self._ids)
+        dense_ids, _ = index.search_graph(self._graph, q, n_candidates, live, self.manifest.hnsw_ef)
+        t2 = time.perf_counter()
+        lexical_ids, _ = self._store.lexical_search(query, n_candidates)
+        t3 = time.perf_counter()
+        ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf)
+        if len(ids):
+            rows = np.searchsorted(self._ids, ids)
+            relevance = fused / fused[0]
+            picked = scoring.mmr_select(self._vectors[rows], relevance, k, lam)
+        else:
+            picked = np.empty(0, np.int64)
+        t4 = time.perf_counter()
+        chunks = self._store.get(ids[picked])
+        hits = tuple(Hit(c.chunk_id, c.text, c.source, (c.start_char, c.end_char), c.heading, float(fused[i]))
+                     for c, i in zip(chunks, picked, strict=True))
+        t5 = time.perf_counter()
+        timings = SearchTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3, (t5 - t0) * 1e3)
+        return SearchResult(query, hits, timings, truncated, q)
+
+    def stats(self) -> KnowledgeBaseStats:
+        """Counts, parameters and on-disk size of the published generation this object reads."""
+        m = self.manifest
+        return KnowledgeBaseStats(
+            str(self.path), m.generation, len(m.documents), m.chunks, m.embedder_model, m.embedder_variant, m.dim,
+            ChunkingConfig(m.chunk_tokens, m.overlap_tokens), HnswConfig(m.hnsw_M, m.hnsw_ef_construction, m.hnsw_ef),
+            sum(f.size_bytes for f in m.files.values()), self._warm_up_s)
+
+    def sources(self) -> list[str]:
+        """The documents in the knowledge base (absolute paths), sorted."""
+        return sorted(self.manifest.documents)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _describe(paths: PathsLike) -> str:
+    if isinstance(paths, (str, os.PathLike)):
+        return os.fspath(paths)
+    return ", ".join(os.fspath(p) for p in paths) or "(no paths)"
+
+
+def _refuse_foreign(directory: Path) -> None:
+    allowed = {manifest.MANIFEST, LOCK_FILE, f".{manifest.MANIFEST}.tmp"}
+    foreign = [c.name for c in directory.iterdir() if c.name not in allowed and not writer.GENERATION.match(c.name)]
+    if foreign:
+        raise InputError(f"{directory} is not empty and is not a knowledge base (it holds {foreign[0]!r}): "
+                         f"choose an empty or new folder")
+
+
+def _check_embedder(directory: Path, current: Manifest, embedder) -> None:
+    if current.embedder_model != embedder.model_id or current.dim != embedder.dim:
+        raise KnowledgeBaseMismatchError(
+            f"knowledge base {directory} was built with embedder {current.embedder_model} ({current.dim} dims), "
+            f"opened with {embedder.model_id} ({embedder.dim} dims): rebuild with `bakeoff index`")
+
+
+def _same(source: str, current: Manifest) -> bool:
+    record = current.documents[source]
+    try:
+        if os.path.getsize(source) != record.size_bytes:
+            return False
+        return manifest.sha256_file(Path(source)) == record.sha256
+    except OSError:
+        return False
+
+
+def _inspect_all(sources: list[str], existing: dict, strict: bool) -> tuple[list[documents.DocumentInfo], list[SkippedFile]]:
+    """Validate documents; skip (or, strict, raise for) unusable ones and duplicate contents."""
+    by_content = {record.sha256: source for source, record in existing.items() if source not in sources}
+    docs, skipped = [], []
+    for source in sources:
+        try:
+            doc = documents.inspect(source)
+        except DocumentError as error:
+            if strict:
+                raise
+            skipped.append(SkippedFile(source, str(error).removeprefix(f"{source}: ")))
+            continue
+        if doc.sha256 in by_content:
+            skipped.append(SkippedFile(source, f"same content as {by_content[doc.sha256]} (indexed once)"))
+            continue
+        by_content[doc.sha256] = source
+        docs.append(doc)
+    return docs, skipped
+
+
+def _truncate(query: str, embedder) -> tuple[str, bool]:
+    """Cut ``query`` to what the embedder sees (max_tokens minus its 2 specials); cheap for short queries."""
+    limit = embedder.max_tokens - 2
+    if len(query) <= limit:
+        return query, False
+    offsets = embedder.token_offsets(query)
+    if len(offsets) <= limit:
+        return query, False
+    return query[: offsets[limit - 1][1]], True

@@ -1,0 +1,349 @@
+"""Scoring retrieved chunks: fuse dense and lexical candidates, diversify, trim to a budget.
+
+Three Numba kernels, each beside a plain NumPy reference that computes the same
+thing (tests/test_scoring.py holds them to agreement; bench/bench_scoring.py times
+them):
+
+- ``rrf_fuse``: weighted reciprocal-rank fusion of two ranked id lists into one
+  candidate set with fused scores.
+- ``mmr_select``: maximal marginal relevance, ``lam * relevance - (1 - lam) * max(0,
+  max similarity to what is already chosen)``, greedy. The kernel evaluates lazily
+  (a candidate's score can only fall as the selection grows, so a max-heap of stale
+  upper bounds finds the argmax after recomputing a handful of candidates); the
+  reference recomputes every candidate at every step. Same result, ties to the
+  lower index.
+- ``budget_select``: the same greedy MMR under a token budget (a candidate that no
+  longer fits is dropped), used by ``select_sentences`` to keep the most relevant,
+  least redundant sentences of the chosen chunks.
+
+Similarities are accumulated in float64 in both implementations so that their
+choices agree exactly on real data. ``warm_up()`` compiles (or loads from Numba's
+on-disk cache) every kernel and returns the seconds it took;
+``KnowledgeBase.open`` calls it so compilation never lands on a user's first query.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from engine.errors import InputError
+
+# ----------------------------------------------------------------------------- fusion
+
+
+@njit(cache=True, nogil=True)
+def _rrf_fuse_kernel(dense_ids, lexical_ids, w_dense, w_lexical, k_rrf):
+    n = dense_ids.shape[0] + lexical_ids.shape[0]
+    # Union by open addressing (linear probing) in a power-of-two table: O(n), no sort.
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = size - 1
+    slot_of = np.full(size, -1, np.int64)
+    ids = np.empty(n, np.int64)
+    scores = np.zeros(n, np.float64)
+    m = 0
+    for r in range(n):
+        if r < dense_ids.shape[0]:
+            key = dense_ids[r]
+            gain = w_dense / (k_rrf + r + 1.0)
+        else:
+            key = lexical_ids[r - dense_ids.shape[0]]
+            gain = w_lexical / (k_rrf + (r - dense_ids.shape[0]) + 1.0)
+        h = (np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+        s = np.int64(h) & mask
+        while slot_of[s] >= 0 and ids[slot_of[s]] != key:
+            s = (s + 1) & mask
+        if slot_of[s] < 0:
+            slot_of[s] = m
+            ids[m] = key
+            m += 1
+        scores[slot_of[s]] += gain
+    ids = ids[:m]
+    scores = scores[:m]
+    order = np.argsort(-scores)
+    ids = ids[order]
+    scores = scores[order]
+    # Equal scores in ascending id order (quicksort is not stable): sort each run of ties.
+    a = 0
+    while a < m:
+        b = a + 1
+        while b < m and scores[b] == scores[a]:
+            b += 1
+        for i in range(a + 1, b):  # insertion sort: runs of ties are short
+            v = ids[i]
+            j = i - 1
+            while j >= a and ids[j] > v:
+                ids[j + 1] = ids[j]
+                j -= 1
+            ids[j + 1] = v
+        a = b
+    return ids, scores
+
+
+def rrf_fuse_reference(dense_ids: np.ndarray, lexical_ids: np.ndarray, w_dense: float = 1.0,
+                       w_lexical: float = 1.0, k_rrf: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of ``rrf_fuse``."""
+    dense_ids = np.asarray(dense_ids, np.int64)
+    lexical_ids = np.asarray(lexical_ids, np.int64)
+    contrib = np.concatenate([w_dense / (k_rrf + np.arange(1, len(dense_ids) + 1, dtype=np.float64)),
+                              w_lexical / (k_rrf + np.arange(1, len(lexical_ids) + 1, dtype=np.float64))])
+    ids, inverse = np.unique(np.concatenate([dense_ids, lexical_ids]), return_inverse=True)
+    scores = np.bincount(inverse, weights=contrib, minlength=len(ids)).astype(np.float64)
+    rank = np.argsort(-scores, kind="stable")
+    return ids[rank], scores[rank]
+
+
+def rrf_fuse(dense_ids: np.ndarray, lexical_ids: np.ndarray, w_dense: float = 1.0,
+             w_lexical: float = 1.0, k_rrf: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted reciprocal-rank fusion of two ranked lists of ids (each best first, no repeats).
+
+    A candidate at 0-based rank ``r`` of a list gains ``w / (k_rrf + r + 1)``.
+
+    Returns:
+        ``(ids, scores)``: the union of both lists, best fused score first; equal
+        scores in ascending id order.
+    """
+    return _rrf_fuse_kernel(np.ascontiguousarray(dense_ids, np.int64), np.ascontiguousarray(lexical_ids, np.int64),
+                            float(w_dense), float(w_lexical), float(k_rrf))
+
+
+# ----------------------------------------------------------------------------- greedy MMR
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _before(key_a, idx_a, key_b, idx_b):
+    return key_a > key_b or (key_a == key_b and idx_a < idx_b)
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(keys, idx, size, i):
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        best = left
+        right = left + 1
+        if right < size and _before(keys[right], idx[right], keys[left], idx[left]):
+            best = right
+        if _before(keys[best], idx[best], keys[i], idx[i]):
+            keys[i], keys[best] = keys[best], keys[i]
+            idx[i], idx[best] = idx[best], idx[i]
+            i = best
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
+    """Greedy MMR with lazy re-evaluation; ``budget < 0`` means no token budget."""
+    n = relevance.shape[0]
+    d = vectors.shape[1]
+    selected = np.empty(min(k, n), np.int64)
+    if n == 0 or k <= 0:
+        return selected[:0]
+    keys = np.empty(n, np.float64)
+    idx = np.empty(n, np.int64)
+    for i in range(n):
+        keys[i] = lam * relevance[i]
+        idx[i] = i
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(keys, idx, n, i)
+    size = n
+    maxsim = np.zeros(n, np.float64)
+    seen = np.zeros(n, np.int64)
+    count = 0
+    remaining = budget
+    while count < selected.shape[0] and size > 0:
+        i = idx[0]
+        if budget >= 0 and tokens[i] > remaining:
+            size -= 1
+            keys[0] = keys[size]
+            idx[0] = idx[size]
+            _sift_down(keys, idx, size, 0)
+            continue
+        if seen[i] < count:
+            best = maxsim[i]
+            for s in range(seen[i], count):
+                j = selected[s]
+                acc = 0.0
+                for c in range(d):
+                    acc += np.float64(vectors[i, c]) * np.float64(vectors[j, c])
+                if acc > best:
+                    best = acc
+            maxsim[i] = best
+            seen[i] = count
+            keys[0] = lam * relevance[i] - (1.0 - lam) * best
+            _sift_down(keys, idx, size, 0)
+            continue
+        selected[count] = i
+        count += 1
+        if budget >= 0:
+            remaining -= tokens[i]
+        size -= 1
+        keys[0] = keys[size]
+        idx[0] = idx[size]
+        _sift_down(keys, idx, size, 0)
+    return selected[:count]
+
+
+def _greedy_reference(vectors, relevance, tokens, budget, k, lam):
+    n = len(relevance)
+    vectors = np.asarray(vectors, np.float64)
+    relevance = np.asarray(relevance, np.float64)
+    maxsim = np.zeros(n)
+    available = np.ones(n, bool)
+    remaining = budget
+    selected: list[int] = []
+    while len(selected) < min(k, n):
+        if budget >= 0:
+            available &= tokens <= remaining
+        if not available.any():
+            break
+        score = lam * relevance - (1.0 - lam) * maxsim
+        score[~available] = -np.inf
+        i = int(np.argmax(score))
+        selected.append(i)
+        available[i] = False
+        if budget >= 0:
+            remaining -= tokens[i]
+        np.maximum(maxsim, vectors @ vectors[i], out=maxsim)
+    return np.asarray(selected, np.int64)
+
+
+def _check_greedy(vectors, relevance, lam):
+    vectors = np.ascontiguousarray(vectors)
+    relevance = np.ascontiguousarray(relevance, np.float64)
+    if vectors.ndim != 2 or len(vectors) != len(relevance):
+        raise InputError(f"vectors {vectors.shape} and relevance {relevance.shape} must have one row per candidate")
+    if not 0.0 <= lam <= 1.0:
+        raise InputError(f"lam={lam} must be between 0 (diversity only) and 1 (relevance only)")
+    return vectors, relevance
+
+
+def mmr_select(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float = 0.7) -> np.ndarray:
+    """Pick ``k`` candidates by maximal marginal relevance (greedy, ties to the lower index).
+
+    Args:
+        vectors: ``(n, d)`` L2-normalised candidate embeddings (float32 or float64).
+        relevance: ``(n,)`` relevance of each candidate, best near 1 (e.g. normalised fused score).
+        k: how many to pick; all of them when ``k >= n``.
+        lam: weight of relevance against redundancy, in ``[0, 1]``.
+
+    Returns:
+        Indices into the candidates, in the order picked.
+
+    Raises:
+        InputError: shapes disagree or ``lam`` is outside ``[0, 1]``.
+    """
+    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    return _lazy_greedy(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(lam))
+
+
+def mmr_select_reference(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float = 0.7) -> np.ndarray:
+    """NumPy reference of ``mmr_select``."""
+    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    return _greedy_reference(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(lam))
+
+
+def budget_select(vectors: np.ndarray, relevance: np.ndarray, tokens: np.ndarray, budget_tokens: int,
+                  lam: float = 0.7) -> np.ndarray:
+    """Greedy MMR under a token budget: indices picked, in order, whose ``tokens`` sum to at most ``budget_tokens``."""
+    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    if budget_tokens < 0:
+        raise InputError(f"budget_tokens={budget_tokens} must be >= 0")
+    tokens = np.ascontiguousarray(tokens, np.int64)
+    return _lazy_greedy(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(lam))
+
+
+def budget_select_reference(vectors: np.ndarray, relevance: np.ndarray, tokens: np.ndarray, budget_tokens: int,
+                            lam: float = 0.7) -> np.ndarray:
+    """NumPy reference of ``budget_select``."""
+    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    tokens = np.asarray(tokens, np.int64)
+    return _greedy_reference(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(lam))
+
+
+# ----------------------------------------------------------------------------- sentences
+
+_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+
+
+@dataclass(frozen=True)
+class SelectedSentence:
+    """A sentence kept for the prompt: which chunk, its text, its span in the source document."""
+
+    chunk_index: int
+    text: str
+    start_char: int
+    end_char: int
+    tokens: int
+    relevance: float
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences (and list lines) of ``text``, trimmed of whitespace."""
+    spans = []
+    for match in _SENTENCE.finditer(text):
+        a, b = match.span()
+        while a < b and text[a].isspace():
+            a += 1
+        while b > a and text[b - 1].isspace():
+            b -= 1
+        if b > a:
+            spans.append((a, b))
+    return spans
+
+
+def select_sentences(chunks: Sequence[tuple[str, int]], query_embedding: np.ndarray, budget_tokens: int,
+                     embed: Callable[[list[str]], np.ndarray], count_tokens: Callable[[str], int],
+                     *, lam: float = 0.7) -> list[SelectedSentence]:
+    """The most relevant, least redundant sentences of ``chunks`` that fit ``budget_tokens``.
+
+    Args:
+        chunks: ``(text, start_char)`` of each chosen chunk (``Hit.text``, ``Hit.span[0]``).
+        query_embedding: ``(d,)`` normalised query vector.
+        budget_tokens: most tokens (embedder tokenizer) the selected sentences may total.
+        embed: the embedder's ``embed`` (normalised rows).
+        count_tokens: the embedder's ``count_tokens``.
+        lam: relevance against redundancy, in ``[0, 1]``.
+
+    Returns:
+        Selected sentences in reading order (chunk order, then position), with spans
+        in the source document.
+    """
+    items = []
+    for index, (text, start) in enumerate(chunks):
+        for a, b in split_sentences(text):
+            items.append((index, text[a:b], start + a, start + b))
+    if not items or budget_tokens <= 0:
+        return []
+    vectors = np.asarray(embed([t for _, t, _, _ in items]), np.float32)
+    relevance = vectors.astype(np.float64) @ np.asarray(query_embedding, np.float64)
+    tokens = np.array([count_tokens(t) for _, t, _, _ in items], np.int64)
+    picked = budget_select(vectors, relevance, tokens, budget_tokens, lam)
+    out = [SelectedSentence(items[i][0], items[i][1], items[i][2], items[i][3], int(tokens[i]), float(relevance[i]))
+           for i in picked]
+    return sorted(out, key=lambda s: (s.chunk_index, s.start_char))
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+def warm_up() -> float:
+    """Compile every kernel (or load it from Numba's cache); returns the seconds it took."""
+    start = time.perf_counter()
+    ids = np.arange(3, dtype=np.int64)
+    rrf_fuse(ids, ids[::-1].copy())
+    vectors = np.eye(3, dtype=np.float32)
+    relevance = np.array([0.5, 0.2, 0.1])
+    mmr_select(vectors, relevance, 2)
+    mmr_select(vectors.astype(np.float64), relevance, 2)
+    budget_select(vectors, relevance, np.ones(3, np.int64), 2)
+    return time.perf_counter() - start

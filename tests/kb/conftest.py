@@ -1,0 +1,54 @@
+"""Knowledge-base fixtures: the real embedder (once per session) and a small real corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.embedder import Embedder
+
+CORPUS = {
+    "pumps.md": """# Brookling Pumps
+
+## Installing the B3
+
+Place the B3 on a level, dry surface. Connect the intake hose to the water barrel.
+Press the status ring for three seconds to pair it with the hub.
+
+## Dry-run protection
+
+Running without water damages the shaft seal. The pump stops after 20 seconds without water
+and its status ring blinks red. Refill the barrel and press the ring once to restart.
+""",
+    "warranty.md": """# Warranty terms
+
+Every Fenwhistle device has a two-year limited warranty from the date of purchase.
+The warranty covers manufacturing defects but not frost damage or misuse.
+To claim, contact support with your order number and the serial number of the device.
+""",
+    "offices.txt": """Fenwhistle has offices in Leeds, Porto and Tallinn.
+The Leeds office is the headquarters and handles customer support for the United Kingdom.
+The Tallinn office builds the Grove app and the hub firmware.
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def embedder(embedder_dir: Path) -> Embedder:
+    """The real all-MiniLM-L6-v2 embedder (fp32) from the model cache."""
+    return Embedder(cache_dir=embedder_dir.parent)
+
+
+def write_corpus(folder: Path) -> Path:
+    """Write the small corpus into ``folder``; returns it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in CORPUS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A fresh copy of the small corpus (3 documents, about 10 chunks)."""
+    return write_corpus(tmp_path / "docs")
