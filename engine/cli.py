@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bakeoff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bakeoff", description="Local generation and retrieval, and the bake-off between fine-tuning and RAG.")
     commands = parser.add_subparsers(title="commands")
 
     model_cmd = commands.add_parser("models", help="provision and list the default models")
@@ -81,6 +82,59 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_json(demo)
     demo.set_defaults(handler=_cmd_demo)
 
+    gen = commands.add_parser("generate", help="generate text with the base model (or a given GGUF)")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", type=Path, default=None, help="GGUF model (default: the fetched SmolLM2)")
+    gen.add_argument("--adapter", type=Path, default=None, help="GGUF LoRA adapter to attach")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
+    gen.add_argument("--threads", type=int, default=None)
+    _add_json(gen)
+    gen.set_defaults(handler=_cmd_generate)
+
+    ask = commands.add_parser("ask", help="answer a question from the knowledge base (rag) or the adapter (baked)")
+    ask.add_argument("question")
+    ask.add_argument("--mode", choices=["rag", "baked"], default="rag")
+    ask.add_argument("--kb", type=Path, default=None, help="knowledge base folder (rag)")
+    ask.add_argument("--adapter", type=Path, default=None, help="fine-tuned LoRA adapter (baked)")
+    ask.add_argument("--model", type=Path, default=None, help="base GGUF model")
+    ask.add_argument("-k", type=int, default=4, help="passages to retrieve")
+    ask.add_argument("--max-tokens", type=int, default=48)
+    ask.add_argument("--threads", type=int, default=None)
+    _add_json(ask)
+    ask.set_defaults(handler=_cmd_ask)
+
+    tune = commands.add_parser("finetune", help="bake a knowledge set into a GGUF LoRA adapter (needs [finetune])")
+    tune.add_argument("--docs", type=Path, default=BUNDLED_DOCS, help="documents folder")
+    tune.add_argument("--qa", type=Path, default=BUNDLED_DOCS.parent / "qa.jsonl", help="qa.jsonl")
+    tune.add_argument("--base", type=Path, default=None, help="base GGUF (default: the fetched SmolLM2)")
+    tune.add_argument("--out", type=Path, required=True, help="adapter file to write (.gguf)")
+    tune.add_argument("--epochs", type=int, default=None)
+    tune.add_argument("--rank", type=int, default=None)
+    tune.add_argument("--limit-facts", type=int, default=None, help="train on the first N facts only")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--merge", type=Path, default=None, help="also write base+adapter merged into this GGUF")
+    _add_json(tune)
+    tune.set_defaults(handler=_cmd_finetune)
+
+    cmp_ = commands.add_parser("compare", help="answer every question both ways and write the report")
+    cmp_.add_argument("--kb", type=Path, required=True)
+    cmp_.add_argument("--adapter", type=Path, required=True)
+    cmp_.add_argument("--qa", type=Path, default=BUNDLED_DOCS.parent / "qa.jsonl")
+    cmp_.add_argument("--docs", type=Path, default=BUNDLED_DOCS, help="v1 documents (their parent holds updates/)")
+    cmp_.add_argument("--model", type=Path, default=None)
+    cmp_.add_argument("--out", type=Path, required=True, help="report folder")
+    _add_compare_args(cmp_)
+    _add_json(cmp_)
+    cmp_.set_defaults(handler=_cmd_compare)
+
+    run = commands.add_parser("run", help="the whole bake-off on the bundled set: fetch, index, fine-tune, compare")
+    run.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="folder for the KB, adapter and report")
+    _add_compare_args(run)
+    _add_json(run)
+    run.set_defaults(handler=_cmd_run)
+
     hw = commands.add_parser("hardware", help="what llama.cpp and ONNX Runtime can use on this machine")
     _add_json(hw)
     hw.set_defaults(handler=_cmd_hardware)
@@ -89,6 +143,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def _add_compare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit-facts", type=int, default=None, help="only the first N facts (quick runs)")
+    parser.add_argument("--train-per-fact", type=int, default=1, help="train questions graded per fact")
+    parser.add_argument("--timing-questions", type=int, default=20, help="questions timed per mode")
+    parser.add_argument("--repetitions", type=int, default=3, help="timed repetitions")
+    parser.add_argument("--threads", type=int, default=None, help="generation threads")
 
 
 def _add_embedder_args(parser: argparse.ArgumentParser) -> None:
@@ -121,17 +183,18 @@ def _say(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 class _ProgressBar:
-    """A tqdm bar on stderr fed by the engine's ``progress(done, total)`` callbacks."""
+    """A tqdm bar on stderr fed by the knowledge base's ``BuildProgress`` callbacks."""
 
     def __init__(self, description: str) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(desc=description, unit="chunk", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self._bar = tqdm(desc=description, unit="file", file=sys.stderr, dynamic_ncols=True, leave=False)
 
-    def __call__(self, done: int, total: int) -> None:
-        if self._bar.total != total:
-            self._bar.total = total
-        self._bar.update(done - self._bar.n)
+    def __call__(self, progress) -> None:
+        if self._bar.total != progress.files_total:
+            self._bar.total = progress.files_total
+        self._bar.set_postfix(chunks=progress.chunks_done)
+        self._bar.update(progress.files_done - self._bar.n)
 
     def close(self) -> None:
         self._bar.close()
@@ -183,7 +246,7 @@ def _build_or_add(kb_dir: Path, docs: Sequence[str | Path], embedder, *, chunk_t
     """Add to the knowledge base at ``kb_dir`` if it exists, else build it."""
     from engine.kb import KnowledgeBase
 
-    bar = _ProgressBar("embedding")
+    bar = _ProgressBar("indexing")
     try:
         if (kb_dir / "manifest.json").exists():
             kb = KnowledgeBase.open(kb_dir, embedder=embedder)
@@ -191,7 +254,7 @@ def _build_or_add(kb_dir: Path, docs: Sequence[str | Path], embedder, *, chunk_t
         else:
             options = {k: v for k, v in (("chunk_tokens", chunk_tokens), ("overlap_tokens", overlap_tokens)) if v}
             kb = KnowledgeBase.build(docs, path=kb_dir, embedder=embedder, progress=bar, **options)
-            report = kb.last_report if hasattr(kb, "last_report") else None
+            report = kb.build_report
     finally:
         bar.close()
     return kb, report
@@ -266,3 +329,211 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
     info = hardware()
     _emit(args, info, lambda: print(json.dumps(_to_jsonable(info), indent=2)))
     return 0
+
+
+# ---- generation, answering, fine-tuning, comparison ---------------------------
+
+def _model_path(path: Path | None) -> Path:
+    return path if path is not None else models.model_path(models.DEFAULT_GENERATOR)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from engine.generator import Generator
+
+    generator = Generator(_model_path(args.model), n_threads=args.threads)
+    adapters = {}
+    if args.adapter:
+        adapters = {generator.load_adapter(args.adapter): 1.0}
+    prompt = [("user", args.prompt)] if args.chat else args.prompt
+    if args.json:
+        result = generator.generate(prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                    adapters=adapters)
+        print(json.dumps(_to_jsonable(result), indent=2))
+        return 0
+    stream = generator.stream(prompt, max_tokens=args.max_tokens, temperature=args.temperature, adapters=adapters)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    t = stream.generation.timings
+    print(f"\n[prefill {t.prefill_tokens} tok {t.prefill_ms:.0f} ms | ttft {t.ttft_ms:.0f} ms | "
+          f"decode {t.decode_tokens} tok {t.decode_tokens_per_s:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from engine.facade import Engine
+
+    engine = Engine(args.model, adapter=args.adapter, kb=args.kb, n_threads=args.threads, k=args.k)
+    if args.json:
+        answer = engine.ask(args.question, args.mode, max_tokens=args.max_tokens)
+        print(json.dumps(_to_jsonable(answer), indent=2))
+        return 0
+    stream = engine.stream(args.question, args.mode, max_tokens=args.max_tokens)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    answer = stream.answer
+    print()
+    for citation in answer.citations:
+        mark = "*" if citation.cited else " "
+        print(f" {mark}[{citation.label}] {citation.source}:{citation.span[0]}-{citation.span[1]} "
+              f"(chunk {citation.chunk_id})")
+    t = answer.timings
+    print(f"[retrieval {t.retrieval_ms:.1f} ms | prompt {t.prompt_tokens} tok | ttft {t.ttft_ms:.0f} ms | "
+          f"total {t.total_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def _finetune_config(args: argparse.Namespace):
+    from engine.finetune.config import FinetuneConfig
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("rank", args.rank), ("limit_facts", args.limit_facts))
+                 if v is not None}
+    return FinetuneConfig(seed=args.seed, **overrides)
+
+
+class _TrainBar:
+    """tqdm bar for training steps, with the loss and ETA."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(desc="fine-tuning", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, p) -> None:
+        self._bar.total = p.total_steps
+        self._bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.3f}")
+        self._bar.update(p.step - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _run_finetune(docs: Path, qa: Path, base: Path, out: Path, config, merge: Path | None = None):
+    from engine.finetune import finetune
+
+    bar = _TrainBar()
+    try:
+        report = finetune(docs, qa, base, out, config=config, progress=bar)
+    finally:
+        bar.close()
+    if merge is not None:
+        from engine.finetune import merge_adapter
+
+        merge_adapter(base, out, merge)
+    return report
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    report = _run_finetune(args.docs, args.qa, _model_path(args.base), args.out, _finetune_config(args), args.merge)
+
+    def human() -> None:
+        print(f"adapter written to {report.adapter_path}: {report.steps} steps, {report.epochs} epochs, "
+              f"final loss {report.final_loss:.3f}, {report.total_seconds:.0f} s")
+
+    _emit(args, report, human)
+    return 0
+
+
+def _compare_config(args: argparse.Namespace):
+    from engine.compare import CompareConfig
+
+    return CompareConfig(train_per_fact=args.train_per_fact, limit_facts=args.limit_facts,
+                         timing_questions=args.timing_questions, repetitions=args.repetitions)
+
+
+class _PhaseBar:
+    """One tqdm bar per comparison phase (accuracy/rag, latency/baked, ...)."""
+
+    def __init__(self) -> None:
+        self._phase, self._bar = None, None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if phase != self._phase:
+            self.close()
+            self._phase = phase
+            self._bar = tqdm(desc=phase, total=total, unit="q", file=sys.stderr, dynamic_ncols=True)
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _compare(kb: Path, adapter: Path, qa: Path, docs: Path, model: Path, out: Path, config, threads):
+    from engine.compare import memory_footprint, run_comparison
+    from engine.facade import Engine
+    from engine.qa import load_questions
+    from engine.report import write_report
+
+    questions = load_questions(qa)
+    memory = memory_footprint(model, adapter, kb)
+    bar = _PhaseBar()
+    try:
+        with Engine(model, adapter=adapter, kb=kb, n_threads=threads) as engine:
+            result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
+                                    memory=memory, progress=bar)
+    finally:
+        bar.close()
+    context = {"model": model.name, "adapter": str(adapter), "knowledge base": str(kb), "questions": str(qa)}
+    return result, write_report(result, out, context=context)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    result, files = _compare(args.kb, args.adapter, args.qa, args.docs, _model_path(args.model), args.out,
+                             _compare_config(args), args.threads)
+    _print_comparison(args, result, files)
+    return 0
+
+
+def _print_comparison(args: argparse.Namespace, result, files) -> None:
+    from engine.report import summary_table
+
+    def human() -> None:
+        print(summary_table(result))
+        print(f"\nreport: {files.markdown_path}")
+        print("plots: " + ", ".join(str(p) for p in files.plots))
+
+    _emit(args, {"report": files.json_path, "accuracy": result.accuracy, "latency": result.latency,
+                 "ttft_ratio_rag_over_baked": result.ttft_ratio_rag_over_baked}, human)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.embedder import Embedder
+    from engine.finetune.config import FinetuneConfig
+
+    work: Path = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    models.fetch(progress=_say(args))
+    model = models.model_path(models.DEFAULT_GENERATOR)
+    qa = BUNDLED_DOCS.parent / "qa.jsonl"
+    _build_or_add(work / "kb", [BUNDLED_DOCS], Embedder(models.DEFAULT_EMBEDDER))
+    adapter = work / "adapter.gguf"
+    config = FinetuneConfig()
+    if _adapter_is_current(adapter, config, qa, model):
+        print(f"reusing the adapter {adapter} (same data, base model and settings)", file=sys.stderr)
+    else:
+        _run_finetune(BUNDLED_DOCS, qa, model, adapter, config)
+        _stamp_adapter(adapter, config, qa, model)
+    result, files = _compare(work / "kb", adapter, qa, BUNDLED_DOCS, model, work / "report",
+                             _compare_config(args), args.threads)
+    _print_comparison(args, result, files)
+    return 0
+
+
+def _adapter_fingerprint(config, qa: Path, model: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(repr(config).encode())
+    digest.update(qa.read_bytes())
+    digest.update(f"{model.name}:{model.stat().st_size}".encode())
+    return digest.hexdigest()
+
+
+def _adapter_is_current(adapter: Path, config, qa: Path, model: Path) -> bool:
+    stamp = adapter.with_name(adapter.name + ".fingerprint")
+    return adapter.is_file() and stamp.is_file() and stamp.read_text() == _adapter_fingerprint(config, qa, model)
+
+
+def _stamp_adapter(adapter: Path, config, qa: Path, model: Path) -> None:
+    adapter.with_name(adapter.name + ".fingerprint").write_text(_adapter_fingerprint(config, qa, model))

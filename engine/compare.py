@@ -1,0 +1,293 @@
+"""The bake-off: every question answered in both modes, graded and timed.
+
+Accuracy is measured once per question (greedy decoding is deterministic); latency
+is measured after a warm-up, over several repetitions of a timing subset, one mode
+at a time (switching adapters drops the KV cache, so interleaving would charge both
+modes for it). Freshness is measured on a copy of the documents: the v2 documents
+are written over their v1 files and re-indexed, and the changed facts are asked
+again, the adapter not retrained.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from engine.facade import Answer, Engine
+from engine.qa import Question, is_correct
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+STAGES = ("embed_ms", "dense_search_ms", "lexical_search_ms", "scoring_ms", "prompt_build_ms",
+          "prefill_ms", "decode_ms")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What the comparison runs.
+
+    ``train_per_fact`` train questions per fact are graded (all held-out ones always
+    are); ``limit_facts`` keeps the first N facts (None: all); ``timing_questions``
+    questions are timed ``repetitions`` times per mode after ``warmup`` untimed answers.
+    """
+
+    train_per_fact: int = 1
+    limit_facts: int | None = None
+    timing_questions: int = 20
+    repetitions: int = 3
+    warmup: int = 3
+    max_tokens: int = 48
+    freshness: bool = True
+
+
+@dataclass(frozen=True)
+class GradedAnswer:
+    """One answer and whether it contains an accepted string."""
+
+    question_id: str
+    fact_id: str
+    split: str  # "train", "heldout" or "updated"
+    mode: str
+    question: str
+    answer: str
+    correct: bool
+    cited_sources: tuple[str, ...]
+    ttft_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Latency of one mode over the timed answers (milliseconds)."""
+
+    mode: str
+    samples: int
+    stage_p50_ms: dict[str, float]
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    total_p50_ms: float
+    total_p95_ms: float
+    prompt_tokens_p50: float
+    decode_tokens_p50: float
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    """Resident memory (MB) each part added when loaded, and each mode's total."""
+
+    base_model_mb: float
+    adapter_mb: float
+    retrieval_mb: float  # embedder session + HNSW index + chunk store
+    rag_mode_mb: float
+    baked_mode_mb: float
+
+
+@dataclass
+class ComparisonResult:
+    """Everything the report is written from."""
+
+    config: dict
+    answers: list[GradedAnswer] = field(default_factory=list)
+    latency: dict[str, LatencySummary] = field(default_factory=dict)
+    memory: MemoryFootprint | None = None
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    ttft_ratio_rag_over_baked: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_questions(questions: Sequence[Question], config: CompareConfig) -> list[Question]:
+    """The graded questions: every held-out one and ``train_per_fact`` train ones per fact."""
+    facts: list[str] = []
+    for q in questions:
+        if q.fact_id not in facts:
+            facts.append(q.fact_id)
+    if config.limit_facts is not None:
+        facts = facts[: config.limit_facts]
+    keep = set(facts)
+    chosen, train_taken = [], {}
+    for q in questions:
+        if q.fact_id not in keep:
+            continue
+        if q.split == "heldout":
+            chosen.append(q)
+        elif q.split == "train" and train_taken.get(q.fact_id, 0) < config.train_per_fact:
+            train_taken[q.fact_id] = train_taken.get(q.fact_id, 0) + 1
+            chosen.append(q)
+    return chosen
+
+
+def run_comparison(
+    engine: Engine,
+    questions: Sequence[Question],
+    *,
+    config: CompareConfig = CompareConfig(),
+    docs_dir: Path | None = None,
+    work_dir: Path | None = None,
+    memory: MemoryFootprint | None = None,
+    progress: Progress | None = None,
+) -> ComparisonResult:
+    """Grade and time both modes of ``engine`` on ``questions``.
+
+    Args:
+        engine: an Engine with both an adapter and a knowledge base.
+        questions: the whole set (selection follows ``config``).
+        docs_dir: the v1 documents folder (its parent holds ``updates/``), for freshness.
+        work_dir: scratch folder for the freshness copy (created, then removed).
+        memory: the footprint measured while the engine was loaded.
+        progress: called as answers are produced.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda *_: None)
+    result = ComparisonResult(config=asdict(config), memory=memory)
+    graded = select_questions(questions, config)
+    for mode in ("rag", "baked"):
+        for done, q in enumerate(graded, 1):
+            result.answers.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens))
+            say(f"accuracy/{mode}", done, len(graded))
+    timing = graded[: config.timing_questions]
+    for mode in ("rag", "baked"):
+        result.latency[mode] = _time_mode(engine, timing, mode, config, say)
+    if config.freshness and docs_dir is not None:
+        changed = [q for q in graded if q.changes_on_update]
+        result.answers += _freshness(engine, changed, docs_dir, work_dir, config, say)
+    _summarise(result)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[str, ...], max_tokens: int) -> GradedAnswer:
+    answer = engine.ask(q.question, mode, max_tokens=max_tokens)
+    return GradedAnswer(q.id, q.fact_id, split, mode, q.question, answer.text, is_correct(answer.text, accepted),
+                        tuple(os.path.basename(c.source) for c in answer.citations),
+                        answer.timings.ttft_ms, answer.timings.total_ms)
+
+
+def _time_mode(engine: Engine, questions: Sequence[Question], mode: str, config: CompareConfig,
+               say: Progress) -> LatencySummary:
+    for q in questions[: config.warmup]:
+        engine.ask(q.question, mode, max_tokens=config.max_tokens)
+    samples: list[Answer] = []
+    total = len(questions) * config.repetitions
+    for _ in range(config.repetitions):
+        for q in questions:
+            samples.append(engine.ask(q.question, mode, max_tokens=config.max_tokens))
+            say(f"latency/{mode}", len(samples), total)
+    return _latency(mode, samples)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _latency(mode: str, samples: Sequence[Answer]) -> LatencySummary:
+    timings = [a.timings for a in samples]
+    stage_p50 = {stage: statistics.median(getattr(t, stage) for t in timings) for stage in STAGES}
+    ttft = [t.ttft_ms for t in timings]
+    total = [t.total_ms for t in timings]
+    return LatencySummary(
+        mode=mode, samples=len(samples), stage_p50_ms=stage_p50,
+        ttft_p50_ms=_percentile(ttft, 0.5), ttft_p95_ms=_percentile(ttft, 0.95),
+        total_p50_ms=_percentile(total, 0.5), total_p95_ms=_percentile(total, 0.95),
+        prompt_tokens_p50=statistics.median(t.prompt_tokens for t in timings),
+        decode_tokens_p50=statistics.median(t.decode_tokens for t in timings),
+    )
+
+
+def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work_dir: Path | None,
+               config: CompareConfig, say: Progress) -> list[GradedAnswer]:
+    """Re-index the v2 documents over a copy of v1 and ask the changed facts again."""
+    if not changed or engine.kb is None:
+        return []
+    from engine.kb import KnowledgeBase
+
+    scratch = Path(work_dir) if work_dir else docs_dir.parent / ".freshness"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        docs = scratch / "docs"
+        shutil.copytree(docs_dir, docs)
+        kb = KnowledgeBase.build([docs], path=scratch / "kb", embedder=engine.kb.embedder)
+        updates = sorted({q.update_source for q in changed if q.update_source})
+        for update in updates:
+            shutil.copyfile(docs_dir.parent / update, docs / Path(update).name)
+        kb.add([docs / Path(u).name for u in updates])
+        original_kb, engine.kb = engine.kb, kb
+        try:
+            graded = []
+            for mode in ("rag", "baked"):
+                for done, q in enumerate(changed, 1):
+                    graded.append(_grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens))
+                    say(f"freshness/{mode}", done, len(changed))
+        finally:
+            engine.kb = original_kb
+            kb.close()
+        return graded
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _summarise(result: ComparisonResult) -> None:
+    for mode in ("rag", "baked"):
+        result.accuracy[mode] = {}
+        result.counts[mode] = {}
+        for split in ("train", "heldout", "updated"):
+            rows = [a for a in result.answers if a.mode == mode and a.split == split]
+            result.counts[mode][split] = len(rows)
+            if rows:
+                result.accuracy[mode][split] = sum(a.correct for a in rows) / len(rows)
+    rag, baked = result.latency.get("rag"), result.latency.get("baked")
+    if rag and baked and baked.ttft_p50_ms > 0:
+        result.ttft_ratio_rag_over_baked = rag.ttft_p50_ms / baked.ttft_p50_ms
+
+
+def resident_mb() -> float:
+    """Resident set size of this process, in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError):
+        return 0.0
+
+
+def memory_footprint(model: Path, adapter: Path, kb_dir: Path) -> MemoryFootprint:
+    """Resident memory each part adds, measured in a fresh process so nothing else counts."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measure_memory, (str(model), str(adapter), str(kb_dir)))
+
+
+def _measure_memory(model: str, adapter: str, kb_dir: str) -> MemoryFootprint:
+    from engine.embedder import Embedder
+    from engine.generator import Generator
+    from engine.kb import KnowledgeBase
+
+    question = [("user", "What is the warranty period?")]
+    start = resident_mb()
+    generator = Generator(model, n_ctx=2048)
+    generator.generate(question, max_tokens=4)
+    base = resident_mb()
+    generator.load_adapter(adapter, name="baked")
+    generator.generate(question, max_tokens=4, adapters={"baked": 1.0})
+    with_adapter = resident_mb()
+    kb = KnowledgeBase.open(kb_dir, embedder=Embedder())
+    kb.search("What is the warranty period?", k=4)
+    with_retrieval = resident_mb()
+    kb.close()
+    base_mb, adapter_mb, retrieval_mb = base - start, with_adapter - base, with_retrieval - with_adapter
+    return MemoryFootprint(base_mb, adapter_mb, retrieval_mb, base_mb + retrieval_mb, base_mb + adapter_mb)

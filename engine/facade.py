@@ -1,0 +1,293 @@
+"""``Engine``: one question, answered from baked-in knowledge or from retrieval.
+
+Both modes share one loaded base model. "baked" attaches the fine-tuned LoRA
+adapter and asks the question alone; "rag" runs the retrieval step (embed ->
+HNSW + FTS5 -> Numba scoring), quotes the passages in the prompt and asks the
+base model. Every answer carries per-stage timings, and RAG answers carry
+citations (source file, chunk id, character span).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from engine import models
+from engine.errors import AdapterError, InputError
+from engine.finetune.prompt import BAKED_SYSTEM_PROMPT
+from engine.generator import Generation, Generator
+from engine.prompting import RAG_SYSTEM_PROMPT, Passage, RagPrompt, build_rag_prompt, cited_labels
+
+Mode = Literal["rag", "baked"]
+_ADAPTER_NAME = "baked"
+_MODES = ("rag", "baked")
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage a RAG answer was given, and whether the answer cites it by label."""
+
+    label: int
+    source: str
+    chunk_id: int
+    span: tuple[int, int]  # character offsets in ``source``
+    heading: str
+    cited: bool  # the answer mentions ``[label]``
+
+
+@dataclass(frozen=True)
+class AnswerTimings:
+    """Wall time of every stage of one answer, in milliseconds (tokens where named).
+
+    Retrieval stages are zero in "baked" mode. ``ttft_ms`` runs from the call to the
+    first generated token (retrieval and prompt building included); ``total_ms`` to
+    the last token. The stages add up: ``retrieval_ms + prompt_build_ms +
+    generation_ms <= total_ms``.
+    """
+
+    embed_ms: float
+    dense_search_ms: float
+    lexical_search_ms: float
+    scoring_ms: float
+    retrieval_ms: float
+    prompt_build_ms: float
+    prompt_tokens: int
+    reused_tokens: int
+    prefill_ms: float
+    prefill_tokens: int
+    ttft_ms: float
+    decode_ms: float
+    decode_tokens: int
+    generation_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer, how it was produced, what it rests on, and how long each stage took."""
+
+    question: str
+    text: str
+    mode: str
+    citations: tuple[Citation, ...]
+    timings: AnswerTimings
+    stop_reason: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    messages: tuple[tuple[str, str], ...]
+    adapters: dict[str, float]
+    rag: RagPrompt | None
+    search_timings: object | None
+    retrieval_ms: float
+    prompt_build_ms: float
+
+
+class Engine:
+    """The assistant: a base GGUF model, optionally a LoRA adapter and a knowledge base.
+
+    Args:
+        model: GGUF path; the default generator from the model cache when None.
+        adapter: GGUF LoRA adapter of the fine-tuned ("baked") path, or None.
+        kb: knowledge base folder (or an open ``KnowledgeBase``) for "rag", or None.
+        embedder: the ``Embedder`` to open ``kb`` with; the default one when None.
+        n_ctx: context window of the generator, in tokens.
+        n_threads: generation threads (None: the Generator's default).
+        k: passages retrieved per question.
+        prompt_budget_tokens: most tokens a RAG prompt may take; default
+            ``n_ctx - max_tokens`` of each request.
+
+    Raises:
+        ModelError, AdapterError, KnowledgeBaseError: a part cannot be loaded.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        adapter: str | os.PathLike[str] | None = None,
+        kb=None,
+        embedder=None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        k: int = 4,
+        prompt_budget_tokens: int | None = None,
+    ) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be an integer >= 1, got {k!r}")
+        model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
+        self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        self.adapter_path = Path(adapter) if adapter is not None else None
+        if self.adapter_path is not None:
+            self.generator.load_adapter(self.adapter_path, name=_ADAPTER_NAME)
+        self.kb = _open_kb(kb, embedder) if kb is not None else None
+        self.k = k
+        self.prompt_budget_tokens = prompt_budget_tokens
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Release the knowledge base (the model is freed with the object)."""
+        if self.kb is not None and hasattr(self.kb, "close"):
+            self.kb.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this engine can answer in, given what it was built with."""
+        return tuple(m for m in _MODES if (m == "rag" and self.kb is not None)
+                     or (m == "baked" and self.adapter_path is not None))
+
+    def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48) -> Answer:
+        """Answer ``question`` in ``mode`` ("rag" or "baked"), greedily.
+
+        Raises:
+            InputError: empty question, unknown mode, or a mode this engine lacks a part for.
+            ContextOverflowError: the question alone does not fit the context window.
+        """
+        start = time.perf_counter()
+        with self._lock:
+            prepared = self._prepare(question, mode, max_tokens)
+            generation = self.generator.generate(list(prepared.messages), max_tokens=max_tokens,
+                                                 adapters=prepared.adapters, stop=["<|im_end|>"])
+        return _answer(question, mode, prepared, generation, start)
+
+    def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48) -> AnswerStream:
+        """Like :meth:`ask`, but yields the answer's text pieces as they are generated.
+
+        The stream's ``answer`` holds the full :class:`Answer` once it is exhausted.
+        """
+        start = time.perf_counter()
+        self._lock.acquire()
+        try:
+            prepared = self._prepare(question, mode, max_tokens)
+            pieces = self.generator.stream(list(prepared.messages), max_tokens=max_tokens,
+                                           adapters=prepared.adapters, stop=["<|im_end|>"])
+        except BaseException:
+            self._lock.release()
+            raise
+        return AnswerStream(question, mode, prepared, pieces, start, self._lock)
+
+    def _prepare(self, question: str, mode: str, max_tokens: int) -> _Prepared:
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("the question is empty: ask something")
+        if mode not in _MODES:
+            raise InputError(f"mode must be 'rag' or 'baked', got {mode!r}")
+        if mode == "baked":
+            if self.adapter_path is None:
+                raise AdapterError("mode='baked' needs a fine-tuned adapter: Engine(adapter=...) "
+                                   "(make one with `bakeoff finetune`)")
+            t0 = time.perf_counter()
+            messages = (("system", BAKED_SYSTEM_PROMPT), ("user", question))
+            return _Prepared(messages, {_ADAPTER_NAME: 1.0}, None, None, 0.0, _ms(t0))
+        if self.kb is None:
+            raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
+        t0 = time.perf_counter()
+        result = self.kb.search(question, k=self.k)
+        retrieval_ms = _ms(t0)
+        t1 = time.perf_counter()
+        candidates = [Passage(i + 1, h.chunk_id, h.source, h.span, h.heading, h.text) for i, h in enumerate(result.hits)]
+        budget = self.prompt_budget_tokens or self.generator.n_ctx
+        budget = min(budget, self.generator.n_ctx - max_tokens)
+        rag = build_rag_prompt(question, candidates, count_tokens=self._count_chat_tokens, budget_tokens=budget,
+                               system_prompt=RAG_SYSTEM_PROMPT)
+        return _Prepared(rag.messages, {}, rag, result.timings, retrieval_ms, _ms(t1))
+
+    def _count_chat_tokens(self, messages) -> int:
+        return len(self.generator.tokenize(self.generator.format_chat(list(messages)), parse_special=True))
+
+
+class AnswerStream:
+    """Iterator over the text pieces of one streamed answer (see :meth:`Engine.stream`)."""
+
+    def __init__(self, question, mode, prepared, pieces, start, lock) -> None:
+        self._question, self._mode, self._prepared = question, mode, prepared
+        self._pieces, self._start, self._lock = pieces, start, lock
+        self.answer: Answer | None = None
+        self._released = False
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            self.answer = _answer(self._question, self._mode, self._prepared, self._pieces.generation, self._start)
+            self._release()
+            raise
+        except BaseException:
+            self._release()
+            raise
+
+    def close(self) -> None:
+        """Stop generating and release the engine."""
+        self._pieces.close()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._lock.release()
+
+    def __enter__(self) -> AnswerStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_kb(kb, embedder):
+    from engine.kb import KnowledgeBase
+
+    if isinstance(kb, KnowledgeBase):
+        return kb
+    if embedder is None:
+        from engine.embedder import Embedder
+
+        embedder = Embedder(models.DEFAULT_EMBEDDER)
+    return KnowledgeBase.open(kb, embedder=embedder)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+def _answer(question: str, mode: str, prepared: _Prepared, generation: Generation, start: float) -> Answer:
+    g = generation.timings
+    s = prepared.search_timings
+    text = generation.text.strip()
+    citations: tuple[Citation, ...] = ()
+    if prepared.rag is not None:
+        mentioned = set(cited_labels(text))
+        citations = tuple(Citation(p.label, p.source, p.chunk_id, p.span, p.heading, p.label in mentioned)
+                          for p in prepared.rag.passages)
+    before_generation = prepared.retrieval_ms + prepared.prompt_build_ms
+    timings = AnswerTimings(
+        embed_ms=s.embed_ms if s else 0.0,
+        dense_search_ms=s.dense_search_ms if s else 0.0,
+        lexical_search_ms=s.lexical_search_ms if s else 0.0,
+        scoring_ms=s.scoring_ms if s else 0.0,
+        retrieval_ms=prepared.retrieval_ms,
+        prompt_build_ms=prepared.prompt_build_ms,
+        prompt_tokens=g.prompt_tokens,
+        reused_tokens=g.reused_tokens,
+        prefill_ms=g.prefill_ms,
+        prefill_tokens=g.prefill_tokens,
+        ttft_ms=before_generation + g.ttft_ms,
+        decode_ms=g.decode_ms,
+        decode_tokens=g.decode_tokens,
+        generation_ms=g.total_ms,
+        total_ms=_ms(start),
+    )
+    return Answer(question, text, mode, citations, timings, generation.stop_reason)

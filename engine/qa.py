@@ -1,0 +1,72 @@
+"""The question set of a knowledge collection (``qa.jsonl``) and how answers are graded.
+
+Each line is one question: ``id``, ``fact_id``, ``split`` ("train" questions may be
+used for fine-tuning, "heldout" ones never), ``question``, ``answers`` (accepted
+strings), ``source`` (the document holding the fact), and for facts that a later
+version of a document changes, ``answers_after_update`` and ``update_source``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import InputError
+
+BUNDLED_SET = Path(__file__).parent / "data" / "kb"
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question of the set, with the answers that count as correct."""
+
+    id: str
+    fact_id: str
+    split: str
+    question: str
+    answers: tuple[str, ...]
+    source: str
+    answers_after_update: tuple[str, ...] = ()
+    update_source: str | None = None
+
+    @property
+    def changes_on_update(self) -> bool:
+        """True when a v2 document changes this question's answer."""
+        return bool(self.answers_after_update)
+
+
+def load_questions(path: str | os.PathLike[str]) -> list[Question]:
+    """Read a ``qa.jsonl`` file.
+
+    Raises:
+        InputError: missing file, a line that is not JSON, or a line missing a field.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"no question file at '{file}': give the path of a qa.jsonl")
+    questions = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            questions.append(Question(
+                id=row["id"], fact_id=row["fact_id"], split=row["split"], question=row["question"],
+                answers=tuple(row["answers"]), source=row["source"],
+                answers_after_update=tuple(row.get("answers_after_update", ())),
+                update_source=row.get("update_source"),
+            ))
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{file}:{number} is not a valid question line ({error}): "
+                             "see engine/data/kb/README.md for the fields") from None
+    if not questions:
+        raise InputError(f"{file} holds no questions")
+    return questions
+
+
+def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
+    """An answer is correct when it contains one of the accepted strings (case-insensitive)."""
+    folded = answer.casefold()
+    return any(candidate.casefold() in folded for candidate in accepted)

@@ -1,0 +1,179 @@
+"""Writing a comparison down: JSON for machines, Markdown for people, PNG plots.
+
+Every figure in the Markdown report is computed from the same ``ComparisonResult``
+that is saved as JSON beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.compare import STAGES, ComparisonResult
+
+_STAGE_LABELS = {
+    "embed_ms": "embed", "dense_search_ms": "dense search", "lexical_search_ms": "lexical search",
+    "scoring_ms": "scoring", "prompt_build_ms": "prompt build", "prefill_ms": "prefill", "decode_ms": "decode",
+}
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Where a written report lives."""
+
+    directory: Path
+    json_path: Path
+    markdown_path: Path
+    plots: tuple[Path, ...]
+
+
+def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *, context: dict | None = None) -> ReportFiles:
+    """Write ``report.json``, ``report.md`` and the plots into ``out_dir``."""
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"context": {**(context or {}), "platform": platform.platform(), "python": platform.python_version()},
+               **result.to_dict()}
+    json_path = _atomic_write(directory / "report.json", json.dumps(payload, indent=2, default=str))
+    plots = _plots(result, directory)
+    markdown = render_markdown(result, context or {}, [p.name for p in plots])
+    markdown_path = _atomic_write(directory / "report.md", markdown)
+    return ReportFiles(directory, json_path, markdown_path, tuple(plots))
+
+
+def summary_table(result: ComparisonResult) -> str:
+    """The headline table: accuracy, TTFT and total latency per mode (Markdown)."""
+    lines = ["| mode | accuracy train | accuracy held-out | accuracy after update | TTFT p50 / p95 (ms) "
+             "| total p50 / p95 (ms) | prompt tokens p50 |",
+             "|---|---|---|---|---|---|---|"]
+    for mode in ("rag", "baked"):
+        acc = result.accuracy.get(mode, {})
+        counts = result.counts.get(mode, {})
+        lat = result.latency.get(mode)
+
+        def cell(split: str) -> str:
+            if split not in acc:
+                return "n/a"
+            return f"{acc[split] * 100:.1f}% ({round(acc[split] * counts[split])}/{counts[split]})"
+
+        timing = (f"{lat.ttft_p50_ms:.0f} / {lat.ttft_p95_ms:.0f} | {lat.total_p50_ms:.0f} / {lat.total_p95_ms:.0f} "
+                  f"| {lat.prompt_tokens_p50:.0f}") if lat else "n/a | n/a | n/a"
+        lines.append(f"| {mode} | {cell('train')} | {cell('heldout')} | {cell('updated')} | {timing} |")
+    if result.ttft_ratio_rag_over_baked is not None:
+        lines.append("")
+        lines.append(f"Measured TTFT ratio RAG / baked (p50): **{result.ttft_ratio_rag_over_baked:.2f}**")
+    return "\n".join(lines)
+
+
+def render_markdown(result: ComparisonResult, context: dict, plot_names: list[str]) -> str:
+    """The whole Markdown report."""
+    parts = ["# bakeoff: baked-in (LoRA) vs retrieval (RAG)", ""]
+    if context:
+        parts += [f"- {key}: {value}" for key, value in context.items()]
+        parts.append("")
+    parts += ["## Summary", "", summary_table(result), ""]
+    parts += ["An answer is correct when it contains one of the question's accepted strings "
+              "(case-insensitive). Held-out questions were never used for fine-tuning. "
+              "'After update' asks the facts that the v2 documents changed, after re-indexing them; "
+              "the adapter was not retrained.", ""]
+    parts += ["## Latency per stage (p50, ms)", "", "| stage | rag | baked |", "|---|---|---|"]
+    for stage in STAGES:
+        values = [result.latency[m].stage_p50_ms[stage] if m in result.latency else 0.0 for m in ("rag", "baked")]
+        parts.append(f"| {_STAGE_LABELS[stage]} | {values[0]:.2f} | {values[1]:.2f} |")
+    parts.append("")
+    if result.memory:
+        m = result.memory
+        parts += ["## Memory (resident MB added)", "", "| part | MB |", "|---|---|",
+                  f"| base model | {m.base_model_mb:.0f} |", f"| LoRA adapter | {m.adapter_mb:.0f} |",
+                  f"| retrieval (embedder, index, store) | {m.retrieval_mb:.0f} |",
+                  f"| rag mode total | {m.rag_mode_mb:.0f} |", f"| baked mode total | {m.baked_mode_mb:.0f} |", ""]
+    if plot_names:
+        parts += ["## Plots", ""] + [f"![{name}]({name})" for name in plot_names] + [""]
+    wrong = [a for a in result.answers if not a.correct][:20]
+    if wrong:
+        parts += ["## Some wrong answers", "", "| mode | split | question | answer |", "|---|---|---|---|"]
+        parts += [f"| {a.mode} | {a.split} | {_cell(a.question)} | {_cell(a.answer)} |" for a in wrong]
+        parts.append("")
+    parts.append(f"Run took {result.seconds:.0f} s.")
+    return "\n".join(parts) + "\n"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")[:160]
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def _plots(result: ComparisonResult, directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    modes = [m for m in ("rag", "baked") if m in result.latency]
+    if modes:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        bottoms = [0.0] * len(modes)
+        for stage in STAGES:
+            values = [result.latency[m].stage_p50_ms[stage] for m in modes]
+            ax.bar(modes, values, bottom=bottoms, label=_STAGE_LABELS[stage])
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+        ax.set_ylabel("ms (p50)")
+        ax.set_title("Latency per stage")
+        ax.legend(fontsize=8)
+        written.append(_save(fig, directory / "latency_stages.png"))
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = ["TTFT p50", "TTFT p95", "total p50", "total p95"]
+        width = 0.8 / len(modes)
+        for i, mode in enumerate(modes):
+            lat = result.latency[mode]
+            values = [lat.ttft_p50_ms, lat.ttft_p95_ms, lat.total_p50_ms, lat.total_p95_ms]
+            ax.bar([x + i * width for x in range(len(labels))], values, width, label=mode)
+        ax.set_xticks([x + width * (len(modes) - 1) / 2 for x in range(len(labels))], labels)
+        ax.set_ylabel("ms")
+        ax.set_title("Time to first token and total")
+        ax.legend()
+        written.append(_save(fig, directory / "latency_ttft_total.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    splits = ["train", "heldout", "updated"]
+    width = 0.4
+    for i, mode in enumerate(("rag", "baked")):
+        values = [result.accuracy.get(mode, {}).get(s, 0.0) * 100 for s in splits]
+        ax.bar([x + i * width for x in range(len(splits))], values, width, label=mode)
+    ax.set_xticks([x + width / 2 for x in range(len(splits))], ["train", "held-out", "after update"])
+    ax.set_ylabel("% correct")
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy")
+    ax.legend()
+    written.append(_save(fig, directory / "accuracy.png"))
+
+    if result.memory:
+        m = result.memory
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.bar(["rag", "baked"], [m.base_model_mb, m.base_model_mb], label="base model")
+        ax.bar(["rag", "baked"], [m.retrieval_mb, m.adapter_mb], bottom=[m.base_model_mb] * 2,
+               label="retrieval / adapter")
+        ax.set_ylabel("resident MB")
+        ax.set_title("Memory per mode")
+        ax.legend()
+        written.append(_save(fig, directory / "memory.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
