@@ -1,5 +1,10 @@
 """Scoring kernels: each Numba kernel against its NumPy reference at 10k candidates.
 
+``rrf_fuse`` is timed as the knowledge base calls it (``top_n=64``: MMR only looks at
+the best fused candidates) against the NumPy reference with the same ``top_n``
+(``np.unique`` + ``np.bincount`` + ``np.argpartition``); the full ranking of the
+union (``top_n=None``) is reported too, without a target: there both sides sort.
+
 Run: .venv/bin/python -m pytest bench/bench_scoring.py -o python_files='bench_*.py'
 """
 
@@ -29,9 +34,13 @@ def inputs():
     }
 
 
+TOP_N = 64
+
 CASES = {
-    "rrf_fuse": (lambda x: scoring.rrf_fuse(x["dense"], x["lexical"]),
-                 lambda x: scoring.rrf_fuse_reference(x["dense"], x["lexical"])),
+    f"rrf_fuse top_n={TOP_N}": (lambda x: scoring.rrf_fuse(x["dense"], x["lexical"], top_n=TOP_N),
+                              lambda x: scoring.rrf_fuse_reference(x["dense"], x["lexical"], top_n=TOP_N)),
+    "rrf_fuse full ranking": (lambda x: scoring.rrf_fuse(x["dense"], x["lexical"]),
+                              lambda x: scoring.rrf_fuse_reference(x["dense"], x["lexical"])),
     "mmr_select k=10": (lambda x: scoring.mmr_select(x["vectors"], x["relevance"], 10),
                         lambda x: scoring.mmr_select_reference(x["vectors"], x["relevance"], 10)),
     "budget_select 512 tokens": (lambda x: scoring.budget_select(x["vectors"], x["relevance"], x["tokens"], 512),
@@ -61,4 +70,4 @@ def test_numba_vs_numpy(benchmark, inputs, claims, name):
     benchmark(lambda: fast(inputs))
     numba_s = benchmark.stats.stats.min
     claims.add("scoring", f"{name}: Numba speed-up over NumPy @ 10k candidates", reference_s / numba_s, "x",
-               target=">= 5")
+               target=None if name == "rrf_fuse full ranking" else ">= 5")

@@ -5,7 +5,9 @@ thing (tests/test_scoring.py holds them to agreement; bench/bench_scoring.py tim
 them):
 
 - ``rrf_fuse``: weighted reciprocal-rank fusion of two ranked id lists into one
-  candidate set with fused scores.
+  candidate set with fused scores. The kernel unions by hashing and keeps the best
+  ``top_n`` in a bounded heap (O(n log top_n)); the reference sorts the union with
+  ``np.unique`` and a stable argsort, as a NumPy user would.
 - ``mmr_select``: maximal marginal relevance, ``lam * relevance - (1 - lam) * max(0,
   max similarity to what is already chosen)``, greedy. The kernel evaluates lazily
   (a candidate's score can only fall as the selection grows, so a max-heap of stale
@@ -37,8 +39,33 @@ from engine.errors import InputError
 # ----------------------------------------------------------------------------- fusion
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _worse(score_a, id_a, score_b, id_b):
+    """Fused order: a ranks below b (lower score, or equal score and higher id)."""
+    return score_a < score_b or (score_a == score_b and id_a > id_b)
+
+
 @njit(cache=True, nogil=True)
-def _rrf_fuse_kernel(dense_ids, lexical_ids, w_dense, w_lexical, k_rrf):
+def _sift_down_worst(scores, ids, size, i):
+    """Restore a heap whose root is the *worst* entry in fused order."""
+    while True:
+        left = 2 * i + 1
+        if left >= size:
+            return
+        worst = left
+        right = left + 1
+        if right < size and _worse(scores[right], ids[right], scores[left], ids[left]):
+            worst = right
+        if _worse(scores[worst], ids[worst], scores[i], ids[i]):
+            scores[i], scores[worst] = scores[worst], scores[i]
+            ids[i], ids[worst] = ids[worst], ids[i]
+            i = worst
+        else:
+            return
+
+
+@njit(cache=True, nogil=True)
+def _rrf_fuse_kernel(dense_ids, lexical_ids, w_dense, w_lexical, k_rrf, top_n):
     n = dense_ids.shape[0] + lexical_ids.shape[0]
     # Union by open addressing (linear probing) in a power-of-two table: O(n), no sort.
     size = 16
@@ -65,53 +92,80 @@ def _rrf_fuse_kernel(dense_ids, lexical_ids, w_dense, w_lexical, k_rrf):
             ids[m] = key
             m += 1
         scores[slot_of[s]] += gain
-    ids = ids[:m]
-    scores = scores[:m]
-    order = np.argsort(-scores)
-    ids = ids[order]
-    scores = scores[order]
-    # Equal scores in ascending id order (quicksort is not stable): sort each run of ties.
-    a = 0
-    while a < m:
-        b = a + 1
-        while b < m and scores[b] == scores[a]:
-            b += 1
-        for i in range(a + 1, b):  # insertion sort: runs of ties are short
-            v = ids[i]
-            j = i - 1
-            while j >= a and ids[j] > v:
-                ids[j + 1] = ids[j]
-                j -= 1
-            ids[j + 1] = v
-        a = b
-    return ids, scores
+    # Keep the best `keep` in a heap whose root is the worst kept: O(m log keep), not a full sort.
+    keep = min(top_n, m)
+    heap_scores = np.empty(keep, np.float64)
+    heap_ids = np.empty(keep, np.int64)
+    for i in range(keep):
+        heap_scores[i] = scores[i]
+        heap_ids[i] = ids[i]
+    for i in range(keep // 2 - 1, -1, -1):
+        _sift_down_worst(heap_scores, heap_ids, keep, i)
+    for i in range(keep, m):
+        if keep > 0 and _worse(heap_scores[0], heap_ids[0], scores[i], ids[i]):
+            heap_scores[0] = scores[i]
+            heap_ids[0] = ids[i]
+            _sift_down_worst(heap_scores, heap_ids, keep, 0)
+    # Pop the worst to the back, one by one: the array ends up best first.
+    for end in range(keep - 1, 0, -1):
+        heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
+        heap_ids[0], heap_ids[end] = heap_ids[end], heap_ids[0]
+        _sift_down_worst(heap_scores, heap_ids, end, 0)
+    return heap_ids, heap_scores
+
+
+def _check_top_n(top_n: int | None) -> int:
+    if top_n is None:
+        return np.iinfo(np.int64).max
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
+        raise InputError(f"top_n={top_n!r} must be a whole number >= 0 (or None for every candidate)")
+    return int(top_n)
 
 
 def rrf_fuse_reference(dense_ids: np.ndarray, lexical_ids: np.ndarray, w_dense: float = 1.0,
-                       w_lexical: float = 1.0, k_rrf: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy reference of ``rrf_fuse``."""
+                       w_lexical: float = 1.0, k_rrf: float = 60.0,
+                       top_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy reference of ``rrf_fuse``: ``np.unique`` + ``np.bincount``, ``np.argpartition`` to the cut, stable argsort."""
+    top_n = _check_top_n(top_n)
     dense_ids = np.asarray(dense_ids, np.int64)
     lexical_ids = np.asarray(lexical_ids, np.int64)
     contrib = np.concatenate([w_dense / (k_rrf + np.arange(1, len(dense_ids) + 1, dtype=np.float64)),
                               w_lexical / (k_rrf + np.arange(1, len(lexical_ids) + 1, dtype=np.float64))])
     ids, inverse = np.unique(np.concatenate([dense_ids, lexical_ids]), return_inverse=True)
     scores = np.bincount(inverse, weights=contrib, minlength=len(ids)).astype(np.float64)
-    rank = np.argsort(-scores, kind="stable")
+    rows = np.arange(len(ids))
+    if top_n < len(ids):
+        # argpartition finds the cut score; keep every row at or above it (ties at the cut included).
+        cut = scores[np.argpartition(-scores, top_n - 1)[top_n - 1]] if top_n else np.inf
+        rows = np.flatnonzero(scores >= cut)
+    # ids are ascending, so a stable sort leaves equal scores in ascending id order.
+    rank = rows[np.argsort(-scores[rows], kind="stable")][:top_n]
     return ids[rank], scores[rank]
 
 
 def rrf_fuse(dense_ids: np.ndarray, lexical_ids: np.ndarray, w_dense: float = 1.0,
-             w_lexical: float = 1.0, k_rrf: float = 60.0) -> tuple[np.ndarray, np.ndarray]:
+             w_lexical: float = 1.0, k_rrf: float = 60.0, top_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Weighted reciprocal-rank fusion of two ranked lists of ids (each best first, no repeats).
 
-    A candidate at 0-based rank ``r`` of a list gains ``w / (k_rrf + r + 1)``.
+    A candidate at 0-based rank ``r`` of a list gains ``w / (k_rrf + r + 1)``. Only the
+    best ``top_n`` are ranked (a bounded heap, O(n log top_n)), so asking for the few
+    candidates MMR will look at costs far less than ordering the whole union.
+
+    Args:
+        dense_ids, lexical_ids: ranked ids, best first.
+        w_dense, w_lexical: weight of each list.
+        k_rrf: the fusion constant (60 in the original paper).
+        top_n: how many fused candidates to return; ``None`` for all of them.
 
     Returns:
-        ``(ids, scores)``: the union of both lists, best fused score first; equal
-        scores in ascending id order.
+        ``(ids, scores)``: the best ``top_n`` of the union of both lists, best fused score
+        first; equal scores in ascending id order.
+
+    Raises:
+        InputError: ``top_n`` is negative or not a whole number.
     """
     return _rrf_fuse_kernel(np.ascontiguousarray(dense_ids, np.int64), np.ascontiguousarray(lexical_ids, np.int64),
-                            float(w_dense), float(w_lexical), float(k_rrf))
+                            float(w_dense), float(w_lexical), float(k_rrf), _check_top_n(top_n))
 
 
 # ----------------------------------------------------------------------------- greedy MMR
@@ -340,7 +394,7 @@ def warm_up() -> float:
     """Compile every kernel (or load it from Numba's cache); returns the seconds it took."""
     start = time.perf_counter()
     ids = np.arange(3, dtype=np.int64)
-    rrf_fuse(ids, ids[::-1].copy())
+    rrf_fuse(ids, ids[::-1].copy(), top_n=2)
     vectors = np.eye(3, dtype=np.float32)
     relevance = np.array([0.5, 0.2, 0.1])
     mmr_select(vectors, relevance, 2)

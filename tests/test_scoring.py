@@ -17,15 +17,32 @@ def _unit(rng: np.random.Generator, n: int, d: int = 384) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_rrf_fuse_agrees_with_numpy(n):
+@pytest.mark.parametrize("top_n", [None, 0, 1, 10, 64, 5000])
+def test_rrf_fuse_agrees_with_numpy(n, top_n):
     rng = np.random.default_rng(n)
     dense = rng.permutation(3 * n + 1)[:n]
     lexical = rng.permutation(3 * n + 1)[: n // 2]
-    ids, scores = scoring.rrf_fuse(dense, lexical, 1.0, 0.7, 60.0)
-    ref_ids, ref_scores = scoring.rrf_fuse_reference(dense, lexical, 1.0, 0.7, 60.0)
+    ids, scores = scoring.rrf_fuse(dense, lexical, 1.0, 0.7, 60.0, top_n=top_n)
+    ref_ids, ref_scores = scoring.rrf_fuse_reference(dense, lexical, 1.0, 0.7, 60.0, top_n=top_n)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-12)
-    assert len(ids) == len(np.union1d(dense, lexical))
+    union = len(np.union1d(dense, lexical))
+    assert len(ids) == (union if top_n is None else min(top_n, union))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rrf_fuse_ties_and_shared_ids_agree_with_numpy_at_every_cut(seed):
+    # Equal weights and lists that are permutations of each other make many exact ties,
+    # including at the top_n boundary; small id ranges make most ids appear in both lists.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    dense = rng.permutation(n + int(rng.integers(0, 20)))[:n]
+    lexical = rng.permutation(dense)[: int(rng.integers(0, n + 1))]
+    for top_n in [None, 0, 1, 2, 3, n // 3, n // 2, n, 2 * n]:
+        ids, scores = scoring.rrf_fuse(dense, lexical, top_n=top_n)
+        ref_ids, ref_scores = scoring.rrf_fuse_reference(dense, lexical, top_n=top_n)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(scores, ref_scores)
 
 
 def test_rrf_ties_are_broken_by_ascending_id():
@@ -34,6 +51,23 @@ def test_rrf_ties_are_broken_by_ascending_id():
     assert scores[0] == scores[1] and scores[2] == scores[3]
     ids, _ = scoring.rrf_fuse(np.array([5, 6]), np.array([6, 5]))
     np.testing.assert_array_equal(ids, [5, 6])
+    ids, _ = scoring.rrf_fuse(np.array([9, 4]), np.array([3, 8]), top_n=3)
+    np.testing.assert_array_equal(ids, [3, 9, 4])  # the tie at the cut keeps the lower id
+
+
+def test_rrf_top_n_is_the_head_of_the_full_ranking():
+    rng = np.random.default_rng(11)
+    dense, lexical = rng.permutation(5000)[:2000], rng.permutation(5000)[:2000]
+    full_ids, full_scores = scoring.rrf_fuse(dense, lexical)
+    ids, scores = scoring.rrf_fuse(dense, lexical, top_n=64)
+    np.testing.assert_array_equal(ids, full_ids[:64])
+    np.testing.assert_array_equal(scores, full_scores[:64])
+
+
+@pytest.mark.parametrize("top_n", [-1, 2.5, True, "10"])
+def test_rrf_rejects_a_bad_top_n(top_n):
+    with pytest.raises(InputError, match="top_n"):
+        scoring.rrf_fuse(np.array([1, 2]), np.array([2, 3]), top_n=top_n)
 
 
 def test_rrf_of_nothing_is_nothing():

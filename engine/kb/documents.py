@@ -8,7 +8,12 @@ character offset of each block, so a 50 MB file never has to be tokenized at onc
 
 Files that cannot be used are *skipped* with a reason (``SkippedFile``) rather than
 failing the whole build; ``strict=True`` in the builder turns a skip into a
-``DocumentError``.
+``DocumentError``. That includes files larger than the builder's ``max_document_mb``
+(``MAX_DOCUMENT_MB`` by default): streaming keeps memory bounded at any size, but
+embedding is the cost. An 8 MB document is ~2M tokens, ~10k chunks of 200 tokens:
+minutes at the tens to hundreds of chunks/s a CPU embeds (bench/bench_index.py
+measures it), while 50 MB would take hours. So a big file is refused at once, by its
+size, before it is read, and the reason says how to raise the limit.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from engine.errors import DocumentError, InputError
 SUFFIXES = (".txt", ".md", ".markdown")
 _READ_BYTES = 1 << 20
 _BLOCK_CHARS = 1 << 18
+MAX_DOCUMENT_MB = 8.0
 
 
 @dataclass(frozen=True)
@@ -92,13 +98,20 @@ def _hidden(child: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in child.relative_to(root).parts)
 
 
-def inspect(source: str) -> DocumentInfo:
+def inspect(source: str, max_document_mb: float | None = None) -> DocumentInfo:
     """Validate a document and compute its sha256, reading it in 1 MiB blocks.
 
+    Args:
+        source: path of the file.
+        max_document_mb: largest size accepted, in MiB; ``None`` for no limit. Checked
+            from the file's size before anything is read.
+
     Raises:
-        DocumentError: the file is unreadable, empty, binary (holds NUL bytes) or not
-            valid UTF-8; the message says which and where.
+        DocumentError: the file is unreadable, larger than ``max_document_mb``, empty,
+            binary (holds NUL bytes) or not valid UTF-8; the message says which and where.
     """
+    if max_document_mb is not None:
+        check_size(source, max_document_mb)
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     size = 0
@@ -127,6 +140,25 @@ def inspect(source: str) -> DocumentInfo:
     if not has_text:
         raise DocumentError(f"{source}: empty (no text)")
     return DocumentInfo(source, digest.hexdigest(), size)
+
+
+def check_size(source: str, max_document_mb: float) -> None:
+    """Raise ``DocumentError`` if ``source`` is larger than ``max_document_mb`` MiB."""
+    try:
+        size = os.path.getsize(source)
+    except OSError as error:
+        raise DocumentError(f"{source}: cannot read ({error.strerror})") from None
+    if size > max_document_mb * (1 << 20):
+        raise DocumentError(
+            f"{source}: {size / (1 << 20):.1f} MB is over the {max_document_mb:g} MB limit for one document "
+            f"(embedding it would take long): split it, or raise the limit with "
+            f"max_document_mb={_suggest(size)} (KnowledgeBase.build/add)")
+
+
+def _suggest(size: int) -> int:
+    """A round limit in MiB that admits a file of ``size`` bytes."""
+    mb = size / (1 << 20)
+    return int(-(-mb // 8) * 8) if mb > 0 else 1
 
 
 def iter_blocks(source: str, block_chars: int = _BLOCK_CHARS) -> Iterator[tuple[int, str]]:

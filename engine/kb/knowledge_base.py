@@ -24,6 +24,11 @@ Decisions a user can notice:
 - Unusable files (empty, binary, not UTF-8, wrong suffix) are skipped and listed in
   ``BuildReport.skipped``; ``strict=True`` raises ``DocumentError`` instead. A build
   with no usable document raises ``InputError``.
+- A file larger than ``max_document_mb`` (default 8 MiB, ``documents.MAX_DOCUMENT_MB``)
+  is skipped the same way, by its size, before it is read: embedding runs at tens to
+  hundreds of chunks per second on a CPU, so an 8 MB file (~10k chunks) costs minutes
+  and a 50 MB one hours. The reason in ``BuildReport.skipped`` names the value of
+  ``max_document_mb`` that would admit it.
 - A knowledge base opened with another embedder model or dimension raises
   ``KnowledgeBaseMismatchError``; another variant of the same model (fp32 vs int8) is
   accepted, since their vectors agree to within rounding.
@@ -141,7 +146,8 @@ class KnowledgeBase:
     @classmethod
     def build(cls, paths: PathsLike, path: str | os.PathLike[str], *, embedder, chunk_tokens: int = 200,
               overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(), progress: Progress | None = None,
-              strict: bool = False, lock_timeout_s: float = 0.0) -> KnowledgeBase:
+              strict: bool = False, lock_timeout_s: float = 0.0,
+              max_document_mb: float = documents.MAX_DOCUMENT_MB) -> KnowledgeBase:
         """Build a knowledge base in folder ``path`` from documents, replacing what it held.
 
         Args:
@@ -155,18 +161,21 @@ class KnowledgeBase:
             progress: called with a ``BuildProgress`` as documents and chunk batches finish.
             strict: raise ``DocumentError`` for an unusable file instead of skipping it.
             lock_timeout_s: seconds to wait for another writer before ``KnowledgeBaseLockedError``.
+            max_document_mb: largest document indexed, in MiB; larger files are skipped
+                (reported in ``build_report.skipped``) or, with ``strict``, raise ``DocumentError``.
 
         Returns:
             The opened knowledge base; ``build_report`` says what was indexed and skipped.
 
         Raises:
             InputError: no usable documents, a path that does not exist, bad sizes.
-            DocumentError: with ``strict=True``, the first unusable file.
+            DocumentError: with ``strict=True``, the first unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing ``path``.
         """
         chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
         chunking.validate(embedder.max_tokens)
         hnsw.validate()
+        _check_limit(max_document_mb)
         directory = Path(path)
         sources, skipped = documents.discover(paths)
         if not sources and not skipped:
@@ -175,7 +184,7 @@ class KnowledgeBase:
         _refuse_foreign(directory)
         started = time.perf_counter()
         with WriteLock(directory, lock_timeout_s):
-            docs, more_skipped = _inspect_all(sources, {}, strict)
+            docs, more_skipped = _inspect_all(sources, {}, strict, max_document_mb)
             skipped += more_skipped
             if not docs:
                 reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
@@ -256,18 +265,20 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ writing
 
     def add(self, paths: PathsLike, *, progress: Progress | None = None, strict: bool = False,
-            lock_timeout_s: float | None = None) -> BuildReport:
+            lock_timeout_s: float | None = None, max_document_mb: float = documents.MAX_DOCUMENT_MB) -> BuildReport:
         """Add documents: new ones are indexed, changed ones replaced, unchanged ones skipped.
 
         Atomic: on any failure or kill the knowledge base stays as it was. This object
-        then sees the new generation.
+        then sees the new generation. ``max_document_mb`` is the size limit of ``build``.
 
         Raises:
-            InputError: a path does not exist. DocumentError: with ``strict``, an unusable file.
+            InputError: a path does not exist, ``max_document_mb`` is not positive.
+            DocumentError: with ``strict``, an unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing.
         """
+        _check_limit(max_document_mb)
         sources, skipped = documents.discover(paths)
-        return self._write(sources, [], skipped, progress, strict, lock_timeout_s)
+        return self._write(sources, [], skipped, progress, strict, lock_timeout_s, max_document_mb)
 
     def remove(self, source: str | os.PathLike[str], *, lock_timeout_s: float | None = None) -> BuildReport:
         """Remove a document's chunks (by the path it was added with).
@@ -277,10 +288,11 @@ class KnowledgeBase:
             KnowledgeBaseLockedError: another process is writing.
         """
         name = documents.source_name(source)
-        return self._write([], [name], [], None, False, lock_timeout_s)
+        return self._write([], [name], [], None, False, lock_timeout_s, None)
 
     def _write(self, sources: list[str], removals: list[str], skipped: list[SkippedFile],
-               progress: Progress | None, strict: bool, lock_timeout_s: float | None) -> BuildReport:
+               progress: Progress | None, strict: bool, lock_timeout_s: float | None,
+               max_document_mb: float | None) -> BuildReport:
         started = time.perf_counter()
         timeout = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         with WriteLock(self.path, timeout):
@@ -291,7 +303,8 @@ class KnowledgeBase:
                     raise InputError(f"{name} is not in the knowledge base {self.path}: see stats() or "
                                      f"`bakeoff index --list` for what it holds")
             unchanged = [s for s in sources if s in current.documents and _same(s, current)]
-            docs, more_skipped = _inspect_all([s for s in sources if s not in unchanged], current.documents, strict)
+            docs, more_skipped = _inspect_all([s for s in sources if s not in unchanged], current.documents, strict,
+                                              max_document_mb)
             skipped = skipped + more_skipped
             replaced = [d.source for d in docs if d.source in current.documents]
             if not docs and not removals:
@@ -318,7 +331,8 @@ class KnowledgeBase:
             query: free text; cut to the embedder's ``max_tokens`` for the dense stage
                 (``SearchResult.query_truncated`` says so); bm25 uses its first 64 distinct words.
             k: number of hits; all chunks when larger than the knowledge base.
-            candidates: how many candidates each of dense and lexical search contribute.
+            candidates: how many candidates each of dense and lexical search contribute; the best
+                ``max(candidates, k)`` of their fusion go on to MMR.
             lam: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no diversification).
             w_dense, w_lexical, k_rrf: weights and constant of reciprocal-rank fusion.
 
@@ -345,7 +359,9 @@ class KnowledgeBase:
         t2 = time.perf_counter()
         lexical_ids, _ = self._store.lexical_search(query, n_candidates)
         t3 = time.perf_counter()
-        ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf)
+        # MMR only looks at the best n_candidates fused: rank those, not the whole union.
+        ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf,
+                                      top_n=n_candidates)
         if len(ids):
             rows = np.searchsorted(self._ids, ids)
             relevance = fused / fused[0]
@@ -407,13 +423,20 @@ def _same(source: str, current: Manifest) -> bool:
         return False
 
 
-def _inspect_all(sources: list[str], existing: dict, strict: bool) -> tuple[list[documents.DocumentInfo], list[SkippedFile]]:
-    """Validate documents; skip (or, strict, raise for) unusable ones and duplicate contents."""
+def _check_limit(max_document_mb: float) -> None:
+    if isinstance(max_document_mb, bool) or not isinstance(max_document_mb, (int, float)) or not max_document_mb > 0:
+        raise InputError(f"max_document_mb={max_document_mb!r} must be a positive number of MiB "
+                         f"(default {documents.MAX_DOCUMENT_MB:g})")
+
+
+def _inspect_all(sources: list[str], existing: dict, strict: bool,
+                 max_document_mb: float | None) -> tuple[list[documents.DocumentInfo], list[SkippedFile]]:
+    """Validate documents; skip (or, strict, raise for) unusable, too large and duplicate ones."""
     by_content = {record.sha256: source for source, record in existing.items() if source not in sources}
     docs, skipped = [], []
     for source in sources:
         try:
-            doc = documents.inspect(source)
+            doc = documents.inspect(source, max_document_mb)
         except DocumentError as error:
             if strict:
                 raise

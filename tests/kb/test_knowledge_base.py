@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import multiprocessing
 import shutil
 from pathlib import Path
@@ -335,18 +334,45 @@ def test_the_lock_is_exclusive_within_one_process_too(kb_copy):
                 pass
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("BAKEOFF_RUN_SLOW"), reason="set BAKEOFF_RUN_SLOW=1 (embeds ~12M tokens)")
-def test_a_50_mb_file_is_indexed_in_bounded_memory(tmp_path, embedder):
-    docs = tmp_path / "docs"
-    docs.mkdir()
+def _write_big(path: Path, megabytes: int) -> Path:
     paragraph = ("The pump moves water from the barrel to the beds at night. " * 6 + "\n\n").encode()
-    with open(docs / "big.txt", "wb") as handle:
-        for _ in range((50 << 20) // len(paragraph) + 1):
+    with open(path, "wb") as handle:
+        for _ in range((megabytes << 20) // len(paragraph) + 1):
             handle.write(paragraph)
-    kb = KnowledgeBase.build([docs], tmp_path / "kb", embedder=embedder)
-    assert kb.stats().chunks > 100_000
-    assert kb.search("barrel to the beds", k=3).hits
+    return path
+
+
+def test_a_50_mb_file_is_skipped_with_a_reason_that_says_how_to_raise_the_limit(tmp_path, corpus, embedder):
+    # Embedding 50 MB (~12M tokens) would take most of an hour: the default limit refuses it by its size,
+    # the rest of the folder is indexed, and the report tells the user what to change.
+    big = _write_big(corpus / "big.txt", 50)
+    kb = KnowledgeBase.build([corpus], tmp_path / "kb", embedder=embedder)
+    [skipped] = kb.build_report.skipped
+    assert skipped.source == str(big)
+    assert "50.0 MB is over the 8 MB limit" in skipped.reason and "max_document_mb=56" in skipped.reason
+    assert kb.stats().documents == 3 and str(big) not in kb.sources()
+    assert Path(kb.search("How long does the warranty last?", k=1).hits[0].source).name == "warranty.md"
+    with pytest.raises(DocumentError, match="max_document_mb"):
+        KnowledgeBase.build([corpus], tmp_path / "strict", embedder=embedder, strict=True)
+    assert not (tmp_path / "strict" / "manifest.json").exists()
+
+
+def test_raising_max_document_mb_admits_a_larger_file(tmp_path, corpus, embedder):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\n" + "Frost covers protect the pump in winter. " * 500, encoding="utf-8")  # ~20 KB
+    kb = KnowledgeBase.build([corpus, notes], tmp_path / "kb", embedder=embedder, max_document_mb=0.01)
+    assert [s.source for s in kb.build_report.skipped] == [str(notes)]
+    assert "max_document_mb=8" in kb.build_report.skipped[0].reason
+    report = kb.add([notes], max_document_mb=0.05)
+    assert report.added == (str(notes),) and report.chunks_added > 1
+    assert Path(kb.search("frost covers in winter", k=1).hits[0].source) == notes
+
+
+@pytest.mark.parametrize("limit", [0, -1, True, "8"])
+def test_a_bad_max_document_mb_is_refused_before_any_work(tmp_path, corpus, embedder, limit):
+    with pytest.raises(InputError, match="max_document_mb"):
+        KnowledgeBase.build([corpus], tmp_path / "kb", embedder=embedder, max_document_mb=limit)
+    assert not (tmp_path / "kb").exists()
 
 
 def test_vectors_on_disk_are_normalised(built):
