@@ -21,6 +21,7 @@ from engine import models
 from engine.errors import AdapterError, InputError
 from engine.finetune.prompt import BAKED_SYSTEM_PROMPT
 from engine.generator import Generation, Generator
+from engine.scoring import select_sentences
 from engine.prompting import RAG_SYSTEM_PROMPT, Passage, RagPrompt, build_rag_prompt, cited_labels
 
 Mode = Literal["rag", "baked"]
@@ -100,6 +101,10 @@ class Engine:
         n_ctx: context window of the generator, in tokens.
         n_threads: generation threads (None: the Generator's default).
         k: passages retrieved per question.
+        context: what of the retrieved chunks goes into a RAG prompt: "sentences"
+            (the most relevant, least redundant sentences within ``context_tokens``,
+            chosen by the Numba budget kernel) or "chunks" (whole chunks, best first).
+        context_tokens: embedder tokens of source text kept with ``context="sentences"``.
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
 
@@ -117,10 +122,16 @@ class Engine:
         n_ctx: int = 2048,
         n_threads: int | None = None,
         k: int = 4,
+        context: Literal["sentences", "chunks"] = "sentences",
+        context_tokens: int = 96,
         prompt_budget_tokens: int | None = None,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
+        if context not in ("sentences", "chunks"):
+            raise InputError(f"context must be 'sentences' or 'chunks', got {context!r}")
+        if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 8:
+            raise InputError(f"context_tokens must be an integer >= 8, got {context_tokens!r}")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
         self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads)
         self.adapter_path = Path(adapter) if adapter is not None else None
@@ -128,6 +139,8 @@ class Engine:
             self.generator.load_adapter(self.adapter_path, name=_ADAPTER_NAME)
         self.kb = _open_kb(kb, embedder) if kb is not None else None
         self.k = k
+        self.context = context
+        self.context_tokens = context_tokens
         self.prompt_budget_tokens = prompt_budget_tokens
         self._lock = threading.Lock()
 
@@ -196,12 +209,28 @@ class Engine:
         result = self.kb.search(question, k=self.k)
         retrieval_ms = _ms(t0)
         t1 = time.perf_counter()
-        candidates = [Passage(i + 1, h.chunk_id, h.source, h.span, h.heading, h.text) for i, h in enumerate(result.hits)]
+        candidates = self._passages(result)
         budget = self.prompt_budget_tokens or self.generator.n_ctx
         budget = min(budget, self.generator.n_ctx - max_tokens)
         rag = build_rag_prompt(question, candidates, count_tokens=self._count_chat_tokens, budget_tokens=budget,
                                system_prompt=RAG_SYSTEM_PROMPT)
         return _Prepared(rag.messages, {}, rag, result.timings, retrieval_ms, _ms(t1))
+
+    def _passages(self, result) -> list[Passage]:
+        hits = result.hits
+        if self.context == "chunks":
+            return [Passage(i + 1, h.chunk_id, h.source, h.span, h.heading, h.text) for i, h in enumerate(hits)]
+        embedder = self.kb.embedder
+        selected = select_sentences([(h.text, h.span[0]) for h in hits], result.query_embedding,
+                                    self.context_tokens, embedder.embed, embedder.count_tokens)
+        passages = []
+        for index, hit in enumerate(hits):
+            mine = [s for s in selected if s.chunk_index == index]
+            if mine:
+                span = (mine[0].start_char, mine[-1].end_char)
+                text = " ".join(s.text for s in mine)
+                passages.append(Passage(len(passages) + 1, hit.chunk_id, hit.source, span, hit.heading, text))
+        return passages
 
     def _count_chat_tokens(self, messages) -> int:
         return len(self.generator.tokenize(self.generator.format_chat(list(messages)), parse_special=True))

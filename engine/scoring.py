@@ -326,7 +326,9 @@ def budget_select_reference(vectors: np.ndarray, relevance: np.ndarray, tokens: 
 
 # ----------------------------------------------------------------------------- sentences
 
-_SENTENCE = re.compile(r"[^.!?\n]+(?:[.!?]+[\"')\]]*|\n|$)")
+# A sentence ends at . ! or ? followed by white space (so "2.3.1", "€39.90" and "e.g."
+# inside a sentence do not end it), or at a line break (list items, headings).
+_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![\s\"')\]]|$))+(?:[.!?]+[\"')\]]*(?=\s|$)|\n|$)")
 
 
 @dataclass(frozen=True)

@@ -153,3 +153,11 @@ def test_select_sentences_keeps_relevant_sentences_under_the_budget(embedder_dir
             assert document[sentence.start_char:sentence.end_char] == sentence.text
     assert picked == sorted(picked, key=lambda s: (s.chunk_index, s.start_char))
     assert scoring.select_sentences(chunks, query, 0, embedder.embed, embedder.count_tokens) == []
+
+
+def test_split_sentences_keeps_version_numbers_and_prices_whole():
+    from engine.scoring import split_sentences
+
+    text = "Factory firmware: version 2.3.1 is shipped. It costs €39.90! Really?\n- Weight: 2.9 kg"
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "Factory firmware: version 2.3.1 is shipped.", "It costs €39.90!", "Really?", "- Weight: 2.9 kg"]
