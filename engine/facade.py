@@ -101,9 +101,10 @@ class Engine:
         n_ctx: context window of the generator, in tokens.
         n_threads: generation threads (None: the Generator's default).
         k: passages retrieved per question.
-        context: what of the retrieved chunks goes into a RAG prompt: "sentences"
-            (the most relevant, least redundant sentences within ``context_tokens``,
-            chosen by the Numba budget kernel) or "chunks" (whole chunks, best first).
+        context: what of the retrieved chunks goes into a RAG prompt: "chunks" (whole
+            chunks, best first; measured the more accurate with SmolLM2-135M) or
+            "sentences" (the most relevant, least redundant sentences within
+            ``context_tokens``, chosen by the Numba budget kernel: shorter prompts).
         context_tokens: embedder tokens of source text kept with ``context="sentences"``.
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
@@ -121,8 +122,8 @@ class Engine:
         embedder=None,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        k: int = 4,
-        context: Literal["sentences", "chunks"] = "sentences",
+        k: int = 3,
+        context: Literal["sentences", "chunks"] = "chunks",
         context_tokens: int = 96,
         prompt_budget_tokens: int | None = None,
     ) -> None:
@@ -213,7 +214,7 @@ class Engine:
         budget = self.prompt_budget_tokens or self.generator.n_ctx
         budget = min(budget, self.generator.n_ctx - max_tokens)
         rag = build_rag_prompt(question, candidates, count_tokens=self._count_chat_tokens, budget_tokens=budget,
-                               system_prompt=RAG_SYSTEM_PROMPT)
+                               system_prompt=RAG_SYSTEM_PROMPT, count_text=self._count_text_tokens)
         return _Prepared(rag.messages, {}, rag, result.timings, retrieval_ms, _ms(t1))
 
     def _passages(self, result) -> list[Passage]:
@@ -231,6 +232,9 @@ class Engine:
                 text = " ".join(s.text for s in mine)
                 passages.append(Passage(len(passages) + 1, hit.chunk_id, hit.source, span, hit.heading, text))
         return passages
+
+    def _count_text_tokens(self, text: str) -> int:
+        return len(self.generator.tokenize(text, add_special=False))
 
     def _count_chat_tokens(self, messages) -> int:
         return len(self.generator.tokenize(self.generator.format_chat(list(messages)), parse_special=True))

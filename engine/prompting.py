@@ -76,6 +76,7 @@ def build_rag_prompt(
     count_tokens: Callable[[Sequence[tuple[str, str]]], int],
     budget_tokens: int,
     system_prompt: str = RAG_SYSTEM_PROMPT,
+    count_text: Callable[[str], int] | None = None,
 ) -> RagPrompt:
     """Fit as many passages as the budget allows, best first, into the chat messages.
 
@@ -83,23 +84,34 @@ def build_rag_prompt(
         question: the user's question (already checked to be non-empty).
         candidates: retrieved passages, best first (labels are reassigned 1..n).
         count_tokens: tokens of a list of ``(role, content)`` messages as the generator
-            renders them with its chat template.
+            renders them with its chat template (the exact count).
         budget_tokens: most tokens the whole prompt may take.
         system_prompt: the instructions.
+        count_text: tokens of a bare string; when given, passages are sized one by
+            one with it (fast) and only the final prompt is counted exactly.
 
     Returns:
         The prompt; passages that do not fit are dropped (counted in ``dropped_passages``).
         When even the question alone does not fit, the prompt is returned over budget
         and the generator raises ``ContextOverflowError``.
     """
+    base = count_tokens(_messages(system_prompt, question, []))
     chosen: list[Passage] = []
-    tokens = count_tokens(_messages(system_prompt, question, chosen))
+    estimate = base + (8 if candidates else 0)  # "Sources:" header and separators
     for candidate in candidates:
-        trial = [*chosen, _relabel(candidate, len(chosen) + 1)]
-        trial_tokens = count_tokens(_messages(system_prompt, question, trial))
-        if trial_tokens > budget_tokens:
+        relabelled = _relabel(candidate, len(chosen) + 1)
+        if count_text is None:
+            size = count_tokens(_messages(system_prompt, question, [*chosen, relabelled])) - estimate
+        else:
+            size = count_text(render_sources([relabelled])) + 2
+        if estimate + size > budget_tokens:
             continue  # a shorter, lower-ranked passage may still fit
-        chosen, tokens = trial, trial_tokens
+        chosen.append(relabelled)
+        estimate += size
+    tokens = count_tokens(_messages(system_prompt, question, chosen))
+    while chosen and tokens > budget_tokens:  # the estimate was short by a few boundary tokens
+        chosen.pop()
+        tokens = count_tokens(_messages(system_prompt, question, chosen))
     return RagPrompt(_messages(system_prompt, question, chosen), tuple(chosen), tokens,
                      len(candidates) - len(chosen))
 

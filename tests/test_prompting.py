@@ -47,3 +47,12 @@ def test_no_passage_fits_still_asks_the_question():
 def test_cited_labels_in_order_of_first_mention():
     assert cited_labels("It is 42 [2], see also [1] and [2].") == [2, 1]
     assert cited_labels("No citation.") == []
+
+
+def test_fast_sizing_gives_the_same_prompt_within_budget():
+    passages = [_passage(i, f"Fact number {i} " * (10 * i)) for i in range(1, 6)]
+    exact = build_rag_prompt("Which?", passages, count_tokens=_count_words, budget_tokens=200)
+    fast = build_rag_prompt("Which?", passages, count_tokens=_count_words, budget_tokens=200,
+                            count_text=lambda text: len(text.split()))
+    assert fast.prompt_tokens <= 200 and exact.prompt_tokens <= 200
+    assert [p.chunk_id for p in fast.passages] == [p.chunk_id for p in exact.passages]
