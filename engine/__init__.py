@@ -1,6 +1,6 @@
 """bakeoff's inference engine: local generation (llama.cpp) and local retrieval.
 
-The public surface is small: ``Generator`` (GGUF generation with LoRA adapters),
+The public surface is small: ``Engine`` (ask in "rag" or "baked" mode), ``Generator`` (GGUF generation with LoRA adapters),
 ``Embedder`` (ONNX Runtime sentence embeddings), ``KnowledgeBase`` (HNSW + SQLite
 FTS5 retrieval with Numba scoring), their result types, ``hardware()``, the
 ``models`` cache and the ``errors`` hierarchy.
@@ -20,6 +20,10 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it; resolved lazily by __getattr__.
 _LAZY = {
+    "Engine": "engine.facade",
+    "Answer": "engine.facade",
+    "AnswerTimings": "engine.facade",
+    "Citation": "engine.facade",
     "Generator": "engine.generator",
     "Generation": "engine.generator",
     "GenerationTimings": "engine.generator",
@@ -35,6 +39,7 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "errors", "models", "__version__"])
 
 if TYPE_CHECKING:
+    from engine.facade import Answer, AnswerTimings, Citation, Engine
     from engine.embedder import Embedder
     from engine.generator import Generation, GenerationTimings, Generator, ModelInfo
     from engine.hardware import hardware
