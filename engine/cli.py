@@ -168,7 +168,16 @@ def _to_jsonable(value: Any) -> Any:
         return [_to_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return value.tolist()
     return value
+
+
+def _search_payload(result) -> dict:
+    """A search result for --json, without the query vector nobody reads."""
+    payload = _to_jsonable(result)
+    payload.pop("query_embedding", None)
+    return payload
 
 
 def _emit(args: argparse.Namespace, payload: Any, human: Callable[[], None]) -> None:
@@ -289,7 +298,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     kb = KnowledgeBase.open(args.kb, embedder=_embedder(args))
     result = kb.search(args.question, k=args.k)
-    _emit(args, result, lambda: _print_hits(result))
+    _emit(args, _search_payload(result), lambda: _print_hits(result))
     return 0
 
 
@@ -312,6 +321,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for question in _demo_questions():
         result = kb.search(question, k=args.k)
         answers.append({"question": question, "result": result})
+    payload = [{"question": a["question"], "result": _search_payload(a["result"])} for a in answers]
 
     def human() -> None:
         print(f"knowledge base {args.kb}: {_to_jsonable(kb.stats())}")
@@ -319,7 +329,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             print(f"\nQ: {item['question']}")
             _print_hits(item["result"])
 
-    _emit(args, answers, human)
+    _emit(args, payload, human)
     return 0
 
 
