@@ -25,3 +25,21 @@ def embedder_dir() -> Path:
     """Folder of all-MiniLM-L6-v2: safetensors, tokenizer.json, model.onnx, model.int8.onnx."""
     [fetched] = models.fetch([models.DEFAULT_EMBEDDER])
     return fetched.directory
+
+
+@pytest.fixture(scope="session")
+def tiny_finetune(generator_model_path, tmp_path_factory):
+    """A LoRA adapter trained once per session on the first five facts (the tiny recipe, <= 2 min).
+
+    Returns ``(report, progress_steps)``. Skips when the ``finetune`` extra is missing.
+    """
+    pytest.importorskip("torch")
+    from engine.finetune import FinetuneConfig, finetune
+    from engine.qa import BUNDLED_SET
+
+    steps = []
+    report = finetune(BUNDLED_SET / "docs", BUNDLED_SET / "qa.jsonl", generator_model_path,
+                      tmp_path_factory.mktemp("tiny") / "tiny-lora.gguf",
+                      config=FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05),
+                      progress=steps.append)
+    return report, steps
