@@ -27,6 +27,12 @@ def embedder_dir() -> Path:
     return fetched.directory
 
 
+def _tiny_config():
+    from engine.finetune import FinetuneConfig
+
+    return FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_finetune(generator_model_path, tmp_path_factory):
     """A LoRA adapter trained once per session on the first five facts (the tiny recipe, <= 2 min).
@@ -34,12 +40,13 @@ def tiny_finetune(generator_model_path, tmp_path_factory):
     Returns ``(report, progress_steps)``. Skips when the ``finetune`` extra is missing.
     """
     pytest.importorskip("torch")
-    from engine.finetune import FinetuneConfig, finetune
+    from engine.finetune import finetune
     from engine.qa import BUNDLED_SET
 
+    config = _tiny_config()
     steps = []
     report = finetune(BUNDLED_SET / "docs", BUNDLED_SET / "qa.jsonl", generator_model_path,
                       tmp_path_factory.mktemp("tiny") / "tiny-lora.gguf",
-                      config=FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05),
+                      config=config,
                       progress=steps.append)
     return report, steps

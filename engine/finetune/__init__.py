@@ -1,0 +1,50 @@
+"""Bake knowledge into a LoRA adapter: the fine-tune half of the bake-off.
+
+``finetune()`` trains a LoRA adapter on the knowledge set's TRAIN questions,
+with a small torch re-implementation of llama.cpp's Llama graph over the base
+GGUF's own (dequantized) tensors, and writes it as a GGUF adapter that
+llama.cpp loads next to the quantized base model.
+
+PyTorch and the gguf package are the optional ``finetune`` extra; this package
+imports without them (``BAKED_SYSTEM_PROMPT``, ``render_chat`` and the config
+types need nothing), and the training entry points raise
+``engine.errors.MissingExtraError`` naming the extra when they are missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from engine.finetune.config import DEFAULT_TARGETS, FinetuneConfig, LoraConfig
+from engine.finetune.prompt import BAKED_SYSTEM_PROMPT, render_chat
+
+# Public name -> module that defines it; those modules import torch, so load them on use.
+_LAZY = {
+    "finetune": "engine.finetune.recipe",
+    "FinetuneReport": "engine.finetune.recipe",
+    "TrainProgress": "engine.finetune.train",
+    "write_adapter": "engine.finetune.export",
+    "merge_adapter": "engine.finetune.merge",
+}
+
+__all__ = sorted([*_LAZY, "BAKED_SYSTEM_PROMPT", "DEFAULT_TARGETS", "FinetuneConfig", "LoraConfig", "render_chat"])
+
+if TYPE_CHECKING:
+    from engine.finetune.export import write_adapter
+    from engine.finetune.merge import merge_adapter
+    from engine.finetune.recipe import FinetuneReport, finetune
+    from engine.finetune.train import TrainProgress
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.finetune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

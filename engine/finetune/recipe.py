@@ -1,0 +1,115 @@
+"""The fine-tune recipe end to end: knowledge set in, GGUF LoRA adapter out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.errors import InputError
+from engine.finetune._deps import require_torch
+from engine.finetune.config import FinetuneConfig
+from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples, select_facts
+from engine.finetune.export import write_adapter
+from engine.finetune.gguf_weights import load_base
+from engine.finetune.model import LlamaModel
+from engine.finetune.train import TrainProgress, train_lora
+
+
+@dataclass(frozen=True)
+class FinetuneReport:
+    """What ``finetune`` did and where the adapter is."""
+
+    adapter_path: Path
+    n_facts: int
+    n_qa_examples: int
+    n_doc_examples: int
+    steps: int
+    epochs: int
+    final_loss: float  # mean loss of the last epoch, nats/token
+    train_seconds: float
+    total_seconds: float  # including loading the base model and writing the adapter
+    tokens_per_s: float
+    stopped_early: bool
+    config: FinetuneConfig
+
+
+def finetune(
+    docs_dir: str | Path,
+    qa_path: str | Path,
+    base_model_path: str | Path,
+    out_path: str | Path,
+    *,
+    config: FinetuneConfig = FinetuneConfig(),
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> FinetuneReport:
+    """Bake the knowledge set's TRAIN questions into a LoRA adapter for ``base_model_path``.
+
+    Each training example is the question rendered with ``BAKED_SYSTEM_PROMPT`` in
+    the model's chat format, followed by the answer; the loss covers the answer
+    only. Held-out questions are never trained on. With ``config.use_documents``
+    the documents' text is trained on as well (next-token prediction).
+
+    Args:
+        docs_dir: folder of the knowledge set's ``*.md`` documents.
+        qa_path: the knowledge set's ``qa.jsonl``.
+        base_model_path: the Llama-architecture ``.gguf`` to adapt.
+        out_path: where to write the GGUF LoRA adapter.
+        config: hyper-parameters; the defaults fit 2 CPU cores.
+        progress: called after every optimizer step.
+
+    Raises:
+        InputError: the QA file or documents are unusable, or no train questions remain.
+        ModelError: the base model cannot be read.
+        AdapterError: the adapter cannot be written.
+        MissingExtraError: torch or gguf is not installed.
+    """
+    torch = require_torch()
+    started = time.perf_counter()
+    items = select_facts(load_qa(qa_path), config.limit_facts)
+    train_items = [item for item in items if item.split == "train"]
+    if not train_items:
+        raise InputError(f"{qa_path} has no 'train' questions (limit_facts={config.limit_facts}); nothing to bake")
+    tokenizer = Tokenizer(base_model_path)
+    examples = qa_examples(train_items, tokenizer, answer_style=config.answer_style, max_tokens=config.max_seq_tokens)
+    n_qa = len(examples)
+    if config.use_documents:
+        # With limit_facts, only the documents those facts come from (keeps tiny runs tiny).
+        sources = {Path(item.source).name for item in train_items} if config.limit_facts is not None else None
+        examples += document_examples(docs_dir, tokenizer, max_tokens=config.max_seq_tokens, only=sources)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        base = load_base(base_model_path)
+        torch.manual_seed(config.seed)
+        model = LlamaModel(base, config.lora, matmul_dtype=config.matmul_dtype)
+        report = train_lora(
+            model,
+            examples,
+            lr=config.lr,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            weight_decay=config.weight_decay,
+            stop_loss=config.stop_loss,
+            max_seconds=config.max_train_seconds,
+            progress=progress,
+        )
+        adapter = write_adapter(model.lora_state(), config.lora, out_path, architecture=base.hparams.architecture)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return FinetuneReport(
+        adapter_path=adapter,
+        n_facts=len({item.fact_id for item in train_items}),
+        n_qa_examples=n_qa,
+        n_doc_examples=len(examples) - n_qa,
+        steps=report.steps,
+        epochs=report.epochs,
+        final_loss=report.final_loss,
+        train_seconds=report.seconds,
+        total_seconds=time.perf_counter() - started,
+        tokens_per_s=report.tokens_per_s,
+        stopped_early=report.stopped_early,
+        config=config,
+    )
