@@ -61,6 +61,8 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"{file}:{number} is not a valid question line ({error}): "
                              "see engine/data/kb/README.md for the fields") from None
+        if not questions[-1].answers or questions[-1].split not in ("train", "heldout"):
+            raise InputError(f"{file}:{number}: needs a non-empty 'answers' and split 'train' or 'heldout'")
     if not questions:
         raise InputError(f"{file} holds no questions")
     return questions

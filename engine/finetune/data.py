@@ -6,24 +6,13 @@ they are exactly the tokens llama.cpp feeds the model at inference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError, ModelError
 from engine.finetune.prompt import END_OF_TURN, answer_target, render_chat
-
-
-@dataclass(frozen=True)
-class QaItem:
-    """One line of ``qa.jsonl``."""
-
-    id: str
-    fact_id: str
-    split: str
-    question: str
-    answers: tuple[str, ...]
-    source: str
+from engine.qa import Question as QaItem
+from engine.qa import load_questions
 
 
 @dataclass(frozen=True)
@@ -36,35 +25,8 @@ class Example:
 
 
 def load_qa(qa_path: str | Path) -> list[QaItem]:
-    """Read ``qa.jsonl`` (one JSON object per line).
-
-    Raises:
-        InputError: the file is missing or a line is not a valid QA record.
-    """
-    qa_path = Path(qa_path)
-    if not qa_path.is_file():
-        raise InputError(f"QA file {qa_path} does not exist; pass the knowledge set's qa.jsonl")
-    items = []
-    for number, line in enumerate(qa_path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            answers = tuple(str(a) for a in record["answers"])
-            item = QaItem(
-                id=str(record["id"]),
-                fact_id=str(record["fact_id"]),
-                split=str(record["split"]),
-                question=str(record["question"]),
-                answers=answers,
-                source=str(record.get("source", "")),
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise InputError(f"{qa_path}:{number}: not a QA record ({exc}); fix or remove that line") from exc
-        if not answers or item.split not in ("train", "heldout"):
-            raise InputError(f"{qa_path}:{number}: needs a non-empty 'answers' and split 'train' or 'heldout'")
-        items.append(item)
-    return items
+    """Read ``qa.jsonl`` (see ``engine.qa``); raises ``InputError`` on a missing file or bad line."""
+    return load_questions(qa_path)
 
 
 def select_facts(items: list[QaItem], limit_facts: int | None) -> list[QaItem]:
