@@ -57,6 +57,7 @@ class GradedAnswer:
     answer: str
     correct: bool
     cited_sources: tuple[str, ...]
+    answer_in_context: bool | None  # rag: a passage given to the model holds an accepted string
     ttft_ms: float
     total_ms: float
 
@@ -96,6 +97,8 @@ class ComparisonResult:
     latency: dict[str, LatencySummary] = field(default_factory=dict)
     memory: MemoryFootprint | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    # rag only: share of questions whose retrieved passages hold an accepted answer
+    context_recall: dict[str, float] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ttft_ratio_rag_over_baked: float | None = None
     seconds: float = 0.0
@@ -166,9 +169,19 @@ def run_comparison(
 
 def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[str, ...], max_tokens: int) -> GradedAnswer:
     answer = engine.ask(q.question, mode, max_tokens=max_tokens)
+    in_context = None
+    if mode == "rag":
+        in_context = any(is_correct(_passage_text(c), accepted) for c in answer.citations)
     return GradedAnswer(q.id, q.fact_id, split, mode, q.question, answer.text, is_correct(answer.text, accepted),
-                        tuple(os.path.basename(c.source) for c in answer.citations),
+                        tuple(os.path.basename(c.source) for c in answer.citations), in_context,
                         answer.timings.ttft_ms, answer.timings.total_ms)
+
+
+def _passage_text(citation) -> str:
+    try:
+        return Path(citation.source).read_text(encoding="utf-8")[citation.span[0]:citation.span[1]]
+    except OSError:
+        return ""
 
 
 def _time_mode(engine: Engine, questions: Sequence[Question], mode: str, config: CompareConfig,
@@ -249,6 +262,8 @@ def _summarise(result: ComparisonResult) -> None:
             result.counts[mode][split] = len(rows)
             if rows:
                 result.accuracy[mode][split] = sum(a.correct for a in rows) / len(rows)
+                if mode == "rag":
+                    result.context_recall[split] = sum(bool(a.answer_in_context) for a in rows) / len(rows)
     rag, baked = result.latency.get("rag"), result.latency.get("baked")
     if rag and baked and baked.ttft_p50_ms > 0:
         result.ttft_ratio_rag_over_baked = rag.ttft_p50_ms / baked.ttft_p50_ms

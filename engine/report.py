@@ -74,6 +74,11 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
         parts += [f"- {key}: {value}" for key, value in context.items()]
         parts.append("")
     parts += ["## Summary", "", summary_table(result), ""]
+    if result.context_recall:
+        recall = ", ".join(f"{split} {value * 100:.1f}%" for split, value in result.context_recall.items())
+        parts += [f"RAG context recall (a retrieved passage given to the model holds an accepted answer): {recall}. "
+                  "RAG answers can only be right where this holds; the rest of the gap is the generator "
+                  "not reading the answer out of its context.", ""]
     parts += ["An answer is correct when it contains one of the question's accepted strings "
               "(case-insensitive). Held-out questions were never used for fine-tuning. "
               "'After update' asks the facts that the v2 documents changed, after re-indexing them; "

@@ -87,3 +87,13 @@ def test_report_files(comparison):
     for plot in files.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob("*.partial"))
+
+
+def test_context_recall_is_reported_for_rag(comparison):
+    result, _, _ = comparison
+    assert set(result.context_recall) == {"train", "heldout", "updated"}
+    rag = [a for a in result.answers if a.mode == "rag"]
+    assert all(a.answer_in_context is not None for a in rag)
+    assert all(a.answer_in_context is None for a in result.answers if a.mode == "baked")
+    # an answer that contains the accepted string with its passage missing would be a guess
+    assert 0.0 <= min(result.context_recall.values()) <= max(result.context_recall.values()) <= 1.0
