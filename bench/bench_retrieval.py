@@ -126,3 +126,24 @@ def test_retrieval_p50(benchmark, kb_dir, embedders, queries, claims, variant, t
     if variant == "int8" and "fp32" in test_retrieval_p50.recall:
         loss = (test_retrieval_p50.recall["fp32"] - recall) * 100
         claims.add("retrieval", "recall@5 loss int8 vs fp32", loss, "points", target="<= 1")
+
+
+def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
+    """Retrieval recall on real questions: the bundled set's 748 questions against its 29 documents.
+
+    Each variant indexes the documents with its own embeddings; a question counts as
+    recalled when one of the top-4 hits holds one of its accepted answers. This is the
+    int8 embedder's effect on retrieval that a user of the bundled set would see.
+    """
+    from engine.qa import BUNDLED_SET, is_correct, load_questions
+
+    questions = load_questions(BUNDLED_SET / "qa.jsonl")
+    recall = {}
+    for variant in ("fp32", "int8"):
+        kb = KnowledgeBase.build([BUNDLED_SET / "docs"], path=tmp_path_factory.mktemp(variant) / "kb",
+                                 embedder=embedders[variant])
+        found = [any(is_correct(h.text, q.answers) for h in kb.search(q.question, k=4).hits) for q in questions]
+        recall[variant] = 100 * float(np.mean(found))
+        claims.add("retrieval", f"bundled QA recall@4 ({len(questions)} questions), {variant}", recall[variant], "%")
+    claims.add("retrieval", "bundled QA recall@4 loss int8 vs fp32", recall["fp32"] - recall["int8"], "points",
+               target="<= 1")
