@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.facade import Answer, Engine
-from engine.qa import Question, is_correct
+from engine.qa import Question, is_correct, select_facts
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
@@ -109,17 +109,8 @@ class ComparisonResult:
 
 def select_questions(questions: Sequence[Question], config: CompareConfig) -> list[Question]:
     """The graded questions: every held-out one and ``train_per_fact`` train ones per fact."""
-    facts: list[str] = []
-    for q in questions:
-        if q.fact_id not in facts:
-            facts.append(q.fact_id)
-    if config.limit_facts is not None:
-        facts = facts[: config.limit_facts]
-    keep = set(facts)
     chosen, train_taken = [], {}
-    for q in questions:
-        if q.fact_id not in keep:
-            continue
+    for q in select_facts(list(questions), config.limit_facts):
         if q.split == "heldout":
             chosen.append(q)
         elif q.split == "train" and train_taken.get(q.fact_id, 0) < config.train_per_fact:

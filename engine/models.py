@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
+from engine._files import sha256_file, write_text_atomic
 from engine.errors import InputError, ModelError, ModelFetchError
 
 MODELS_DIR_ENV = "BAKEOFF_MODELS_DIR"
@@ -184,7 +185,7 @@ def _fetch_one(model: ModelSpec, root: Path, source: Path | None, say: Callable[
 
         say(f"{model.name}: exporting ONNX graphs (fp32 and int8)")
         for produced in onnx_export.export_embedder(directory):
-            verified[produced.name] = _stat_entry(produced, _sha256(produced))
+            verified[produced.name] = _stat_entry(produced, sha256_file(produced))
     _write_stamp(directory, verified)
     say(f"{model.name}: ready in {directory}")
     return _result(model, directory, downloaded=True)
@@ -280,16 +281,8 @@ def _copy_hashing(reader: IO[bytes], writer: IO[bytes]) -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while block := reader.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_matches(path: Path, sha256: str) -> bool:
-    return path.is_file() and _sha256(path) == sha256
+    return path.is_file() and sha256_file(path) == sha256
 
 
 def _stat_entry(path: Path, sha256: str) -> dict:
@@ -315,9 +308,7 @@ def _stamp_is_current(directory: Path, names: list[str]) -> bool:
 
 
 def _write_stamp(directory: Path, verified: dict) -> None:
-    partial = directory / (_STAMP + ".partial")
-    partial.write_text(json.dumps(verified, indent=2, sort_keys=True))
-    os.replace(partial, directory / _STAMP)
+    write_text_atomic(directory / _STAMP, json.dumps(verified, indent=2, sort_keys=True))
 
 
 def remove(name: str, cache_dir: Path | str | None = None) -> None:

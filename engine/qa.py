@@ -72,3 +72,15 @@ def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
     """An answer is correct when it contains one of the accepted strings (case-insensitive)."""
     folded = answer.casefold()
     return any(candidate.casefold() in folded for candidate in accepted)
+
+
+def select_facts(questions: list[Question], limit_facts: int | None) -> list[Question]:
+    """Keep the questions of the first ``limit_facts`` facts (in file order), or all of them."""
+    if limit_facts is None:
+        return list(questions)
+    kept: list[str] = []
+    for q in questions:
+        if q.fact_id not in kept:
+            kept.append(q.fact_id)
+    chosen = set(kept[:limit_facts])
+    return [q for q in questions if q.fact_id in chosen]

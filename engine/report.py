@@ -12,6 +12,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine._files import write_text_atomic
 from engine.compare import STAGES, ComparisonResult
 
 _STAGE_LABELS = {
@@ -36,10 +37,10 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *, c
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"context": {**(context or {}), "platform": platform.platform(), "python": platform.python_version()},
                **result.to_dict()}
-    json_path = _atomic_write(directory / "report.json", json.dumps(payload, indent=2, default=str))
+    json_path = write_text_atomic(directory / "report.json", json.dumps(payload, indent=2, default=str))
     plots = _plots(result, directory)
     markdown = render_markdown(result, context or {}, [p.name for p in plots])
-    markdown_path = _atomic_write(directory / "report.md", markdown)
+    markdown_path = write_text_atomic(directory / "report.md", markdown)
     return ReportFiles(directory, json_path, markdown_path, tuple(plots))
 
 
@@ -107,13 +108,6 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
 
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")[:160]
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-    return path
 
 
 def _plots(result: ComparisonResult, directory: Path) -> list[Path]:

@@ -29,18 +29,6 @@ def load_qa(qa_path: str | Path) -> list[QaItem]:
     return load_questions(qa_path)
 
 
-def select_facts(items: list[QaItem], limit_facts: int | None) -> list[QaItem]:
-    """Keep the items of the first ``limit_facts`` facts (in file order), or all of them."""
-    if limit_facts is None:
-        return list(items)
-    kept: list[str] = []
-    for item in items:
-        if item.fact_id not in kept:
-            kept.append(item.fact_id)
-    chosen = set(kept[:limit_facts])
-    return [item for item in items if item.fact_id in chosen]
-
-
 class Tokenizer:
     """The GGUF model's own tokenizer, through llama.cpp (vocabulary only, no weights).
 

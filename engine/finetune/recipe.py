@@ -10,7 +10,8 @@ from pathlib import Path
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
 from engine.finetune.config import FinetuneConfig
-from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples, select_facts
+from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples
+from engine.qa import select_facts
 from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
 from engine.finetune.model import LlamaModel

@@ -9,12 +9,12 @@ new knowledge base, never a mix.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine._files import sha256_file
 from engine.errors import KnowledgeBaseCorruptError, KnowledgeBaseMismatchError
 
 FORMAT_VERSION = 1
@@ -120,15 +120,6 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_files(folder: Path, names: list[str]) -> dict[str, FileRecord]:

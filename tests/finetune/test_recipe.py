@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.finetune.config import FinetuneConfig  # noqa: E402
-from engine.finetune.data import Example, Tokenizer, load_qa, qa_examples, select_facts  # noqa: E402
+from engine.finetune.data import Example, Tokenizer, load_qa, qa_examples  # noqa: E402
+from engine.qa import select_facts  # noqa: E402
 from engine.finetune.evaluate import LlamaCppScorer, evaluate, trained_answer_logprob  # noqa: E402
 from engine.finetune.model import LlamaModel  # noqa: E402
 from engine.finetune.prompt import BAKED_SYSTEM_PROMPT, render_chat  # noqa: E402
