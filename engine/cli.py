@@ -497,14 +497,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_comparison(args: argparse.Namespace, result, files) -> None:
-    from engine.report import summary_table
+    from engine.report import retrieval_vs_reader, summary_table
 
     def human() -> None:
         print(summary_table(result))
+        for paragraph in retrieval_vs_reader(result):
+            print(f"\n{paragraph}")
         print(f"\nreport: {files.markdown_path}")
         print("plots: " + ", ".join(str(p) for p in files.plots))
 
     _emit(args, {"report": files.json_path, "accuracy": result.accuracy, "latency": result.latency,
+                 "context_recall": result.context_recall, "reader_accuracy": result.reader_accuracy,
                  "ttft_ratio_rag_over_baked": result.ttft_ratio_rag_over_baked}, human)
 
 

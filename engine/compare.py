@@ -6,6 +6,11 @@ at a time (switching adapters drops the KV cache, so interleaving would charge b
 modes for it). Freshness is measured on a copy of the documents: the v2 documents
 are written over their v1 files and re-indexed, and the changed facts are asked
 again, the adapter not retrained.
+
+To tell retrieval misses from reading misses, the held-out questions are also
+answered in "rag" mode with retrieval made perfect: the generator is given only the
+passage of the question's source document that holds an accepted answer (mode
+``rag-answer-passage`` in the answers; ``reader_accuracy`` in the summary).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from engine.qa import Question, is_correct, select_facts
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 
+READER_MODE = "rag-answer-passage"  # rag with retrieval made perfect
 STAGES = ("embed_ms", "dense_search_ms", "lexical_search_ms", "scoring_ms", "prompt_build_ms",
           "prefill_ms", "decode_ms")
 
@@ -33,7 +39,9 @@ class CompareConfig:
 
     ``train_per_fact`` train questions per fact are graded (all held-out ones always
     are); ``limit_facts`` keeps the first N facts (None: all); ``timing_questions``
-    questions are timed ``repetitions`` times per mode after ``warmup`` untimed answers.
+    questions are timed ``repetitions`` times per mode after ``warmup`` untimed answers;
+    ``answer_passage`` also answers the held-out questions from the passage that holds
+    the answer (perfect retrieval), which measures the reader alone.
     """
 
     train_per_fact: int = 1
@@ -43,6 +51,7 @@ class CompareConfig:
     warmup: int = 3
     max_tokens: int = 48
     freshness: bool = True
+    answer_passage: bool = True
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,8 @@ class ComparisonResult:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     # rag only: share of questions whose retrieved passages hold an accepted answer
     context_recall: dict[str, float] = field(default_factory=dict)
+    # rag given only the passage holding the answer (perfect retrieval), per split
+    reader_accuracy: dict[str, float] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ttft_ratio_rag_over_baked: float | None = None
     seconds: float = 0.0
@@ -147,6 +158,8 @@ def run_comparison(
         for done, q in enumerate(graded, 1):
             result.answers.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens))
             say(f"accuracy/{mode}", done, len(graded))
+    if config.answer_passage and engine.kb is not None:
+        result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], config, say)
     timing = graded[: config.timing_questions]
     for mode in ("rag", "baked"):
         result.latency[mode] = _time_mode(engine, timing, mode, config, say)
@@ -168,11 +181,37 @@ def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[s
                         answer.timings.ttft_ms, answer.timings.total_ms)
 
 
+def _grade_reader(engine: Engine, questions: Sequence[Question], config: CompareConfig,
+                  say: Progress) -> list[GradedAnswer]:
+    """Answer each question from the one passage that holds its answer (perfect retrieval)."""
+    graded = []
+    for done, q in enumerate(questions, 1):
+        passage = answer_passage(engine.kb, q)
+        if passage is not None:
+            answer = engine.ask(q.question, "rag", max_tokens=config.max_tokens, passages=[passage])
+            graded.append(GradedAnswer(q.id, q.fact_id, q.split, READER_MODE, q.question, answer.text,
+                                       is_correct(answer.text, q.answers), (os.path.basename(passage.source),),
+                                       True, answer.timings.ttft_ms, answer.timings.total_ms))
+        say(f"accuracy/{READER_MODE}", done, len(questions))
+    return graded
+
+
+def answer_passage(kb, q: Question):
+    """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
+    name = Path(q.source).name
+    for hit in kb.search(q.question, k=1_000_000, lam=1.0).hits:
+        if Path(hit.source).name == name and is_correct(f"{hit.heading}\n{hit.text}", q.answers):
+            return hit
+    return None
+
+
 def _passage_text(citation) -> str:
+    """The passage as the model saw it: its heading trail (the prompt shows it) and its text."""
     try:
-        return Path(citation.source).read_text(encoding="utf-8")[citation.span[0]:citation.span[1]]
+        text = Path(citation.source).read_text(encoding="utf-8")[citation.span[0]:citation.span[1]]
     except OSError:
-        return ""
+        text = ""
+    return f"{citation.heading}\n{text}"
 
 
 def _time_mode(engine: Engine, questions: Sequence[Question], mode: str, config: CompareConfig,
@@ -255,6 +294,11 @@ def _summarise(result: ComparisonResult) -> None:
                 result.accuracy[mode][split] = sum(a.correct for a in rows) / len(rows)
                 if mode == "rag":
                     result.context_recall[split] = sum(bool(a.answer_in_context) for a in rows) / len(rows)
+    for split in ("train", "heldout"):
+        rows = [a for a in result.answers if a.mode == READER_MODE and a.split == split]
+        if rows:
+            result.reader_accuracy[split] = sum(a.correct for a in rows) / len(rows)
+            result.counts.setdefault(READER_MODE, {})[split] = len(rows)
     rag, baked = result.latency.get("rag"), result.latency.get("baked")
     if rag and baked and baked.ttft_p50_ms > 0:
         result.ttft_ratio_rag_over_baked = rag.ttft_p50_ms / baked.ttft_p50_ms

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from engine import models
 from engine.errors import AdapterError, InputError
@@ -23,6 +23,9 @@ from engine.finetune.prompt import BAKED_SYSTEM_PROMPT
 from engine.generator import Generation, Generator
 from engine.scoring import select_sentences
 from engine.prompting import RAG_SYSTEM_PROMPT, Passage, RagPrompt, build_rag_prompt, cited_labels
+
+if TYPE_CHECKING:
+    from engine.kb import Hit
 
 Mode = Literal["rag", "baked"]
 _ADAPTER_NAME = "baked"
@@ -169,8 +172,17 @@ class Engine:
         return tuple(m for m in _MODES if (m == "rag" and self.kb is not None)
                      or (m == "baked" and self.adapter_path is not None))
 
-    def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48) -> Answer:
+    def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
+            passages: Sequence[Hit] | None = None) -> Answer:
         """Answer ``question`` in ``mode`` ("rag" or "baked"), greedily.
+
+        Args:
+            question: the user's question.
+            mode: "rag" (retrieve, quote, answer with the base model) or "baked" (the adapter).
+            max_tokens: most tokens of the answer.
+            passages: "rag" only: answer from these hits (best first; e.g. your own
+                ``KnowledgeBase.search`` results) instead of retrieving; the retrieval
+                timings are then zero.
 
         Raises:
             InputError: empty question, unknown mode, or a mode this engine lacks a part for.
@@ -178,12 +190,13 @@ class Engine:
         """
         start = time.perf_counter()
         with self._lock:
-            prepared = self._prepare(question, mode, max_tokens)
+            prepared = self._prepare(question, mode, max_tokens, passages)
             generation = self.generator.generate(list(prepared.messages), max_tokens=max_tokens,
                                                  adapters=prepared.adapters, stop=["<|im_end|>"])
         return _answer(question, mode, prepared, generation, start)
 
-    def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48) -> AnswerStream:
+    def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
+               passages: Sequence[Hit] | None = None) -> AnswerStream:
         """Like :meth:`ask`, but yields the answer's text pieces as they are generated.
 
         The stream's ``answer`` holds the full :class:`Answer` once it is exhausted.
@@ -191,7 +204,7 @@ class Engine:
         start = time.perf_counter()
         self._lock.acquire()
         try:
-            prepared = self._prepare(question, mode, max_tokens)
+            prepared = self._prepare(question, mode, max_tokens, passages)
             pieces = self.generator.stream(list(prepared.messages), max_tokens=max_tokens,
                                            adapters=prepared.adapters, stop=["<|im_end|>"])
         except BaseException:
@@ -199,11 +212,14 @@ class Engine:
             raise
         return AnswerStream(question, mode, prepared, pieces, start, self._lock)
 
-    def _prepare(self, question: str, mode: str, max_tokens: int) -> _Prepared:
+    def _prepare(self, question: str, mode: str, max_tokens: int,
+                 passages: Sequence[Hit] | None = None) -> _Prepared:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: ask something")
         if mode not in _MODES:
             raise InputError(f"mode must be 'rag' or 'baked', got {mode!r}")
+        if passages is not None and mode != "rag":
+            raise InputError("passages= is for mode='rag': the baked mode answers without sources")
         if mode == "baked":
             if self.adapter_path is None:
                 raise AdapterError("mode='baked' needs a fine-tuned adapter: Engine(adapter=...) "
@@ -211,25 +227,32 @@ class Engine:
             t0 = time.perf_counter()
             messages = (("system", BAKED_SYSTEM_PROMPT), ("user", question))
             return _Prepared(messages, {_ADAPTER_NAME: 1.0}, None, None, 0.0, _ms(t0))
-        if self.kb is None:
+        if passages is not None:
+            hits, query_embedding, search_timings, retrieval_ms = _given_hits(passages), None, None, 0.0
+        elif self.kb is None:
             raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
-        t0 = time.perf_counter()
-        result = self.kb.search(question, k=self.k, lam=self.mmr_lambda)
-        retrieval_ms = _ms(t0)
+        else:
+            t0 = time.perf_counter()
+            result = self.kb.search(question, k=self.k, lam=self.mmr_lambda)
+            hits, query_embedding, search_timings, retrieval_ms = result.hits, result.query_embedding, result.timings, _ms(t0)
         t1 = time.perf_counter()
-        candidates = self._passages(result)
+        candidates = self._passages(question, hits, query_embedding)
         budget = self.prompt_budget_tokens or self.generator.n_ctx
         budget = min(budget, self.generator.n_ctx - max_tokens)
         rag = build_rag_prompt(question, candidates, count_tokens=self._count_chat_tokens, budget_tokens=budget,
                                system_prompt=RAG_SYSTEM_PROMPT, count_text=self._count_text_tokens)
-        return _Prepared(rag.messages, {}, rag, result.timings, retrieval_ms, _ms(t1))
+        return _Prepared(rag.messages, {}, rag, search_timings, retrieval_ms, _ms(t1))
 
-    def _passages(self, result) -> list[Passage]:
-        hits = result.hits
+    def _passages(self, question: str, hits: Sequence[Hit], query_embedding) -> list[Passage]:
         if self.context == "chunks":
             return [Passage(i + 1, h.chunk_id, h.source, h.span, h.heading, h.text) for i, h in enumerate(hits)]
+        if self.kb is None:
+            raise InputError("context='sentences' ranks sentences with the knowledge base's embedder: "
+                             "give Engine(kb=...) or use context='chunks'")
         embedder = self.kb.embedder
-        selected = select_sentences([(h.text, h.span[0]) for h in hits], result.query_embedding,
+        if query_embedding is None:
+            query_embedding = embedder.embed_query(question)
+        selected = select_sentences([(h.text, h.span[0]) for h in hits], query_embedding,
                                     self.context_tokens, embedder.embed, embedder.count_tokens)
         passages = []
         for index, hit in enumerate(hits):
@@ -297,6 +320,15 @@ def _open_kb(kb, embedder):
 
         embedder = Embedder(models.DEFAULT_EMBEDDER)
     return KnowledgeBase.open(kb, embedder=embedder)
+
+
+def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
+    from engine.kb import Hit
+
+    hits = tuple(passages) if not isinstance(passages, (str, bytes)) else ()
+    if not hits or not all(isinstance(h, Hit) for h in hits):
+        raise InputError("passages= takes a non-empty sequence of engine.Hit (e.g. KnowledgeBase.search(...).hits)")
+    return hits
 
 
 def _ms(since: float) -> float:

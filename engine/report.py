@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._files import write_text_atomic
-from engine.compare import STAGES, ComparisonResult
+from engine.compare import READER_MODE, STAGES, ComparisonResult
 
 _STAGE_LABELS = {
     "embed_ms": "embed", "dense_search_ms": "dense search", "lexical_search_ms": "lexical search",
@@ -68,6 +68,23 @@ def summary_table(result: ComparisonResult) -> str:
     return "\n".join(lines)
 
 
+def retrieval_vs_reader(result: ComparisonResult) -> list[str]:
+    """Paragraphs that split RAG's misses into retrieval misses and reading misses."""
+    paragraphs = []
+    if result.context_recall:
+        recall = ", ".join(f"{split} {value * 100:.1f}%" for split, value in result.context_recall.items())
+        paragraphs.append(f"RAG context recall (a retrieved passage given to the model holds an accepted answer): "
+                          f"{recall}. RAG answers can only be right where this holds.")
+    if result.reader_accuracy:
+        counts = result.counts.get(READER_MODE, {})
+        reader = ", ".join(f"{split} {value * 100:.1f}% ({round(value * counts.get(split, 0))}/{counts.get(split, 0)})"
+                           for split, value in result.reader_accuracy.items())
+        paragraphs.append(f"RAG with perfect retrieval (the generator given only the passage of the source document "
+                          f"that holds the answer): {reader}. This is the reader's own ceiling; the difference to "
+                          "the RAG row is what retrieval loses.")
+    return paragraphs
+
+
 def render_markdown(result: ComparisonResult, context: dict, plot_names: list[str]) -> str:
     """The whole Markdown report."""
     parts = ["# bakeoff: baked-in (LoRA) vs retrieval (RAG)", ""]
@@ -75,11 +92,7 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
         parts += [f"- {key}: {value}" for key, value in context.items()]
         parts.append("")
     parts += ["## Summary", "", summary_table(result), ""]
-    if result.context_recall:
-        recall = ", ".join(f"{split} {value * 100:.1f}%" for split, value in result.context_recall.items())
-        parts += [f"RAG context recall (a retrieved passage given to the model holds an accepted answer): {recall}. "
-                  "RAG answers can only be right where this holds; the rest of the gap is the generator "
-                  "not reading the answer out of its context.", ""]
+    parts += [line for paragraph in retrieval_vs_reader(result) for line in (paragraph, "")]
     parts += ["An answer is correct when it contains one of the question's accepted strings "
               "(case-insensitive). Held-out questions were never used for fine-tuning. "
               "'After update' asks the facts that the v2 documents changed, after re-indexing them; "

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from engine.compare import CompareConfig, run_comparison, select_questions
+from engine.compare import READER_MODE, CompareConfig, answer_passage, run_comparison, select_questions
 from engine.embedder import Embedder
 from engine.facade import Engine
 from engine.kb import KnowledgeBase
 from engine.qa import BUNDLED_SET, is_correct, load_questions
-from engine.report import summary_table, write_report
+from engine.report import retrieval_vs_reader, summary_table, write_report
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 
@@ -97,3 +97,31 @@ def test_context_recall_is_reported_for_rag(comparison):
     assert all(a.answer_in_context is None for a in result.answers if a.mode == "baked")
     # an answer that contains the accepted string with its passage missing would be a guess
     assert 0.0 <= min(result.context_recall.values()) <= max(result.context_recall.values()) <= 1.0
+
+
+def test_reader_is_measured_with_perfect_retrieval(comparison):
+    result, phases, _ = comparison
+    reader = [a for a in result.answers if a.mode == READER_MODE]
+    assert [a.split for a in reader] == ["heldout"] * 3
+    assert f"accuracy/{READER_MODE}" in phases
+    subset = {q.id: q for q in QUESTIONS}
+    for a in reader:
+        assert a.cited_sources == (subset[a.question_id].source.rsplit("/", 1)[-1],)
+    assert result.reader_accuracy["heldout"] == sum(a.correct for a in reader) / 3
+    assert result.counts[READER_MODE] == {"heldout": 3}
+    assert any("perfect retrieval" in p for p in retrieval_vs_reader(result))
+
+
+@pytest.fixture(scope="module")
+def bundled_kb(embedder_dir, tmp_path_factory):
+    with KnowledgeBase.build([BUNDLED_SET / "docs"], path=tmp_path_factory.mktemp("kb") / "kb",
+                             embedder=Embedder(embedder_dir)) as kb:
+        yield kb
+
+
+def test_every_heldout_answer_sits_inside_one_chunk_of_its_source(bundled_kb):
+    """The perfect-retrieval measurement needs a passage for every held-out question."""
+    for q in (q for q in QUESTIONS if q.split == "heldout"):
+        passage = answer_passage(bundled_kb, q)
+        assert passage is not None, q.id
+        assert passage.source.endswith(q.source.rsplit("/", 1)[-1]) and is_correct(f"{passage.heading}\n{passage.text}", q.answers)

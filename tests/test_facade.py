@@ -71,6 +71,31 @@ def test_stream_yields_the_same_answer_as_ask(engine):
     assert stream.answer is not None and stream.answer.citations == expected.citations
 
 
+def test_rag_answers_from_given_passages_without_retrieving(engine):
+    question = "How many employees does Fenwhistle Aquatronics have?"
+    hits = [h for h in engine.kb.search(question, k=10).hits if "214" in h.text][:1]
+    assert hits, "the bundled set states the head count"
+    answer = engine.ask(question, passages=hits)
+    assert "214" in answer.text
+    assert [(c.chunk_id, c.span) for c in answer.citations] == [(hits[0].chunk_id, hits[0].span)]
+    assert answer.timings.retrieval_ms == 0 and answer.timings.embed_ms == 0
+    streamed = engine.stream(question, passages=hits)
+    assert "214" in "".join(streamed)
+    assert streamed.answer is not None and streamed.answer.citations == answer.citations
+
+
+@pytest.mark.parametrize("passages", [[], ["214 employees"], "214 employees"])
+def test_given_passages_must_be_hits(engine, passages):
+    with pytest.raises(errors.InputError, match="passages"):
+        engine.ask("How many employees?", passages=passages)
+
+
+def test_given_passages_are_refused_in_baked_mode(engine):
+    hits = engine.kb.search("employees", k=1).hits
+    with pytest.raises(errors.InputError, match="baked"):
+        engine.ask("How many employees?", mode="baked", passages=hits)
+
+
 def test_updated_document_changes_the_rag_answer_at_once(engine, docs_copy):
     question = "What is the price of the Brookling B3 pump?"
     before = engine.ask(question)
