@@ -25,18 +25,22 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from engine._native import core
 from engine.errors import AdapterError, InputError, ModelError
+from engine.generation_types import (  # noqa: F401  (re-exported: the public names of this module)
+    KV_TYPES,
+    Generation,
+    GenerationTimings,
+    GeneratorConfig,
+    Message,
+    ModelInfo,
+    Prompt,
+    SamplingConfig,
+    _is_int,
+)
 from engine.text_stream import TextStream
-
-Message = Union[Mapping[str, str], tuple[str, str]]
-Prompt = Union[str, Sequence[Message]]
-
-KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
-_SEED_MAX = 2**32 - 1
-
 
 def _default_threads() -> int:
     """Half the CPUs this process may use (about the physical cores), as llama-cpp-python does."""
@@ -45,141 +49,6 @@ def _default_threads() -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus // 2)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    """How the model and its context are set up (fixed for a Generator's lifetime).
-
-    ``n_ctx`` and ``n_batch`` are in tokens; ``n_threads`` defaults to half the CPUs
-    this process may use (about the physical cores), ``n_threads_batch`` (prefill) to
-    ``n_threads``; ``n_gpu_layers`` < 0 offloads every layer; ``flash_attn`` None
-    lets llama.cpp decide; ``kv_type`` is the K/V cache element type; ``seed`` seeds
-    sampling at temperature > 0.
-    """
-
-    n_ctx: int = 2048
-    n_threads: int | None = None
-    n_threads_batch: int | None = None
-    n_batch: int = 512
-    n_gpu_layers: int = 0
-    flash_attn: bool | None = None
-    kv_type: str = "f16"
-    seed: int = 0
-    use_mmap: bool = True
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first unusable field."""
-        if not _is_int(self.n_ctx) or self.n_ctx < 16:
-            raise InputError(f"n_ctx must be an integer >= 16 tokens, got {self.n_ctx!r}")
-        if not _is_int(self.n_batch) or self.n_batch < 1:
-            raise InputError(f"n_batch must be an integer >= 1 token, got {self.n_batch!r}")
-        for name in ("n_threads", "n_threads_batch"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise InputError(f"{name} must be None or an integer >= 1, got {value!r}")
-        if not _is_int(self.n_gpu_layers):
-            raise InputError(f"n_gpu_layers must be an integer (negative = all layers), got {self.n_gpu_layers!r}")
-        if self.flash_attn not in (None, True, False):
-            raise InputError(f"flash_attn must be None (auto), True or False, got {self.flash_attn!r}")
-        if self.kv_type not in KV_TYPES:
-            raise InputError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed <= _SEED_MAX:
-            raise InputError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """How the next token is chosen. ``temperature`` 0 means greedy (deterministic)."""
-
-    temperature: float = 0.0
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    seed: int | None = None  # None: the Generator's seed
-    ignore_eos: bool = False  # keep generating past end-of-sequence (benchmarks)
-
-    def validate(self) -> None:
-        """Raise :class:`InputError` naming the first unusable field."""
-        def number(name: str) -> float:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InputError(f"{name} must be a finite number, got {value!r}")
-            return float(value)
-
-        if number("temperature") < 0:
-            raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise InputError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not 0 < number("top_p") <= 1:
-            raise InputError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if not 0 <= number("min_p") <= 1:
-            raise InputError(f"min_p must be in [0, 1] (0 = off), got {self.min_p!r}")
-        if number("repeat_penalty") <= 0:
-            raise InputError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty!r}")
-        if not _is_int(self.repeat_last_n) or self.repeat_last_n < -1:
-            raise InputError(f"repeat_last_n must be an integer >= -1, got {self.repeat_last_n!r}")
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= _SEED_MAX):
-            raise InputError(f"seed must be None or an integer in [0, 2**32 - 1], got {self.seed!r}")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Metadata of the loaded GGUF model."""
-
-    path: str
-    name: str
-    architecture: str
-    description: str
-    quantization: str
-    n_params: int
-    size_bytes: int
-    context_length: int  # tokens the model was trained for
-    n_layer: int
-    n_embd: int
-    n_vocab: int
-    chat_template: str  # "" when the GGUF carries none
-
-
-@dataclass(frozen=True)
-class GenerationTimings:
-    """Per-stage timings of one request, measured in C++ with a monotonic clock."""
-
-    tokenize_ms: float
-    prompt_tokens: int
-    truncated_tokens: int
-    reused_tokens: int  # prompt tokens whose K/V came from the previous request
-    prefill_ms: float
-    prefill_tokens: int
-    prefill_tokens_per_s: float
-    ttft_ms: float  # request start (tokenizing included) to first token
-    decode_ms: float
-    decode_tokens: int
-    decode_tokens_per_s: float
-    total_ms: float
-    backend: str  # "CPU", or the GPU device(s) layers were offloaded to
-    devices: tuple[str, ...]  # every ggml device llama.cpp sees
-    n_gpu_layers_offloaded: int
-
-
-@dataclass(frozen=True)
-class Generation:
-    """A finished request: the text, its token ids, why it stopped, and timings.
-
-    ``stop_reason`` is "eos" (the model ended), "stop" (a stop string; not included
-    in ``text``), "length" (``max_tokens`` reached) or "context_full".
-    """
-
-    text: str
-    tokens: tuple[int, ...]
-    stop_reason: str
-    timings: GenerationTimings
 
 
 @dataclass
@@ -355,6 +224,10 @@ class Generator:
             truncate: "error" raises ContextOverflowError when the prompt does not fit
                 ``n_ctx``; "left" drops its oldest tokens instead.
             reuse_prefix: reuse the K/V of the prefix shared with the previous request.
+                The tokens after the prefix are then computed in a smaller batch, whose
+                float rounding can differ in the last bits from a full prefill, so a greedy
+                answer at a near-tie may differ from the one without reuse; pass False for
+                runs that must reproduce each other bit for bit.
 
         Raises:
             InputError, ContextOverflowError, CancelledError, AdapterError, GenerationError.

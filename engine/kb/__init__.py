@@ -7,7 +7,8 @@ can notice (atomic writes, locking, verification, duplicates, skips).
 from engine.kb.chunking import Chunk, ChunkingConfig
 from engine.kb.documents import SkippedFile
 from engine.kb.index import HnswConfig
-from engine.kb.knowledge_base import Hit, KnowledgeBase, KnowledgeBaseStats, SearchResult, SearchTimings
+from engine.kb.knowledge_base import KnowledgeBase
+from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
 from engine.kb.writer import BuildProgress, BuildReport
 
 __all__ = [

@@ -40,7 +40,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,73 +57,12 @@ from engine.kb.documents import SkippedFile
 from engine.kb.index import HnswConfig
 from engine.kb.locking import LOCK_FILE, WriteLock
 from engine.kb.manifest import Manifest
+from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
 from engine.kb.store import ChunkStore
 from engine.kb.writer import BuildProgress, BuildReport
 
 PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
 Progress = Callable[[BuildProgress], None]
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved chunk.
-
-    Attributes:
-        chunk_id: the chunk's id in this knowledge base.
-        text: the chunk's text, exactly ``document[span[0]:span[1]]``.
-        source: absolute path of the document.
-        span: ``(start_char, end_char)`` character offsets in the document (UTF-8 decoded, BOM dropped).
-        heading: Markdown heading trail above the chunk ("Manual > Safety"), ``""`` if none.
-        score: fused relevance (weighted reciprocal-rank fusion of dense and bm25 ranks); higher is
-            better. Hits come in MMR order, so a later hit may score higher than an earlier one
-            that was chosen for being less redundant.
-    """
-
-    chunk_id: int
-    text: str
-    source: str
-    span: tuple[int, int]
-    heading: str
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchTimings:
-    """Wall time of each retrieval stage, in milliseconds."""
-
-    embed_ms: float
-    dense_search_ms: float
-    lexical_search_ms: float
-    scoring_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Hits best first, stage timings, and whether the query was cut to the embedder's window."""
-
-    query: str
-    hits: tuple[Hit, ...]
-    timings: SearchTimings
-    query_truncated: bool
-    query_embedding: np.ndarray
-
-
-@dataclass(frozen=True)
-class KnowledgeBaseStats:
-    """What a knowledge base holds and how it was built."""
-
-    path: str
-    generation: str
-    documents: int
-    chunks: int
-    embedder_model: str
-    embedder_variant: str
-    dim: int
-    chunking: ChunkingConfig
-    hnsw: HnswConfig
-    size_bytes: int
-    warm_up_s: float
 
 
 class KnowledgeBase:
