@@ -15,7 +15,9 @@ ids are always 0 (the type-0 row is folded into the position table).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,16 +387,35 @@ def _quantize_atomic(model: onnx.ModelProto, int8_path: Path, config: BertConfig
 
     partial = int8_path.with_name(int8_path.name + ".quantizing")
     try:
-        quantize_dynamic(
-            model, partial,
-            op_types_to_quantize=["MatMul", "Attention"],
-            per_channel=True,
-            reduce_range=False,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=[f"layer{i}_ffn_down" for i in range(config.num_layers)],
-            extra_options={"MatMulConstBOnly": True},
-        )
+        # The quantizer logs a generic "consider pre-processing" advice on the root logger;
+        # our graph is built with shapes already inferred, so it is noise to a user.
+        with _root_log_level(logging.ERROR):
+            quantize_dynamic(
+                model, partial,
+                op_types_to_quantize=["MatMul", "Attention"],
+                per_channel=True,
+                reduce_range=False,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=[f"layer{i}_ffn_down" for i in range(config.num_layers)],
+                extra_options={"MatMulConstBOnly": True},
+            )
         model = onnx.load(partial)
         _save_atomic(model, int8_path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int):
+    """Raise the root logger's level for a while, without ``logging.warning``'s side
+    effect of installing a stderr handler (its ``basicConfig``) when root has none."""
+    root = logging.getLogger()
+    before = root.level
+    placeholder = logging.NullHandler()
+    root.addHandler(placeholder)
+    root.setLevel(max(level, before))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
+        root.removeHandler(placeholder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -95,8 +96,13 @@ def _model_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def test_export_is_deterministic(embedder_dir: Path, tmp_path: Path) -> None:
+def test_export_is_deterministic(embedder_dir: Path, tmp_path: Path, caplog) -> None:
+    root_handlers = list(logging.getLogger().handlers)
     first = onnx_export.export_embedder(_model_copy(embedder_dir, tmp_path / "a"))
+    # the quantizer's generic pre-processing advice is not shown to users, and the
+    # export leaves the root logger as it found it
+    assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
+    assert logging.getLogger().handlers == root_handlers
     second = onnx_export.export_embedder(_model_copy(embedder_dir, tmp_path / "b"))
     assert [p.name for p in first] == ["model.onnx", "model.int8.onnx"]
     for a, b in zip(first, second):
