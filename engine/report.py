@@ -158,11 +158,15 @@ def _plots(result: ComparisonResult, directory: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     splits = ["train", "heldout", "updated"]
-    width = 0.4
-    for i, mode in enumerate(("rag", "baked")):
-        values = [result.accuracy.get(mode, {}).get(s, 0.0) * 100 for s in splits]
-        ax.bar([x + i * width for x in range(len(splits))], values, width, label=mode)
-    ax.set_xticks([x + width / 2 for x in range(len(splits))], ["train", "held-out", "after update"])
+    series = [(mode, result.accuracy.get(mode, {})) for mode in ("rag", "baked")]
+    if result.reader_accuracy:
+        series.append(("rag, answer passage given", result.reader_accuracy))
+    width = 0.8 / len(series)
+    for i, (label, accuracy) in enumerate(series):
+        values = [accuracy.get(s, float("nan")) * 100 for s in splits]  # no bar where not measured
+        ax.bar([x + i * width for x in range(len(splits))], values, width, label=label)
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(splits))],
+                  ["train", "held-out", "after update"])
     ax.set_ylabel("% correct")
     ax.set_ylim(0, 100)
     ax.set_title("Accuracy")
