@@ -171,14 +171,16 @@ def run_comparison(
     return result
 
 
-def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[str, ...], max_tokens: int) -> GradedAnswer:
-    answer = engine.ask(q.question, mode, max_tokens=max_tokens)
+def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[str, ...], max_tokens: int,
+           *, passages: Sequence | None = None, label: str | None = None) -> GradedAnswer:
+    """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
+    answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages)
     in_context = None
     if mode == "rag":
         in_context = any(is_correct(_passage_text(c), accepted) for c in answer.citations)
-    return GradedAnswer(q.id, q.fact_id, split, mode, q.question, answer.text, is_correct(answer.text, accepted),
-                        tuple(os.path.basename(c.source) for c in answer.citations), in_context,
-                        answer.timings.ttft_ms, answer.timings.total_ms)
+    return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
+                        is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
+                        in_context, answer.timings.ttft_ms, answer.timings.total_ms)
 
 
 def _grade_reader(engine: Engine, questions: Sequence[Question], config: CompareConfig,
@@ -188,10 +190,8 @@ def _grade_reader(engine: Engine, questions: Sequence[Question], config: Compare
     for done, q in enumerate(questions, 1):
         passage = answer_passage(engine.kb, q)
         if passage is not None:
-            answer = engine.ask(q.question, "rag", max_tokens=config.max_tokens, passages=[passage])
-            graded.append(GradedAnswer(q.id, q.fact_id, q.split, READER_MODE, q.question, answer.text,
-                                       is_correct(answer.text, q.answers), (os.path.basename(passage.source),),
-                                       True, answer.timings.ttft_ms, answer.timings.total_ms))
+            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens,
+                                 passages=[passage], label=READER_MODE))
         say(f"accuracy/{READER_MODE}", done, len(questions))
     return graded
 
@@ -200,18 +200,23 @@ def answer_passage(kb, q: Question):
     """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
     name = Path(q.source).name
     for hit in kb.search(q.question, k=1_000_000, lam=1.0).hits:
-        if Path(hit.source).name == name and is_correct(f"{hit.heading}\n{hit.text}", q.answers):
+        if Path(hit.source).name == name and is_correct(_as_shown(hit.heading, hit.text), q.answers):
             return hit
     return None
 
 
 def _passage_text(citation) -> str:
-    """The passage as the model saw it: its heading trail (the prompt shows it) and its text."""
+    """The cited passage as the model saw it, read back from the document at its span."""
     try:
         text = Path(citation.source).read_text(encoding="utf-8")[citation.span[0]:citation.span[1]]
     except OSError:
         text = ""
-    return f"{citation.heading}\n{text}"
+    return _as_shown(citation.heading, text)
+
+
+def _as_shown(heading: str, text: str) -> str:
+    """A passage as the prompt shows it: its heading trail (answers may sit there), then its text."""
+    return f"{heading}\n{text}"
 
 
 def _time_mode(engine: Engine, questions: Sequence[Question], mode: str, config: CompareConfig,
