@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from engine.errors import AdapterError
 from engine.finetune._deps import require_gguf
 from engine.finetune.config import LoraConfig
+from engine.finetune.gguf_write import publish, staging_path
 
 if TYPE_CHECKING:
     import torch
@@ -44,8 +45,7 @@ def write_adapter(
     """
     gguf = require_gguf()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp = staging_path(out_path)
     writer = gguf.GGUFWriter(tmp, arch=architecture)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_name(name)
@@ -56,13 +56,4 @@ def write_adapter(
             raise AdapterError(f"LoRA pair of {base_name}: a is {tuple(a.shape)}, b is {tuple(b.shape)}; ranks differ")
         writer.add_tensor(f"{base_name}.lora_a", a.detach().float().contiguous().numpy())
         writer.add_tensor(f"{base_name}.lora_b", b.detach().float().contiguous().numpy())
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except OSError as exc:
-        raise AdapterError(f"cannot write the adapter to {out_path}: {exc}; check the folder is writable") from exc
-    finally:
-        writer.close()
-    tmp.replace(out_path)
-    return out_path
+    return publish(writer, tmp, out_path, error=AdapterError, what="the adapter")

@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.errors import AdapterError, InputError, ModelError
 from engine.finetune._deps import require_gguf
+from engine.finetune.gguf_write import publish, staging_path
 
 MERGE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "F32")
 
@@ -76,8 +77,7 @@ def merge_adapter(
         )
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp = staging_path(out_path)
     arch = base.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(tmp, arch=arch)
     for key, field in base.fields.items():
@@ -102,13 +102,4 @@ def merge_adapter(
             writer.add_tensor(t.name, merged.astype(np.float16))
         else:
             writer.add_tensor(t.name, gguf.quants.quantize(merged, qtype), raw_dtype=qtype)
-    try:
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except OSError as exc:
-        raise ModelError(f"cannot write the merged model to {out_path}: {exc}; check the folder is writable") from exc
-    finally:
-        writer.close()
-    tmp.replace(out_path)
-    return out_path
+    return publish(writer, tmp, out_path, error=ModelError, what="the merged model")

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
-from engine.errors import InputError  # noqa: E402
+from engine.errors import AdapterError, InputError  # noqa: E402
 from engine.finetune.config import LoraConfig  # noqa: E402
 from engine.finetune.evaluate import LlamaCppScorer  # noqa: E402
 from engine.finetune.export import write_adapter  # noqa: E402
@@ -98,3 +98,12 @@ def test_merged_model_loads_in_llama_cpp_and_acts_like_base_plus_adapter(
     assert np.abs(got - ours).mean() < np.abs(got - base).mean()
     for i in range(len(tokens)):
         assert np.corrcoef(ours[i], got[i])[0, 1] >= 0.98
+
+
+def test_unwritable_adapter_raises_and_publishes_nothing(perturbed, tmp_path):
+    model, _ = perturbed
+    out = tmp_path / "adapter.gguf"
+    (tmp_path / "adapter.gguf.tmp").mkdir()  # the staging file cannot be opened for writing
+    with pytest.raises(AdapterError, match="cannot write the adapter"):
+        write_adapter(model.lora_state(), CONFIG, out)
+    assert not out.exists()
