@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
+from engine._spans import trimmed_spans
 from engine.errors import InputError
 
 # ----------------------------------------------------------------------------- fusion
@@ -45,21 +46,30 @@ def _worse(score_a, id_a, score_b, id_b):
     return score_a < score_b or (score_a == score_b and id_a > id_b)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _above(keys, ids, a, b, worst_on_top):
+    """Entry ``a`` belongs above entry ``b``: the worse of the two in a heap of the worst
+    (``worst_on_top``, rrf's top-n), else the better (MMR's candidates)."""
+    if worst_on_top:
+        return _worse(keys[a], ids[a], keys[b], ids[b])
+    return _worse(keys[b], ids[b], keys[a], ids[a])
+
+
 @njit(cache=True, nogil=True)
-def _sift_down_worst(scores, ids, size, i):
-    """Restore a heap whose root is the *worst* entry in fused order."""
+def _sift_down(keys, ids, size, i, worst_on_top):
+    """Restore a binary heap of ``(keys, ids)`` in fused order (score, then id) from ``i`` down."""
     while True:
         left = 2 * i + 1
         if left >= size:
             return
-        worst = left
+        top = left
         right = left + 1
-        if right < size and _worse(scores[right], ids[right], scores[left], ids[left]):
-            worst = right
-        if _worse(scores[worst], ids[worst], scores[i], ids[i]):
-            scores[i], scores[worst] = scores[worst], scores[i]
-            ids[i], ids[worst] = ids[worst], ids[i]
-            i = worst
+        if right < size and _above(keys, ids, right, left, worst_on_top):
+            top = right
+        if _above(keys, ids, top, i, worst_on_top):
+            keys[i], keys[top] = keys[top], keys[i]
+            ids[i], ids[top] = ids[top], ids[i]
+            i = top
         else:
             return
 
@@ -100,17 +110,17 @@ def _rrf_fuse_kernel(dense_ids, lexical_ids, w_dense, w_lexical, k_rrf, top_n):
         heap_scores[i] = scores[i]
         heap_ids[i] = ids[i]
     for i in range(keep // 2 - 1, -1, -1):
-        _sift_down_worst(heap_scores, heap_ids, keep, i)
+        _sift_down(heap_scores, heap_ids, keep, i, True)
     for i in range(keep, m):
         if keep > 0 and _worse(heap_scores[0], heap_ids[0], scores[i], ids[i]):
             heap_scores[0] = scores[i]
             heap_ids[0] = ids[i]
-            _sift_down_worst(heap_scores, heap_ids, keep, 0)
+            _sift_down(heap_scores, heap_ids, keep, 0, True)
     # Pop the worst to the back, one by one: the array ends up best first.
     for end in range(keep - 1, 0, -1):
         heap_scores[0], heap_scores[end] = heap_scores[end], heap_scores[0]
         heap_ids[0], heap_ids[end] = heap_ids[end], heap_ids[0]
-        _sift_down_worst(heap_scores, heap_ids, end, 0)
+        _sift_down(heap_scores, heap_ids, end, 0, True)
     return heap_ids, heap_scores
 
 
@@ -171,29 +181,6 @@ def rrf_fuse(dense_ids: np.ndarray, lexical_ids: np.ndarray, w_dense: float = 1.
 # ----------------------------------------------------------------------------- greedy MMR
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _before(key_a, idx_a, key_b, idx_b):
-    return key_a > key_b or (key_a == key_b and idx_a < idx_b)
-
-
-@njit(cache=True, nogil=True)
-def _sift_down(keys, idx, size, i):
-    while True:
-        left = 2 * i + 1
-        if left >= size:
-            return
-        best = left
-        right = left + 1
-        if right < size and _before(keys[right], idx[right], keys[left], idx[left]):
-            best = right
-        if _before(keys[best], idx[best], keys[i], idx[i]):
-            keys[i], keys[best] = keys[best], keys[i]
-            idx[i], idx[best] = idx[best], idx[i]
-            i = best
-        else:
-            return
-
-
 @njit(cache=True, nogil=True)
 def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
     """Greedy MMR with lazy re-evaluation; ``budget < 0`` means no token budget."""
@@ -208,7 +195,7 @@ def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
         keys[i] = lam * relevance[i]
         idx[i] = i
     for i in range(n // 2 - 1, -1, -1):
-        _sift_down(keys, idx, n, i)
+        _sift_down(keys, idx, n, i, False)
     size = n
     maxsim = np.zeros(n, np.float64)
     seen = np.zeros(n, np.int64)
@@ -220,7 +207,7 @@ def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
             size -= 1
             keys[0] = keys[size]
             idx[0] = idx[size]
-            _sift_down(keys, idx, size, 0)
+            _sift_down(keys, idx, size, 0, False)
             continue
         if seen[i] < count:
             best = maxsim[i]
@@ -234,7 +221,7 @@ def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
             maxsim[i] = best
             seen[i] = count
             keys[0] = lam * relevance[i] - (1.0 - lam) * best
-            _sift_down(keys, idx, size, 0)
+            _sift_down(keys, idx, size, 0, False)
             continue
         selected[count] = i
         count += 1
@@ -243,7 +230,7 @@ def _lazy_greedy(vectors, relevance, tokens, budget, k, lam):
         size -= 1
         keys[0] = keys[size]
         idx[0] = idx[size]
-        _sift_down(keys, idx, size, 0)
+        _sift_down(keys, idx, size, 0, False)
     return selected[:count]
 
 
@@ -345,16 +332,7 @@ class SelectedSentence:
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans of the sentences (and list lines) of ``text``, trimmed of whitespace."""
-    spans = []
-    for match in _SENTENCE.finditer(text):
-        a, b = match.span()
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            spans.append((a, b))
-    return spans
+    return trimmed_spans(text, (match.span() for match in _SENTENCE.finditer(text)))
 
 
 def select_sentences(chunks: Sequence[tuple[str, int]], query_embedding: np.ndarray, budget_tokens: int,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine._spans import trimmed_spans
 from engine.errors import InputError
 
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
@@ -127,15 +128,7 @@ def _units(section: str) -> list[tuple[int, int]]:
         spans.append((start, match.start()))
         start = match.end()
     spans.append((start, len(section)))
-    out = []
-    for a, b in spans:
-        while a < b and section[a].isspace():
-            a += 1
-        while b > a and section[b - 1].isspace():
-            b -= 1
-        if b > a:
-            out.append((a, b))
-    return out
+    return trimmed_spans(section, spans)
 
 
 def _chunk_section(block: str, start: int, end: int, base: int, heading: str,
