@@ -11,10 +11,10 @@ so ``import engine`` and the CLI start fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine import errors, models
+from engine._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -46,14 +46,4 @@ if TYPE_CHECKING:
     from engine.kb import Hit, KnowledgeBase, SearchResult, SearchTimings
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

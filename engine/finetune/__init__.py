@@ -13,9 +13,9 @@ types need nothing), and the training entry points raise
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from engine._lazy import lazy_exports
 from engine.finetune.config import DEFAULT_TARGETS, FinetuneConfig, LoraConfig
 from engine.finetune.prompt import BAKED_SYSTEM_PROMPT, render_chat
 
@@ -37,14 +37,4 @@ if TYPE_CHECKING:
     from engine.finetune.train import TrainProgress
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine.finetune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)
