@@ -1,13 +1,15 @@
 """Generation speed of engine.Generator against llama-cpp-python's own Llama.
 
-Same GGUF, same n_ctx / n_batch / threads / flash attention / KV type, in the same
-run, interleaved round by round (the other side runs in pytest-benchmark's untimed
+Same GGUF, same n_ctx / n_batch / threads / flash attention / KV type / extra CPU
+buffer types (repacking, AMX: our "auto" choice, set on llama-cpp-python's model
+parameters too), in the same run, interleaved round by round (the other side runs in pytest-benchmark's untimed
 ``setup``), so load from other processes hits both alike. Best-of-rounds throughput
 is compared as a ratio. The decode figure is reported beside its physical bound:
 memory bandwidth (a NumPy copy, measured here) / bytes of weights read per token.
 
 Run: ``.venv/bin/python -m pytest bench/bench_generate.py -o python_files='bench_*.py'``
-(``BAKEOFF_BENCH_ROUNDS``, default 3; ``BAKEOFF_BENCH_THREADS``, default half the CPUs).
+(``BAKEOFF_BENCH_ROUNDS``, default 3; ``BAKEOFF_BENCH_THREADS``, default half the CPUs;
+``BAKEOFF_BENCH_EXTRA_BUFFERS``, default "auto").
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import pytest
 
 from engine.generator import Generator, SamplingConfig
+from engine.hardware import use_extra_buffer_types
 
 ROUNDS = int(os.environ.get("BAKEOFF_BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2))))
@@ -30,16 +33,34 @@ SYSTEM = ("You are the help desk of a public library. Answer briefly and politel
           "otherwise point the reader to a librarian. Do not make up titles, authors or prices. ") * 4
 
 
+EXTRA_BUFFERS = os.environ.get("BAKEOFF_BENCH_EXTRA_BUFFERS", "auto")
+
+
 @pytest.fixture(scope="module")
 def ours(generator_model_path):
-    return Generator(generator_model_path, n_ctx=N_CTX, n_batch=N_BATCH, n_threads=THREADS, flash_attn=False)
+    return Generator(generator_model_path, n_ctx=N_CTX, n_batch=N_BATCH, n_threads=THREADS, flash_attn=False,
+                     extra_buffers=EXTRA_BUFFERS)
 
 
 @pytest.fixture(scope="module")
 def theirs(generator_model_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(str(generator_model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                           n_threads=THREADS, n_threads_batch=THREADS, flash_attn=False, verbose=False, seed=0)
+    raw = llama_cpp.llama_cpp
+    default_params = raw.llama_model_default_params
+    use_extra_bufts = use_extra_buffer_types(EXTRA_BUFFERS)
+
+    def same_model_params():
+        # Llama() has no argument for it: it starts from llama_model_default_params().
+        params = default_params()
+        params.use_extra_bufts = use_extra_bufts
+        return params
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(raw, "llama_model_default_params", same_model_params)
+        llama = llama_cpp.Llama(str(generator_model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
+                                n_threads=THREADS, n_threads_batch=THREADS, flash_attn=False, verbose=False, seed=0)
+    assert llama.model_params.use_extra_bufts == use_extra_bufts
+    return llama
 
 
 def _interleaved(benchmark, ours_fn, theirs_fn) -> tuple[float, float]:

@@ -84,14 +84,16 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("n_vocab", &ModelInfo::n_vocab)
       .def_readonly("chat_template", &ModelInfo::chat_template)
       .def_readonly("n_gpu_layers_requested", &ModelInfo::n_gpu_layers_requested)
-      .def_readonly("n_layers_offloaded", &ModelInfo::n_layers_offloaded);
+      .def_readonly("n_layers_offloaded", &ModelInfo::n_layers_offloaded)
+      .def_readonly("extra_buffer_types", &ModelInfo::extra_buffer_types);
 
   py::class_<Model, std::shared_ptr<Model>>(m, "Model")
-      .def(py::init([](const std::string& path, int32_t n_gpu_layers, bool use_mmap) {
+      .def(py::init([](const std::string& path, int32_t n_gpu_layers, bool use_mmap, bool use_extra_bufts) {
              py::gil_scoped_release release;
-             return std::make_shared<Model>(path, ModelOptions{n_gpu_layers, use_mmap});
+             return std::make_shared<Model>(path, ModelOptions{n_gpu_layers, use_mmap, use_extra_bufts});
            }),
-           py::arg("path"), py::kw_only(), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true)
+           py::arg("path"), py::kw_only(), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
+           py::arg("use_extra_bufts") = true)
       .def_property_readonly("info", &Model::info, py::return_value_policy::reference_internal)
       .def("meta", &Model::meta, py::arg("key"))
       .def("tokenize", &Model::tokenize, py::arg("text"), py::kw_only(), py::arg("add_special") = true,

@@ -45,6 +45,7 @@ Model::Model(const std::string& path, const ModelOptions& options) {
   llama_model_params params = llama_model_default_params();
   params.n_gpu_layers = options.n_gpu_layers;
   params.load_mode = options.use_mmap ? LLAMA_LOAD_MODE_MMAP : LLAMA_LOAD_MODE_NONE;
+  params.use_extra_bufts = options.use_extra_bufts;
   {
     LogCapture capture;
     model_.reset(llama_model_load_from_file(path.c_str(), params));
@@ -81,6 +82,7 @@ Model::Model(const std::string& path, const ModelOptions& options) {
   info_.n_vocab = llama_vocab_n_tokens(vocab_);
   if (const char* tmpl = llama_model_chat_template(model_.get(), nullptr)) info_.chat_template = tmpl;
   info_.n_gpu_layers_requested = options.n_gpu_layers;
+  info_.extra_buffer_types = options.use_extra_bufts;
   if (llama_supports_gpu_offload() && options.n_gpu_layers != 0) {
     const int32_t all = info_.n_layer + 1;  // repeating layers plus the output layer
     info_.n_layers_offloaded = options.n_gpu_layers < 0 ? all : std::min(options.n_gpu_layers, all);

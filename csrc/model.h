@@ -15,6 +15,10 @@ namespace bakeoff {
 struct ModelOptions {
   int32_t n_gpu_layers = 0;  // layers to offload; negative = all
   bool use_mmap = true;
+  // llama.cpp's extra CPU buffer types (weight repacking, AMX). Whether to use them
+  // is policy, decided in Python (engine.hardware): llama.cpp's AMX path crashes on
+  // multi-token batches (upstream issue 20824), so "auto" turns them off there.
+  bool use_extra_bufts = true;
 };
 
 struct ModelInfo {
@@ -32,6 +36,7 @@ struct ModelInfo {
   std::string chat_template;  // empty when the GGUF carries none
   int32_t n_gpu_layers_requested = 0;
   int32_t n_layers_offloaded = 0;
+  bool extra_buffer_types = true;  // the use_extra_bufts the model was loaded with
 };
 
 struct ModelDeleter {

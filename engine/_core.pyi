@@ -54,12 +54,17 @@ class ModelInfo:
     chat_template: str
     n_gpu_layers_requested: int
     n_layers_offloaded: int
+    extra_buffer_types: bool  # loaded with llama.cpp's extra CPU buffer types (repacking, AMX)
 
 class Model:
     """A GGUF model, memory-mapped; shared by Sessions and LoraAdapters built on it."""
 
-    def __init__(self, path: str, *, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
-        """Load ``path`` (GIL released). Raises ModelError: missing, not GGUF, truncated, unsupported architecture."""
+    def __init__(self, path: str, *, n_gpu_layers: int = 0, use_mmap: bool = True,
+                 use_extra_bufts: bool = True) -> None:
+        """Load ``path`` (GIL released). Raises ModelError: missing, not GGUF, truncated, unsupported architecture.
+
+        ``use_extra_bufts``: llama.cpp's extra CPU buffer types (weight repacking, AMX).
+        """
     @property
     def info(self) -> ModelInfo: ...
     def meta(self, key: str) -> str:

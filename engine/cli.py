@@ -337,7 +337,19 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
     from engine.hardware import hardware
 
     info = hardware()
-    _emit(args, info, lambda: print(json.dumps(_to_jsonable(info), indent=2)))
+
+    def human() -> None:
+        devices = ", ".join(f"{d.name} ({d.description}, {d.type})" for d in info.llama_devices)
+        choice = "on" if info.extra_buffer_types_auto else "off"
+        why = ("the CPU backend has AMX, whose multi-token matmul crashes in this llama.cpp (issue 20824)"
+               if info.llama_cpu_amx else "no AMX in the CPU backend")
+        print(f"llama.cpp (llama-cpp-python {info.llama_cpp_python_version}): {devices}")
+        print(f"  system line: {info.llama_system_info.strip()}")
+        print(f"  GPU offload: {'yes' if info.gpu else 'no'}; mmap: {'yes' if info.llama_mmap else 'no'}")
+        print(f"  extra CPU buffer types (repacking, AMX), extra_buffers='auto': {choice} ({why})")
+        print(f"onnxruntime providers: {', '.join(info.onnxruntime_providers) or 'onnxruntime not importable'}")
+
+    _emit(args, info, human)
     return 0
 
 

@@ -38,7 +38,8 @@ class CompareConfig:
     """What the comparison runs.
 
     ``train_per_fact`` train questions per fact are graded (all held-out ones always
-    are); ``limit_facts`` keeps the first N facts (None: all); ``timing_questions``
+    are); ``limit_facts`` keeps N facts (None: all), the first N or, with
+    ``spread_facts``, N spread over the documents (``select_facts``); ``timing_questions``
     questions are timed ``repetitions`` times per mode after ``warmup`` untimed answers;
     ``answer_passage`` also answers the held-out questions from the passage that holds
     the answer (perfect retrieval), which measures the reader alone.
@@ -46,6 +47,7 @@ class CompareConfig:
 
     train_per_fact: int = 1
     limit_facts: int | None = None
+    spread_facts: bool = False
     timing_questions: int = 20
     repetitions: int = 3
     warmup: int = 3
@@ -121,7 +123,7 @@ class ComparisonResult:
 def select_questions(questions: Sequence[Question], config: CompareConfig) -> list[Question]:
     """The graded questions: every held-out one and ``train_per_fact`` train ones per fact."""
     chosen, train_taken = [], {}
-    for q in select_facts(list(questions), config.limit_facts):
+    for q in select_facts(list(questions), config.limit_facts, spread=config.spread_facts):
         if q.split == "heldout":
             chosen.append(q)
         elif q.split == "train" and train_taken.get(q.fact_id, 0) < config.train_per_fact:

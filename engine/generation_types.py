@@ -17,6 +17,8 @@ from engine.errors import InputError
 Message = Union[Mapping[str, str], tuple[str, str]]
 Prompt = Union[str, Sequence[Message]]
 
+#: Settings of llama.cpp's extra CPU buffer types; engine.hardware resolves "auto".
+EXTRA_BUFFERS = ("auto", "on", "off")
 KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 _SEED_MAX = 2**32 - 1
 
@@ -33,7 +35,9 @@ class GeneratorConfig:
     this process may use (about the physical cores), ``n_threads_batch`` (prefill) to
     ``n_threads``; ``n_gpu_layers`` < 0 offloads every layer; ``flash_attn`` None
     lets llama.cpp decide; ``kv_type`` is the K/V cache element type; ``seed`` seeds
-    sampling at temperature > 0.
+    sampling at temperature > 0; ``extra_buffers`` is llama.cpp's extra CPU buffer
+    types (weight repacking, AMX): "on", "off", or "auto" (off when the CPU backend
+    has AMX, whose multi-token matmul crashes in the llama.cpp we link; on otherwise).
     """
 
     n_ctx: int = 2048
@@ -45,6 +49,7 @@ class GeneratorConfig:
     kv_type: str = "f16"
     seed: int = 0
     use_mmap: bool = True
+    extra_buffers: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first unusable field."""
@@ -64,6 +69,8 @@ class GeneratorConfig:
             raise InputError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
         if not _is_int(self.seed) or not 0 <= self.seed <= _SEED_MAX:
             raise InputError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        if self.extra_buffers not in EXTRA_BUFFERS:
+            raise InputError(f"extra_buffers must be one of {', '.join(EXTRA_BUFFERS)}, got {self.extra_buffers!r}")
 
 
 @dataclass(frozen=True)
@@ -140,6 +147,7 @@ class GenerationTimings:
     backend: str  # "CPU", or the GPU device(s) layers were offloaded to
     devices: tuple[str, ...]  # every ggml device llama.cpp sees
     n_gpu_layers_offloaded: int
+    extra_buffer_types: bool  # llama.cpp's extra CPU buffer types (repacking, AMX) in use
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from engine.generation_types import (  # noqa: F401  (re-exported: the public na
     SamplingConfig,
     _is_int,
 )
+from engine.hardware import use_extra_buffer_types
 from engine.text_stream import TextStream
 
 def _default_threads() -> int:
@@ -67,7 +68,7 @@ class Generator:
 
     Args:
         model_path: a ``.gguf`` model (a merged fine-tune works like any model).
-        n_ctx, n_threads, n_batch, n_gpu_layers, flash_attn, kv_type, seed:
+        n_ctx, n_threads, n_batch, n_gpu_layers, flash_attn, kv_type, seed, extra_buffers:
             see :class:`GeneratorConfig`; or pass ``config=`` instead.
 
     Raises:
@@ -87,11 +88,12 @@ class Generator:
         flash_attn: bool | None = None,
         kv_type: str = "f16",
         seed: int = 0,
+        extra_buffers: str = "auto",
         config: GeneratorConfig | None = None,
     ) -> None:
         if config is None:
             config = GeneratorConfig(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
-                                     flash_attn=flash_attn, kv_type=kv_type, seed=seed)
+                                     flash_attn=flash_attn, kv_type=kv_type, seed=seed, extra_buffers=extra_buffers)
         config.validate()
         path = Path(model_path)
         if not path.is_file():
@@ -101,7 +103,8 @@ class Generator:
         self._adapters: dict[str, object] = {}
         self._attached: dict[str, float] = {}
         threads = config.n_threads or _default_threads()
-        self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap)
+        self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap,
+                                 use_extra_bufts=use_extra_buffer_types(config.extra_buffers))
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
         self._session = core.Session(self._model, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=threads,
                                      n_threads_batch=config.n_threads_batch or threads, flash_attn=flash,
@@ -318,6 +321,7 @@ class Generator:
             prefill_tokens_per_s=t.prefill_tokens_per_s, ttft_ms=t.ttft_ms, decode_ms=t.decode_ms,
             decode_tokens=t.decode_tokens, decode_tokens_per_s=t.decode_tokens_per_s, total_ms=t.total_ms,
             backend=self._backend, devices=self._devices, n_gpu_layers_offloaded=self._offloaded,
+            extra_buffer_types=self._model.info.extra_buffer_types,
         )
         return Generation(result.text, tuple(result.tokens), result.stop_reason, timings)
 

@@ -74,13 +74,35 @@ def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
     return any(candidate.casefold() in folded for candidate in accepted)
 
 
-def select_facts(questions: list[Question], limit_facts: int | None) -> list[Question]:
-    """Keep the questions of the first ``limit_facts`` facts (in file order), or all of them."""
+def select_facts(questions: list[Question], limit_facts: int | None, *, spread: bool = False) -> list[Question]:
+    """Keep the questions of ``limit_facts`` facts (all of them when None).
+
+    Args:
+        questions: the question set, in file order.
+        limit_facts: how many facts to keep; None keeps every question.
+        spread: False keeps the first facts in file order. True spreads them over the
+            documents: one fact per source document in turn (round-robin, documents in
+            file order), facts that a v2 update changes first within each document, so
+            a small subset still covers every document, both splits and the update.
+    """
     if limit_facts is None:
         return list(questions)
-    kept: list[str] = []
+    by_source: dict[str, list[str]] = {}
+    changes: set[str] = set()
     for q in questions:
-        if q.fact_id not in kept:
-            kept.append(q.fact_id)
-    chosen = set(kept[:limit_facts])
-    return [q for q in questions if q.fact_id in chosen]
+        facts = by_source.setdefault(q.source if spread else "", [])
+        if q.fact_id not in facts:
+            facts.append(q.fact_id)
+        if q.changes_on_update:
+            changes.add(q.fact_id)
+    if spread:
+        for facts in by_source.values():
+            facts.sort(key=lambda fact: fact not in changes)  # stable: file order within each group
+    queues = list(by_source.values())
+    chosen: list[str] = []
+    while len(chosen) < limit_facts and any(queues):
+        for facts in queues:
+            if facts and len(chosen) < limit_facts:
+                chosen.append(facts.pop(0))
+    kept = set(chosen)
+    return [q for q in questions if q.fact_id in kept]

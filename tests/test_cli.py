@@ -71,3 +71,13 @@ def test_finetune_without_the_extra_says_which_extra(monkeypatch, capsys, tmp_pa
     code, _, err = _run(capsys, "finetune", "--out", str(tmp_path / "a.gguf"), "--limit-facts", "1")
     assert code == 1
     assert "MissingExtraError" in err and "finetune" in err
+
+
+def test_hardware_says_what_auto_does_with_extra_buffers(capsys):
+    code, out, _ = _run(capsys, "hardware", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["extra_buffer_types_auto"] == (not info["llama_cpu_amx"])
+    code, out, _ = _run(capsys, "hardware")
+    line = [text for text in out.splitlines() if "extra_buffers='auto'" in text]
+    assert line and (" off (" in line[0]) == info["llama_cpu_amx"]

@@ -53,7 +53,9 @@ class FinetuneConfig:
         seed: makes initialization, dropout and shuffling reproducible.
         use_documents: also train next-token prediction on the documents' text (on the
             bundled set this raised held-out accuracy from 38 % to 49 % at 5 epochs).
-        limit_facts: train on the questions of only the first N facts (None: all of them).
+        limit_facts: train on the questions of only N facts (None: all of them).
+        spread_facts: with ``limit_facts``, take the N facts spread over the documents
+            (``engine.qa.select_facts(spread=True)``) instead of the first N.
         threads: torch CPU threads.
         weight_decay: AdamW weight decay on the LoRA weights.
         stop_loss: stop early once the mean loss of an epoch falls below this (nats/token).
@@ -77,6 +79,7 @@ class FinetuneConfig:
     seed: int = 0
     use_documents: bool = True
     limit_facts: int | None = None
+    spread_facts: bool = False
     threads: int = 2
     weight_decay: float = 0.0
     stop_loss: float = 0.02

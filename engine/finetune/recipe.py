@@ -68,7 +68,7 @@ def finetune(
     """
     torch = require_torch()
     started = time.perf_counter()
-    items = select_facts(load_qa(qa_path), config.limit_facts)
+    items = select_facts(load_qa(qa_path), config.limit_facts, spread=config.spread_facts)
     train_items = [item for item in items if item.split == "train"]
     if not train_items:
         raise InputError(f"{qa_path} has no 'train' questions (limit_facts={config.limit_facts}); nothing to bake")

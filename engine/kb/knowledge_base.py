@@ -82,7 +82,7 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def build(cls, paths: PathsLike, path: str | os.PathLike[str], *, embedder, chunk_tokens: int = 200,
+    def build(cls, paths: PathsLike, path: str | os.PathLike[str], *, embedder=None, chunk_tokens: int = 200,
               overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(), progress: Progress | None = None,
               strict: bool = False, lock_timeout_s: float = 0.0,
               max_document_mb: float = documents.MAX_DOCUMENT_MB) -> KnowledgeBase:
@@ -92,7 +92,8 @@ class KnowledgeBase:
             paths: ``.txt``/``.md`` files, folders (recursive) and globs.
             path: the knowledge base folder; created if missing. An existing knowledge base
                 there is replaced atomically; a non-empty folder that is not one is refused.
-            embedder: an ``engine.embedder.Embedder``.
+            embedder: an ``engine.embedder.Embedder``; None uses the default one
+                (all-MiniLM-L6-v2, fp32, from the model cache).
             chunk_tokens: most tokens per chunk (at most the embedder's ``max_tokens - 2``).
             overlap_tokens: most tokens shared by consecutive chunks.
             hnsw: graph parameters (``HnswConfig``).
@@ -110,6 +111,8 @@ class KnowledgeBase:
             DocumentError: with ``strict=True``, the first unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing ``path``.
         """
+        if embedder is None:
+            embedder = _embedder()
         chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
         chunking.validate(embedder.max_tokens)
         hnsw.validate()
@@ -138,7 +141,7 @@ class KnowledgeBase:
         return kb
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, embedder, verify: str = "auto",
+    def open(cls, path: str | os.PathLike[str], *, embedder=None, verify: str = "auto",
              lock_timeout_s: float = 0.0) -> KnowledgeBase:
         """Open a knowledge base for searching (and updating with ``add``/``remove``).
 
@@ -147,7 +150,8 @@ class KnowledgeBase:
 
         Args:
             path: the folder given to ``build``.
-            embedder: an ``Embedder`` of the same model and dimension as the one that built it.
+            embedder: an ``Embedder`` of the same model and dimension as the one that built it;
+                None opens the model and variant the knowledge base's manifest records.
             verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
             lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
 
@@ -161,6 +165,8 @@ class KnowledgeBase:
         warm = scoring.warm_up()
         for attempt in range(3):
             current = manifest.read(directory)
+            if embedder is None:
+                embedder = _recorded_embedder(directory, current)
             _check_embedder(directory, current, embedder)
             try:
                 return cls(directory, embedder, current, verify=verify, warm_up_s=warm, lock_timeout_s=lock_timeout_s)
@@ -342,6 +348,24 @@ def _refuse_foreign(directory: Path) -> None:
     if foreign:
         raise InputError(f"{directory} is not empty and is not a knowledge base (it holds {foreign[0]!r}): "
                          f"choose an empty or new folder")
+
+
+def _embedder(model: str | None = None, variant: str = "fp32"):
+    """The embedder a knowledge base uses when none is given (imported here: kb needs it only then)."""
+    from engine.embedder import Embedder
+    from engine.models import DEFAULT_EMBEDDER
+
+    return Embedder(model or DEFAULT_EMBEDDER, variant=variant)
+
+
+def _recorded_embedder(directory: Path, current: Manifest):
+    """The embedder model and variant the manifest records, from the model cache."""
+    try:
+        return _embedder(current.embedder_model, current.embedder_variant)
+    except InputError:
+        raise KnowledgeBaseMismatchError(
+            f"knowledge base {directory} was built with embedder {current.embedder_model}, which is not a model "
+            f"`bakeoff models` knows: open it with embedder=Embedder(<that model's folder>)") from None
 
 
 def _check_embedder(directory: Path, current: Manifest, embedder) -> None:

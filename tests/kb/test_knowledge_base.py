@@ -378,3 +378,32 @@ def test_a_bad_max_document_mb_is_refused_before_any_work(tmp_path, corpus, embe
 def test_vectors_on_disk_are_normalised(built):
     vectors = np.load(_current(built) / "vectors.npy")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_open_without_an_embedder_uses_the_one_the_manifest_records(built, embedder):
+    kb = KnowledgeBase.open(built)
+    assert (kb.embedder.model_id, kb.embedder.variant) == ("all-MiniLM-L6-v2", "fp32")
+    assert [h.chunk_id for h in kb.search("warranty", k=3).hits] == \
+        [h.chunk_id for h in KnowledgeBase.open(built, embedder=embedder).search("warranty", k=3).hits]
+
+
+def test_open_without_an_embedder_takes_the_recorded_variant(tmp_path, corpus, embedder_dir):
+    from engine.embedder import Embedder
+
+    KnowledgeBase.build([corpus], tmp_path / "kb", embedder=Embedder(cache_dir=embedder_dir.parent, variant="int8"))
+    assert KnowledgeBase.open(tmp_path / "kb").embedder.variant == "int8"
+
+
+def test_build_without_an_embedder_uses_the_default_one(tmp_path, corpus):
+    kb = KnowledgeBase.build([corpus], tmp_path / "kb", chunk_tokens=48, overlap_tokens=8)
+    assert kb.stats().embedder_model == "all-MiniLM-L6-v2" and kb.stats().dim == 384
+    assert Path(kb.search("How long is the warranty?", k=1).hits[0].source).name == "warranty.md"
+
+
+def test_open_without_an_embedder_still_refuses_a_foreign_manifest_model(kb_copy):
+    path = kb_copy / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["embedder_model"] = "bge-small-en-v1.5"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(KnowledgeBaseMismatchError, match="open it with embedder=Embedder"):
+        KnowledgeBase.open(kb_copy)
