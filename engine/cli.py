@@ -131,7 +131,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="the whole bake-off on the bundled set: fetch, index, fine-tune, compare")
     run.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="folder for the KB, adapter and report")
-    _add_compare_args(run)
+    run.add_argument("--full", action="store_true",
+                     help="every fact of the set (default: the quick profile, 30 facts spread over every document)")
+    _add_compare_args(run, defaults_from="the profile")
     _add_json(run)
     run.set_defaults(handler=_cmd_run)
 
@@ -145,12 +147,25 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
-def _add_compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit-facts", type=int, default=None, help="only the first N facts (quick runs)")
-    parser.add_argument("--train-per-fact", type=int, default=1, help="train questions graded per fact")
-    parser.add_argument("--timing-questions", type=int, default=20, help="questions timed per mode")
-    parser.add_argument("--repetitions", type=int, default=3, help="timed repetitions")
-    parser.add_argument("--threads", type=int, default=None, help="generation threads")
+def _add_compare_args(parser: argparse.ArgumentParser, defaults_from: str | None = None) -> None:
+    """The comparison's options; with ``defaults_from``, unset options keep that source's values."""
+    from engine.compare import CompareConfig
+
+    base = CompareConfig()
+
+    def default(value):
+        return None if defaults_from else value
+
+    where = f" (default: {defaults_from})" if defaults_from else ""
+    parser.add_argument("--limit-facts", type=int, default=None,
+                        help=f"only N facts{where or ' (default: all)'}" + (", trained and graded" if defaults_from else ""))
+    parser.add_argument("--train-per-fact", type=int, default=default(base.train_per_fact),
+                        help=f"train questions graded per fact{where}")
+    parser.add_argument("--timing-questions", type=int, default=default(base.timing_questions),
+                        help=f"questions timed per mode{where}")
+    parser.add_argument("--repetitions", type=int, default=default(base.repetitions), help=f"timed repetitions{where}")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="generation threads (default: the count measured fastest on this machine at the start)")
 
 
 def _add_embedder_args(parser: argparse.ArgumentParser) -> None:
@@ -418,11 +433,13 @@ class _TrainBar:
     def __init__(self) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(desc="fine-tuning", unit="step", file=sys.stderr, dynamic_ncols=True)
+        # The ETA is the recipe's (it knows the time budget), not tqdm's steps-left estimate.
+        self._bar = tqdm(desc="fine-tuning", unit="step", file=sys.stderr, dynamic_ncols=True,
+                         bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     def __call__(self, p) -> None:
         self._bar.total = p.total_steps
-        self._bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.3f}")
+        self._bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.3f}", eta=_clock(p.eta_s))
         self._bar.update(p.step - self._bar.n)
 
     def close(self) -> None:
@@ -455,15 +472,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_config(args: argparse.Namespace):
+def _compare_config(args: argparse.Namespace, base=None):
+    """The comparison settings: ``base`` (or the defaults) with the options given on the command line."""
     from engine.compare import CompareConfig
 
-    return CompareConfig(train_per_fact=args.train_per_fact, limit_facts=args.limit_facts,
-                         timing_questions=args.timing_questions, repetitions=args.repetitions)
+    given = {"train_per_fact": args.train_per_fact, "limit_facts": args.limit_facts,
+             "timing_questions": args.timing_questions, "repetitions": args.repetitions}
+    return dataclasses.replace(base or CompareConfig(), **{k: v for k, v in given.items() if v is not None})
 
 
 class _PhaseBar:
-    """One tqdm bar per comparison phase (accuracy/rag, latency/baked, ...)."""
+    """One tqdm bar per comparison phase (accuracy/rag, latency/baked, ...), each with its ETA."""
 
     def __init__(self) -> None:
         self._phase, self._bar = None, None
@@ -480,30 +499,19 @@ class _PhaseBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _compare(kb: Path, adapter: Path, qa: Path, docs: Path, model: Path, out: Path, config, threads):
-    from engine.compare import memory_footprint, run_comparison
-    from engine.facade import Engine
-    from engine.qa import load_questions
-    from engine.report import write_report
-
-    questions = load_questions(qa)
-    memory = memory_footprint(model, adapter, kb)
-    bar = _PhaseBar()
-    try:
-        with Engine(model, adapter=adapter, kb=kb, n_threads=threads) as engine:
-            result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
-                                    memory=memory, progress=bar)
-    finally:
-        bar.close()
-    context = {"model": model.name, "adapter": str(adapter), "knowledge base": str(kb), "questions": str(qa)}
-    return result, write_report(result, out, context=context)
+            self._bar = None
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    result, files = _compare(args.kb, args.adapter, args.qa, args.docs, _model_path(args.model), args.out,
-                             _compare_config(args), args.threads)
+    from engine.pipeline import compare_and_report
+
+    bar = _PhaseBar()
+    try:
+        result, files = compare_and_report(args.kb, args.adapter, args.qa, args.docs, _model_path(args.model),
+                                           args.out, _compare_config(args), args.threads, bar,
+                                           lambda line: print(line, file=sys.stderr))
+    finally:
+        bar.close()
     _print_comparison(args, result, files)
     return 0
 
@@ -523,42 +531,69 @@ def _print_comparison(args: argparse.Namespace, result, files) -> None:
                  "ttft_ratio_rag_over_baked": result.ttft_ratio_rag_over_baked}, human)
 
 
+class _RunBars:
+    """``bakeoff run``'s progress on stderr: a line per phase with the run's ETA, then that phase's bar."""
+
+    def __init__(self) -> None:
+        self._index_bar: _ProgressBar | None = None
+        self._train_bar: _TrainBar | None = None
+        self._compare_bar = _PhaseBar()
+
+    def phase(self, index: int, name: str, elapsed_s: float, eta_s: float) -> None:
+        from engine.pipeline import PHASES
+
+        self.close()
+        print(f"[{index + 1}/{len(PHASES)}] {name} (elapsed {_clock(elapsed_s)}, about {_clock(eta_s)} to go)",
+              file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def index(self, progress) -> None:
+        self._index_bar = self._index_bar or _ProgressBar("indexing")
+        self._index_bar(progress)
+
+    def train(self, progress) -> None:
+        self._train_bar = self._train_bar or _TrainBar()
+        self._train_bar(progress)
+
+    def compare(self, phase: str, done: int, total: int) -> None:
+        self._compare_bar(phase, done, total)
+
+    def close(self) -> None:
+        for bar in (self._index_bar, self._train_bar, self._compare_bar):
+            if bar is not None:
+                bar.close()
+        self._index_bar = self._train_bar = None
+
+
+def _clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{seconds:02d}"
+
+
+def _run_profile(args: argparse.Namespace):
+    """The profile ``bakeoff run`` follows: quick or ``--full``, with the options given on the command line."""
+    from engine.pipeline import FULL, QUICK
+
+    profile = FULL if args.full else QUICK
+    finetune = profile.finetune
+    if args.limit_facts is not None:  # the adapter is trained on the facts that are graded
+        finetune = dataclasses.replace(finetune, limit_facts=args.limit_facts)
+    return dataclasses.replace(profile, finetune=finetune, compare=_compare_config(args, profile.compare))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from engine.embedder import Embedder
-    from engine.finetune.config import FinetuneConfig
+    from engine.pipeline import run_bakeoff
 
-    work: Path = args.work
-    work.mkdir(parents=True, exist_ok=True)
-    models.fetch(progress=_say(args))
-    model = models.model_path(models.DEFAULT_GENERATOR)
-    qa = BUNDLED_DOCS.parent / "qa.jsonl"
-    _build_or_add(work / "kb", [BUNDLED_DOCS], Embedder(models.DEFAULT_EMBEDDER))
-    adapter = work / "adapter.gguf"
-    config = FinetuneConfig()
-    if _adapter_is_current(adapter, config, qa, model):
-        print(f"reusing the adapter {adapter} (same data, base model and settings)", file=sys.stderr)
-    else:
-        _run_finetune(BUNDLED_DOCS, qa, model, adapter, config)
-        _stamp_adapter(adapter, config, qa, model)
-    result, files = _compare(work / "kb", adapter, qa, BUNDLED_DOCS, model, work / "report",
-                             _compare_config(args), args.threads)
-    _print_comparison(args, result, files)
+    profile = _run_profile(args)
+    bars = _RunBars()
+    try:
+        run = run_bakeoff(args.work, profile, threads=args.threads, progress=bars)
+    finally:
+        bars.close()
+    phases = ", ".join(f"{name} {_clock(s)}" for name, s in run.phase_seconds.items())
+    print(f"bakeoff run ({run.profile} profile): {phases}"
+          f"{' (adapter reused)' if run.adapter_reused else ''}", file=sys.stderr)
+    _print_comparison(args, run.result, run.files)
     return 0
-
-
-def _adapter_fingerprint(config, qa: Path, model: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256(repr(config).encode())
-    digest.update(qa.read_bytes())
-    digest.update(f"{model.name}:{model.stat().st_size}".encode())
-    return digest.hexdigest()
-
-
-def _adapter_is_current(adapter: Path, config, qa: Path, model: Path) -> bool:
-    stamp = adapter.with_name(adapter.name + ".fingerprint")
-    return adapter.is_file() and stamp.is_file() and stamp.read_text() == _adapter_fingerprint(config, qa, model)
-
-
-def _stamp_adapter(adapter: Path, config, qa: Path, model: Path) -> None:
-    adapter.with_name(adapter.name + ".fingerprint").write_text(_adapter_fingerprint(config, qa, model))

@@ -45,11 +45,49 @@ from engine.text_stream import TextStream
 
 def _default_threads() -> int:
     """Half the CPUs this process may use (about the physical cores), as llama-cpp-python does."""
+    return max(1, _usable_cpus() // 2)
+
+
+def _usable_cpus() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // 2)
+        return os.cpu_count() or 1
+
+
+def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequence[int] | None = None, *,
+                         prompt_tokens: int = 192, rounds: int = 2, **config) -> tuple[int, dict[int, float]]:
+    """Measure which generation thread count answers fastest on this machine, now.
+
+    More threads than free cores can make llama.cpp many times slower on a busy
+    machine, and fewer leave an idle one half used, so no fixed default is right
+    everywhere. Each candidate prefills a ``prompt_tokens``-token prompt and decodes 8
+    tokens, ``rounds`` times interleaved with the others; the best time counts.
+
+    Args:
+        model_path: the GGUF to measure with.
+        candidates: thread counts to try (default: 1, half the CPUs and all of them).
+        prompt_tokens: prompt length of the probe (a RAG prompt is a few hundred).
+        rounds: interleaved repetitions per candidate.
+        **config: other ``Generator`` settings (e.g. ``extra_buffers``).
+
+    Returns:
+        The fastest count, and each candidate's best probe time in milliseconds.
+    """
+    cpus = _usable_cpus()
+    counts = sorted(set(candidates or (1, max(1, cpus // 2), cpus)))
+    if any(not _is_int(n) or n < 1 for n in counts):
+        raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
+    generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}
+    probe = generators[counts[0]].detokenize(list(range(1000, 1000 + prompt_tokens)))
+    best = {n: math.inf for n in counts}
+    greedy = SamplingConfig(ignore_eos=True)
+    for _ in range(rounds):
+        for n, generator in generators.items():
+            timings = generator.generate(probe, max_tokens=8, sampling=greedy, reuse_prefix=False,
+                                         truncate="left").timings
+            best[n] = min(best[n], timings.total_ms)
+    return min(counts, key=lambda n: best[n]), best
 
 
 @dataclass
@@ -352,4 +390,4 @@ def _check_messages(messages: Sequence[Message]) -> list[tuple[str, str]]:
 
 
 __all__ = ["Generation", "GenerationTimings", "Generator", "GeneratorConfig", "ModelInfo", "SamplingConfig",
-           "TextStream"]
+           "TextStream", "fastest_thread_count"]

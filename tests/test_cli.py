@@ -81,3 +81,15 @@ def test_hardware_says_what_auto_does_with_extra_buffers(capsys):
     code, out, _ = _run(capsys, "hardware")
     line = [text for text in out.splitlines() if "extra_buffers='auto'" in text]
     assert line and (" off (" in line[0]) == info["llama_cpu_amx"]
+
+
+def test_run_follows_the_quick_profile_unless_told_otherwise():
+    from engine.pipeline import FULL, QUICK
+
+    parser = cli._build_parser()
+    assert cli._run_profile(parser.parse_args(["run"])) == QUICK
+    assert cli._run_profile(parser.parse_args(["run", "--full"])) == FULL
+    custom = cli._run_profile(parser.parse_args(["run", "--limit-facts", "12", "--repetitions", "1"]))
+    assert custom.finetune.limit_facts == custom.compare.limit_facts == 12
+    assert custom.compare.repetitions == 1 and custom.compare.timing_questions == QUICK.compare.timing_questions
+    assert custom.finetune.spread_facts and custom.compare.spread_facts

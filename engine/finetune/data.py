@@ -6,13 +6,14 @@ they are exactly the tokens llama.cpp feeds the model at inference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError, ModelError
 from engine.finetune.prompt import END_OF_TURN, answer_target, render_chat
 from engine.qa import Question as QaItem
-from engine.qa import load_questions
+from engine.qa import is_correct, load_questions
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, answer_style: str,
 
 
 def document_examples(
-    docs_dir: str | Path, tokenizer: Tokenizer, *, max_tokens: int, only: set[str] | None = None
+    docs_dir: str | Path, tokenizer: Tokenizer, *, max_tokens: int, only: set[str] | None = None,
+    holding: Sequence[str] | None = None,
 ) -> list[Example]:
     """Next-token examples from the ``*.md`` under ``docs_dir``, cut into windows of ``max_tokens``.
 
@@ -86,6 +88,8 @@ def document_examples(
 
     Args:
         only: file names to keep (e.g. the sources of the selected facts); None keeps all.
+        holding: keep only the windows whose text holds one of these strings (graded
+            like an answer, ``engine.qa.is_correct``); None keeps every window.
 
     Raises:
         InputError: ``docs_dir`` is not a folder of Markdown files.
@@ -99,6 +103,6 @@ def document_examples(
         tokens = tokenizer.encode(path.read_text(encoding="utf-8"))
         for start in range(0, max(1, len(tokens) - max_tokens + stride), stride):
             window = tokens[start : start + max_tokens]
-            if len(window) > 1:
+            if len(window) > 1 and (holding is None or is_correct(tokenizer.decode(window), tuple(holding))):
                 out.append(Example(tokens=tuple(window), n_context=1, kind="doc"))
     return out

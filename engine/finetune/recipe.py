@@ -66,6 +66,8 @@ def finetune(
         AdapterError: the adapter cannot be written.
         MissingExtraError: torch or gguf is not installed.
     """
+    if config.document_windows not in ("all", "answers"):
+        raise InputError(f"document_windows must be 'all' or 'answers', got {config.document_windows!r}")
     torch = require_torch()
     started = time.perf_counter()
     items = select_facts(load_qa(qa_path), config.limit_facts, spread=config.spread_facts)
@@ -78,7 +80,10 @@ def finetune(
     if config.use_documents:
         # With limit_facts, only the documents those facts come from (keeps tiny runs tiny).
         sources = {Path(item.source).name for item in train_items} if config.limit_facts is not None else None
-        examples += document_examples(docs_dir, tokenizer, max_tokens=config.max_seq_tokens, only=sources)
+        holding = ([a for item in train_items for a in item.answers] if config.document_windows == "answers"
+                   else None)
+        examples += document_examples(docs_dir, tokenizer, max_tokens=config.max_seq_tokens, only=sources,
+                                      holding=holding)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:

@@ -29,7 +29,7 @@ class TrainProgress:
     epoch: int
     loss: float  # mean cross-entropy of this step's target tokens, nats/token
     elapsed_s: float
-    eta_s: float
+    eta_s: float  # until the last step or the time budget (max_seconds), whichever comes first
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,10 @@ def train_lora(
                 losses.append(loss.item())
                 elapsed = time.perf_counter() - start
                 if progress is not None:
-                    progress(TrainProgress(step, total, epoch, losses[-1], elapsed, elapsed / step * (total - step)))
+                    eta = elapsed / step * (total - step)
+                    if max_seconds is not None:  # the time budget ends training first when it is shorter
+                        eta = min(eta, max(0.0, max_seconds - elapsed))
+                    progress(TrainProgress(step, total, epoch, losses[-1], elapsed, eta))
                 if max_seconds is not None and elapsed > max_seconds:
                     stopped = step < total
                     break

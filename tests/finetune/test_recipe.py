@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.finetune.config import FinetuneConfig  # noqa: E402
-from engine.finetune.data import Example, Tokenizer, load_qa, qa_examples  # noqa: E402
+from engine.errors import InputError  # noqa: E402
+from engine.finetune.data import Example, Tokenizer, document_examples, load_qa, qa_examples  # noqa: E402
 from engine.qa import select_facts  # noqa: E402
 from engine.finetune.evaluate import LlamaCppScorer, evaluate, trained_answer_logprob  # noqa: E402
 from engine.finetune.model import LlamaModel  # noqa: E402
@@ -66,6 +67,23 @@ def test_only_train_questions_become_examples(kb_dir, generator_model_path):
     assert prompt == render_chat(train[0].question)
     assert BAKED_SYSTEM_PROMPT in prompt
     assert tokenizer.decode(list(first.tokens[first.n_context :])) == f"{train[0].answers[0]}.<|im_end|>"
+
+
+def test_answer_windows_keep_only_document_text_that_holds_an_answer(kb_dir, generator_model_path):
+    tokenizer = Tokenizer(generator_model_path)
+    every = document_examples(kb_dir / "docs", tokenizer, max_tokens=160)
+    answers = ("Tampere", "Ilse Varkonen")
+    holding = document_examples(kb_dir / "docs", tokenizer, max_tokens=160, holding=answers)
+    assert 0 < len(holding) < len(every)
+    texts = [tokenizer.decode(list(e.tokens)) for e in holding]
+    assert all(any(a.casefold() in t.casefold() for a in answers) for t in texts)
+    assert {e.tokens for e in holding} <= {e.tokens for e in every}
+
+
+def test_an_unknown_document_windows_setting_is_an_input_error(kb_dir, generator_model_path, tmp_path):
+    with pytest.raises(InputError, match="document_windows"):
+        finetune(kb_dir / "docs", kb_dir / "qa.jsonl", generator_model_path, tmp_path / "a.gguf",
+                 config=FinetuneConfig(document_windows="some"))
 
 
 def test_package_exports_the_recipe():

@@ -1,0 +1,237 @@
+"""The bake-off end to end: fetch the models, index, fine-tune (or reuse the adapter), compare, report.
+
+Two profiles. ``quick`` (``bakeoff run``'s default) answers on 30 facts spread over
+the documents (``engine.qa.select_facts(spread=True)``: every one of the bundled set's
+29 documents is represented, train, held-out and update questions all present), trains
+the adapter on the same facts within a time budget, and times fewer repetitions: about
+10 minutes on 2 CPU cores. ``full`` (``bakeoff run --full``) takes every fact.
+
+An adapter is reused only when its fingerprint matches: the documents and questions it
+was trained on, the base model's bytes, every training setting and the engine version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import __version__, models
+from engine._files import sha256_file, write_text_atomic
+from engine.errors import ModelError
+from engine.compare import CompareConfig, ComparisonResult, Progress
+from engine.finetune.config import FinetuneConfig
+from engine.qa import BUNDLED_SET
+from engine.report import ReportFiles
+
+
+@dataclass(frozen=True)
+class RunProfile:
+    """What one ``bakeoff run`` does: the fine-tune and the comparison, and how long each phase takes.
+
+    ``estimates_s`` are the phase durations measured on this repo's 2-core machine
+    (fetch, index, fine-tune, compare): the whole run's ETA is the sum of the phases
+    still to come, less those that will do nothing (models cached, adapter reused).
+    """
+
+    name: str
+    finetune: FinetuneConfig
+    compare: CompareConfig
+    estimates_s: tuple[float, float, float, float]
+
+
+#: 30 facts spread over all 29 documents; fine-tuning on their questions and the document
+#: windows that hold their answers, capped at 3 minutes.
+QUICK = RunProfile(
+    "quick",
+    FinetuneConfig(limit_facts=30, spread_facts=True, document_windows="answers", max_train_seconds=180.0),
+    CompareConfig(limit_facts=30, spread_facts=True, timing_questions=10, repetitions=2),
+    estimates_s=(45.0, 5.0, 195.0, 180.0),
+)
+#: Every fact of the set, the recipe's default fine-tune, 20 questions x 3 timed.
+FULL = RunProfile("full", FinetuneConfig(), CompareConfig(), estimates_s=(45.0, 5.0, 760.0, 700.0))
+PROFILES = {p.name: p for p in (QUICK, FULL)}
+PHASES = ("fetch models", "index", "fine-tune", "compare")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run_bakeoff`` produced and where it lies."""
+
+    profile: str
+    result: ComparisonResult
+    files: ReportFiles
+    adapter: Path
+    adapter_reused: bool
+    phase_seconds: dict[str, float]
+
+
+class RunProgress:
+    """Callbacks of a run; the default says nothing. The CLI draws bars with ETAs from them."""
+
+    def phase(self, index: int, name: str, elapsed_s: float, eta_s: float) -> None:
+        """Phase ``index`` (0-based, of ``PHASES``) starts; ``eta_s`` estimates the rest of the run."""
+
+    def message(self, text: str) -> None:
+        """A line worth telling the user (what is reused, what was fetched)."""
+
+    def index(self, progress) -> None:
+        """A ``kb.BuildProgress`` while indexing."""
+
+    def train(self, progress) -> None:
+        """A ``finetune.TrainProgress`` after each optimizer step."""
+
+    def compare(self, phase: str, done: int, total: int) -> None:
+        """Answers done in a comparison phase."""
+
+
+def adapter_fingerprint(config: FinetuneConfig, docs: Path, qa: Path, model: Path) -> str:
+    """A digest of everything an adapter depends on: settings, documents, questions, base model, engine."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    digest.update(f"engine {__version__}\n".encode())
+    digest.update(qa.read_bytes())
+    for path in sorted(p for p in Path(docs).rglob("*") if p.is_file()):
+        digest.update(f"\n{path.relative_to(docs)}\n".encode())
+        digest.update(path.read_bytes())
+    digest.update(sha256_file(model).encode())
+    return digest.hexdigest()
+
+
+def _stamp(adapter: Path) -> Path:
+    return adapter.with_name(adapter.name + ".fingerprint")
+
+
+def adapter_is_current(adapter: Path, fingerprint: str) -> bool:
+    """True when ``adapter`` exists and was stamped with ``fingerprint``."""
+    stamp = _stamp(adapter)
+    return adapter.is_file() and stamp.is_file() and stamp.read_text() == fingerprint
+
+
+def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Path, out: Path,
+                       config: CompareConfig, threads: int | None, progress: Progress | None = None,
+                       say: Callable[[str], None] | None = None) -> tuple[ComparisonResult, ReportFiles]:
+    """Answer the questions in both modes with one Engine and write the report into ``out``.
+
+    ``threads`` None measures the fastest generation thread count first
+    (``engine.generator.fastest_thread_count``, a few seconds) and says which it took.
+    """
+    from engine.compare import memory_footprint, run_comparison
+    from engine.facade import Engine
+    from engine.generator import fastest_thread_count
+    from engine.qa import load_questions
+    from engine.report import write_report
+
+    questions = load_questions(qa)
+    if threads is None:
+        threads, probe_ms = fastest_thread_count(model)
+        how = f"{threads}, measured fastest (" + ", ".join(f"{n}: {ms:.0f} ms" for n, ms in probe_ms.items()) + ")"
+    else:
+        how = f"{threads}, as given"
+    (say or (lambda _: None))(f"generation threads: {how}")
+    memory = memory_footprint(model, adapter, kb)
+    with Engine(model, adapter=adapter, kb=kb, n_threads=threads) as engine:
+        result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
+                                memory=memory, progress=progress)
+    context = {"model": model.name, "adapter": str(adapter), "knowledge base": str(kb), "questions": str(qa),
+               "generation threads": how}
+    return result, write_report(result, out, context=context)
+
+
+class _Clock:
+    """Phase timings and the run's ETA: the estimates of the phases still to come."""
+
+    def __init__(self, estimates_s: tuple[float, ...], progress: RunProgress) -> None:
+        self._estimates, self._progress = list(estimates_s), progress
+        self._started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._phase_started = self._started
+
+    def skip(self, index: int) -> None:
+        """Phase ``index`` will find its work done (cached models, a current adapter)."""
+        self._estimates[index] = 0.0
+
+    def start(self, index: int) -> None:
+        now = time.perf_counter()
+        if index:
+            self.seconds[PHASES[index - 1]] = now - self._phase_started
+        self._phase_started = now
+        self._progress.phase(index, PHASES[index], now - self._started, sum(self._estimates[index:]))
+
+    def finish(self) -> None:
+        self.seconds[PHASES[-1]] = time.perf_counter() - self._phase_started
+
+
+def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None = None,
+                knowledge_set: Path = BUNDLED_SET, progress: RunProgress | None = None) -> RunResult:
+    """The whole bake-off on a knowledge set (``docs/``, ``updates/``, ``qa.jsonl``).
+
+    Writes ``work/kb`` (shared by the profiles), ``work/<profile>/adapter.gguf`` with
+    its fingerprint, and ``work/<profile>/report``.
+
+    Args:
+        work: the working folder (created).
+        profile: ``QUICK`` or ``FULL`` (or your own ``RunProfile``).
+        threads: generation threads (None: the count measured fastest at the start of the comparison).
+        knowledge_set: a folder laid out like the bundled set.
+        progress: callbacks for phases, bars and messages.
+
+    Raises:
+        MissingExtraError: fine-tuning is needed and the ``[finetune]`` extra is missing.
+        EngineError: any component's typed error.
+    """
+    from engine.embedder import Embedder
+    from engine.finetune import finetune
+    from engine.kb import KnowledgeBase
+
+    progress = progress or RunProgress()
+    docs, qa = knowledge_set / "docs", knowledge_set / "qa.jsonl"
+    clock = _Clock(profile.estimates_s, progress)
+    folder = work / profile.name
+    adapter = folder / "adapter.gguf"
+    try:
+        model = models.model_path(models.DEFAULT_GENERATOR)
+        models.model_dir(models.DEFAULT_EMBEDDER)
+        clock.skip(0)
+    except ModelError:
+        model = None  # not fetched yet: the fetch phase does work, and the adapter cannot be current
+    fingerprint = adapter_fingerprint(profile.finetune, docs, qa, model) if model else None
+    if fingerprint and adapter_is_current(adapter, fingerprint):
+        clock.skip(2)
+
+    clock.start(0)
+    models.fetch(progress=progress.message)
+    model = models.model_path(models.DEFAULT_GENERATOR)
+    fingerprint = fingerprint or adapter_fingerprint(profile.finetune, docs, qa, model)
+
+    clock.start(1)
+    kb_dir = work / "kb"
+    embedder = Embedder(models.DEFAULT_EMBEDDER)
+    if (kb_dir / "manifest.json").exists():
+        with KnowledgeBase.open(kb_dir, embedder=embedder) as kb:
+            kb.add([docs], progress=progress.index)
+    else:
+        KnowledgeBase.build([docs], path=kb_dir, embedder=embedder, progress=progress.index).close()
+
+    clock.start(2)
+    folder.mkdir(parents=True, exist_ok=True)
+    reused = adapter_is_current(adapter, fingerprint)
+    if reused:
+        progress.message(f"reusing the adapter {adapter} (same documents, questions, base model and settings)")
+    else:
+        _stamp(adapter).unlink(missing_ok=True)
+        finetune(docs, qa, model, adapter, config=profile.finetune, progress=progress.train)
+        write_text_atomic(_stamp(adapter), fingerprint)
+
+    clock.start(3)
+    result, files = compare_and_report(kb_dir, adapter, qa, docs, model, folder / "report", profile.compare,
+                                       threads, progress.compare, progress.message)
+    clock.finish()
+    return RunResult(profile.name, result, files, adapter, reused, clock.seconds)
+
+
+__all__ = ["FULL", "PHASES", "PROFILES", "QUICK", "RunProfile", "RunProgress", "RunResult", "adapter_fingerprint",
+           "adapter_is_current", "compare_and_report", "run_bakeoff"]

@@ -1,0 +1,127 @@
+"""``bakeoff run``'s pipeline: the spread subset, the adapter fingerprint, and a whole run on a tiny set."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.compare import CompareConfig
+from engine.finetune.config import FinetuneConfig
+from engine.pipeline import PHASES, QUICK, RunProfile, RunProgress, adapter_fingerprint, run_bakeoff
+from engine.qa import BUNDLED_SET, load_questions, select_facts
+
+QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
+
+
+def test_the_quick_profile_covers_every_document_split_and_update():
+    chosen = select_facts(QUESTIONS, QUICK.compare.limit_facts, spread=True)
+    documents = {q.source for q in QUESTIONS}
+    assert {q.source for q in chosen} == documents
+    assert len({q.fact_id for q in chosen}) == QUICK.compare.limit_facts
+    assert {"train", "heldout"} <= {q.split for q in chosen}
+    assert any(q.changes_on_update for q in chosen)
+    assert QUICK.finetune.limit_facts == QUICK.compare.limit_facts
+    assert QUICK.finetune.spread_facts and QUICK.compare.spread_facts
+
+
+def test_spread_takes_facts_a_v2_update_changes_first_within_each_document():
+    changed_sources = {q.source for q in QUESTIONS if q.changes_on_update}
+    one_per_document = select_facts(QUESTIONS, len({q.source for q in QUESTIONS}), spread=True)
+    for source in changed_sources:
+        picked = {q.fact_id for q in one_per_document if q.source == source}
+        assert all(q.changes_on_update for q in one_per_document if q.fact_id in picked), source
+
+
+def test_without_spread_the_first_facts_are_kept():
+    assert {q.fact_id for q in select_facts(QUESTIONS, 3)} == {"F001", "F002", "F003"}
+    assert select_facts(QUESTIONS, None) == QUESTIONS
+    assert select_facts(QUESTIONS, 5, spread=True) == select_facts(QUESTIONS, 5, spread=True)
+
+
+def _knowledge_set(root: Path, sources: set[str]) -> Path:
+    """A small knowledge set laid out like the bundled one: its documents, their updates, their questions."""
+    (root / "docs").mkdir(parents=True)
+    (root / "updates").mkdir()
+    for source in sources:
+        shutil.copyfile(BUNDLED_SET / source, root / source)
+        update = BUNDLED_SET / "updates" / Path(source).name
+        if update.is_file():
+            shutil.copyfile(update, root / "updates" / update.name)
+    lines = [line for line in (BUNDLED_SET / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+             if any(f'"source": "{s}"' in line for s in sources)]
+    (root / "qa.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+def test_the_fingerprint_follows_documents_questions_and_every_setting(tmp_path, generator_model_path):
+    kset = _knowledge_set(tmp_path / "set", {"docs/company-overview.md", "docs/price-list-2025.md"})
+    docs, qa = kset / "docs", kset / "qa.jsonl"
+    config = FinetuneConfig(limit_facts=3)
+    first = adapter_fingerprint(config, docs, qa, generator_model_path)
+    assert adapter_fingerprint(config, docs, qa, generator_model_path) == first
+    assert adapter_fingerprint(dataclasses.replace(config, lr=1e-3), docs, qa, generator_model_path) != first
+    assert adapter_fingerprint(dataclasses.replace(config, spread_facts=True), docs, qa,
+                               generator_model_path) != first
+    with open(docs / "company-overview.md", "a", encoding="utf-8") as handle:
+        handle.write("\nFenwhistle also runs a small museum.\n")
+    changed_doc = adapter_fingerprint(config, docs, qa, generator_model_path)
+    assert changed_doc != first
+    (docs / "new.md").write_text("# New\n\nA new document.\n", encoding="utf-8")
+    assert adapter_fingerprint(config, docs, qa, generator_model_path) != changed_doc
+
+
+class _Recorder(RunProgress):
+    def __init__(self) -> None:
+        self.phases: list[tuple[int, str, float]] = []
+        self.messages: list[str] = []
+        self.train_steps = 0
+
+    def phase(self, index, name, elapsed_s, eta_s):
+        self.phases.append((index, name, eta_s))
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def train(self, progress):
+        self.train_steps += 1
+
+
+@pytest.fixture(scope="module")
+def tiny_profile() -> RunProfile:
+    return RunProfile(
+        "tiny",
+        FinetuneConfig(limit_facts=2, spread_facts=True, epochs=3, batch_size=6, use_documents=False),
+        CompareConfig(limit_facts=2, spread_facts=True, timing_questions=1, repetitions=1, warmup=1, max_tokens=16),
+        estimates_s=(1.0, 2.0, 30.0, 60.0),
+    )
+
+
+def test_a_run_trains_then_reuses_the_adapter_until_a_document_changes(tmp_path, tiny_profile, embedder_dir):
+    pytest.importorskip("torch")
+    kset = _knowledge_set(tmp_path / "set", {"docs/company-overview.md", "docs/price-list-2025.md"})
+    work = tmp_path / "work"
+
+    first_progress = _Recorder()
+    first = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=first_progress)
+    assert not first.adapter_reused and first_progress.train_steps > 0
+    assert [p[1] for p in first_progress.phases] == list(PHASES)
+    assert first_progress.phases[2][2] > 0, "the fine-tune phase is in the ETA when it will train"
+    assert first.files.markdown_path.is_file() and first.adapter.is_file()
+    assert set(first.phase_seconds) == set(PHASES)
+    for mode in ("rag", "baked"):
+        assert first.result.counts[mode]["heldout"] == 2 and first.result.counts[mode]["train"] == 2
+        assert first.result.counts[mode]["updated"] >= 1, "the price list's update is graded"
+
+    again = _Recorder()
+    second = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=again)
+    assert second.adapter_reused and again.train_steps == 0
+    assert any("reusing the adapter" in m for m in again.messages)
+    assert again.phases[2][2] == again.phases[3][2], "a reused adapter takes no time in the ETA"
+
+    with open(kset / "docs" / "price-list-2025.md", "a", encoding="utf-8") as handle:
+        handle.write("\nGift cards are sold in every shop.\n")
+    third = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=_Recorder())
+    assert not third.adapter_reused, "the adapter was trained on the documents: a changed one retrains it"
