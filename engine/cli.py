@@ -158,7 +158,8 @@ def _add_compare_args(parser: argparse.ArgumentParser, defaults_from: str | None
 
     where = f" (default: {defaults_from})" if defaults_from else ""
     parser.add_argument("--limit-facts", type=int, default=None,
-                        help=f"only N facts{where or ' (default: all)'}" + (", trained and graded" if defaults_from else ""))
+                        help=(f"N facts spread over the documents, trained and graded{where}" if defaults_from
+                              else "only the first N facts (default: all)"))
     parser.add_argument("--train-per-fact", type=int, default=default(base.train_per_fact),
                         help=f"train questions graded per fact{where}")
     parser.add_argument("--timing-questions", type=int, default=default(base.timing_questions),
@@ -508,8 +509,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     bar = _PhaseBar()
     try:
         result, files = compare_and_report(args.kb, args.adapter, args.qa, args.docs, _model_path(args.model),
-                                           args.out, _compare_config(args), args.threads, bar,
-                                           lambda line: print(line, file=sys.stderr))
+                                           args.out, _compare_config(args), args.threads, bar, _say(args))
     finally:
         bar.close()
     _print_comparison(args, result, files)

@@ -55,41 +55,6 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequence[int] | None = None, *,
-                         prompt_tokens: int = 192, rounds: int = 2, **config) -> tuple[int, dict[int, float]]:
-    """Measure which generation thread count answers fastest on this machine, now.
-
-    More threads than free cores can make llama.cpp many times slower on a busy
-    machine, and fewer leave an idle one half used, so no fixed default is right
-    everywhere. Each candidate prefills a ``prompt_tokens``-token prompt and decodes 8
-    tokens, ``rounds`` times interleaved with the others; the best time counts.
-
-    Args:
-        model_path: the GGUF to measure with.
-        candidates: thread counts to try (default: 1, half the CPUs and all of them).
-        prompt_tokens: prompt length of the probe (a RAG prompt is a few hundred).
-        rounds: interleaved repetitions per candidate.
-        **config: other ``Generator`` settings (e.g. ``extra_buffers``).
-
-    Returns:
-        The fastest count, and each candidate's best probe time in milliseconds.
-    """
-    cpus = _usable_cpus()
-    counts = sorted(set(candidates or (1, max(1, cpus // 2), cpus)))
-    if any(not _is_int(n) or n < 1 for n in counts):
-        raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
-    generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}
-    probe = generators[counts[0]].detokenize(list(range(1000, 1000 + prompt_tokens)))
-    best = {n: math.inf for n in counts}
-    greedy = SamplingConfig(ignore_eos=True)
-    for _ in range(rounds):
-        for n, generator in generators.items():
-            timings = generator.generate(probe, max_tokens=8, sampling=greedy, reuse_prefix=False,
-                                         truncate="left").timings
-            best[n] = min(best[n], timings.total_ms)
-    return min(counts, key=lambda n: best[n]), best
-
-
 @dataclass
 class _Request:
     prompt: str
@@ -362,6 +327,41 @@ class Generator:
             extra_buffer_types=self._model.info.extra_buffer_types,
         )
         return Generation(result.text, tuple(result.tokens), result.stop_reason, timings)
+
+
+def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequence[int] | None = None, *,
+                         prompt_tokens: int = 192, rounds: int = 2, **config) -> tuple[int, dict[int, float]]:
+    """Measure which generation thread count answers fastest on this machine, now.
+
+    More threads than free cores can make llama.cpp many times slower on a busy
+    machine, and fewer leave an idle one half used, so no fixed default is right
+    everywhere. Each candidate prefills a ``prompt_tokens``-token prompt and decodes 8
+    tokens, ``rounds`` times interleaved with the others; the best time counts.
+
+    Args:
+        model_path: the GGUF to measure with.
+        candidates: thread counts to try (default: 1, half the CPUs and all of them).
+        prompt_tokens: prompt length of the probe (a RAG prompt is a few hundred).
+        rounds: interleaved repetitions per candidate.
+        **config: other ``Generator`` settings (e.g. ``extra_buffers``).
+
+    Returns:
+        The fastest count, and each candidate's best probe time in milliseconds.
+    """
+    cpus = _usable_cpus()
+    counts = sorted(set(candidates or (1, max(1, cpus // 2), cpus)))
+    if any(not _is_int(n) or n < 1 for n in counts):
+        raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
+    generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}
+    probe = generators[counts[0]].detokenize(list(range(1000, 1000 + prompt_tokens)))
+    best = {n: math.inf for n in counts}
+    greedy = SamplingConfig(ignore_eos=True)
+    for _ in range(rounds):
+        for n, generator in generators.items():
+            timings = generator.generate(probe, max_tokens=8, sampling=greedy, reuse_prefix=False,
+                                         truncate="left").timings
+            best[n] = min(best[n], timings.total_ms)
+    return min(counts, key=lambda n: best[n]), best
 
 
 def _check_text(text: object, what: str) -> str:

@@ -324,3 +324,13 @@ def test_layers_are_offloaded_to_the_gpu(generator_model_path):
     gen = Generator(generator_model_path, n_ctx=512, n_gpu_layers=-1)
     t = gen.generate(CAPITAL, max_tokens=8).timings
     assert t.n_gpu_layers_offloaded > 0 and t.backend != "CPU"
+
+
+def test_fastest_thread_count_measures_each_candidate(generator_model_path):
+    from engine.generator import fastest_thread_count
+
+    chosen, probe_ms = fastest_thread_count(generator_model_path, [1, 2], prompt_tokens=32, rounds=1)
+    assert set(probe_ms) == {1, 2} and all(ms > 0 for ms in probe_ms.values())
+    assert probe_ms[chosen] == min(probe_ms.values())
+    with pytest.raises(InputError, match="candidates"):
+        fastest_thread_count(generator_model_path, [0])
