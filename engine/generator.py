@@ -348,8 +348,7 @@ def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequenc
     Returns:
         The fastest count, and each candidate's best probe time in milliseconds.
     """
-    cpus = _usable_cpus()
-    counts = sorted(set(candidates or (1, max(1, cpus // 2), cpus)))
+    counts = sorted(set(candidates or (1, _default_threads(), _usable_cpus())))
     if any(not _is_int(n) or n < 1 for n in counts):
         raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
     generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}

@@ -44,12 +44,15 @@ class RunProfile:
     estimates_s: tuple[float, float, float, float]
 
 
+_QUICK_FACTS = 30  # trained and graded alike
+
 #: 30 facts spread over all 29 documents; fine-tuning on their questions and the document
 #: windows that hold their answers, capped at 3 minutes.
 QUICK = RunProfile(
     "quick",
-    FinetuneConfig(limit_facts=30, spread_facts=True, document_windows="answers", max_train_seconds=180.0),
-    CompareConfig(limit_facts=30, spread_facts=True, timing_questions=10, repetitions=2),
+    FinetuneConfig(limit_facts=_QUICK_FACTS, spread_facts=True, document_windows="answers",
+                   max_train_seconds=180.0),
+    CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=10, repetitions=2),
     estimates_s=(45.0, 5.0, 195.0, 180.0),
 )
 #: Every fact of the set, the recipe's default fine-tune, 20 questions x 3 timed.
@@ -183,7 +186,6 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
         MissingExtraError: fine-tuning is needed and the ``[finetune]`` extra is missing.
         EngineError: any component's typed error.
     """
-    from engine.embedder import Embedder
     from engine.finetune import finetune
     from engine.kb import KnowledgeBase
 
@@ -209,12 +211,11 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
 
     clock.start(1)
     kb_dir = work / "kb"
-    embedder = Embedder(models.DEFAULT_EMBEDDER)
-    if (kb_dir / "manifest.json").exists():
-        with KnowledgeBase.open(kb_dir, embedder=embedder) as kb:
+    if (kb_dir / "manifest.json").exists():  # opened with the embedder it records
+        with KnowledgeBase.open(kb_dir) as kb:
             kb.add([docs], progress=progress.index)
-    else:
-        KnowledgeBase.build([docs], path=kb_dir, embedder=embedder, progress=progress.index).close()
+    else:  # the default embedder
+        KnowledgeBase.build([docs], path=kb_dir, progress=progress.index).close()
 
     clock.start(2)
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,10 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 )
 
 
+#: Values of ``FinetuneConfig.document_windows``.
+DOCUMENT_WINDOWS = ("all", "answers")
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """Shape of the LoRA adapter.

@@ -98,11 +98,12 @@ def document_examples(
     if not paths:
         raise InputError(f"{docs_dir} holds no .md documents (kept: {only}); pass the knowledge set's docs folder")
     stride = max(1, max_tokens * 3 // 4)
+    accepted = tuple(holding) if holding is not None else None
     out = []
     for path in paths:
         tokens = tokenizer.encode(path.read_text(encoding="utf-8"))
         for start in range(0, max(1, len(tokens) - max_tokens + stride), stride):
             window = tokens[start : start + max_tokens]
-            if len(window) > 1 and (holding is None or is_correct(tokenizer.decode(window), tuple(holding))):
+            if len(window) > 1 and (accepted is None or is_correct(tokenizer.decode(window), accepted)):
                 out.append(Example(tokens=tuple(window), n_context=1, kind="doc"))
     return out

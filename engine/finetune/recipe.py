@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
-from engine.finetune.config import FinetuneConfig
+from engine.finetune.config import DOCUMENT_WINDOWS, FinetuneConfig
 from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples
 from engine.qa import select_facts
 from engine.finetune.export import write_adapter
@@ -66,8 +66,9 @@ def finetune(
         AdapterError: the adapter cannot be written.
         MissingExtraError: torch or gguf is not installed.
     """
-    if config.document_windows not in ("all", "answers"):
-        raise InputError(f"document_windows must be 'all' or 'answers', got {config.document_windows!r}")
+    if config.document_windows not in DOCUMENT_WINDOWS:
+        raise InputError(f"document_windows must be one of {', '.join(DOCUMENT_WINDOWS)}, "
+                         f"got {config.document_windows!r}")
     torch = require_torch()
     started = time.perf_counter()
     items = select_facts(load_qa(qa_path), config.limit_facts, spread=config.spread_facts)
