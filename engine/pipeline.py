@@ -3,7 +3,7 @@
 Two profiles. ``quick`` (``bakeoff run``'s default) answers on 30 facts spread over
 the documents (``engine.qa.select_facts(spread=True)``: every one of the bundled set's
 29 documents is represented, train, held-out and update questions all present), trains
-the adapter on the same facts within a time budget, and times fewer repetitions: about
+the adapter on the same facts for 4 epochs, and times fewer repetitions: about
 10 minutes on 2 CPU cores. ``full`` (``bakeoff run --full``) takes every fact.
 
 An adapter is reused only when its fingerprint matches: the documents and questions it
