@@ -68,6 +68,25 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     return questions
 
 
+def set_subject(folder: str | os.PathLike[str]) -> str | None:
+    """What a knowledge set is about (its ``set.json`` "subject"), named in the baked
+    system prompt; None when the folder has no ``set.json``.
+
+    Raises:
+        InputError: ``set.json`` is not a JSON object with a string "subject".
+    """
+    file = Path(folder) / "set.json"
+    if not file.is_file():
+        return None
+    try:
+        subject = json.loads(file.read_text(encoding="utf-8"))["subject"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{file} is not valid ({error!r}): it must be a JSON object with a string 'subject'") from None
+    if not isinstance(subject, str) or not subject.strip():
+        raise InputError(f"{file}: 'subject' must be a non-empty string")
+    return subject.strip()
+
+
 def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
     """An answer is correct when it contains one of the accepted strings (case-insensitive)."""
     folded = answer.casefold()
