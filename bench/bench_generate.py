@@ -8,7 +8,8 @@ is compared as a ratio. The decode figure is reported beside its physical bound:
 memory bandwidth (a NumPy copy, measured here) / bytes of weights read per token.
 
 Run: ``.venv/bin/python -m pytest bench/bench_generate.py -o python_files='bench_*.py'``
-(``BAKEOFF_BENCH_ROUNDS``, default 3; ``BAKEOFF_BENCH_THREADS``, default half the CPUs;
+(``BAKEOFF_BENCH_ROUNDS``, default 3; ``BAKEOFF_BENCH_THREADS``, default
+``engine.hardware.default_threads()``, half the usable CPUs, as the engine's own default;
 ``BAKEOFF_BENCH_EXTRA_BUFFERS``, default "auto").
 """
 
@@ -21,10 +22,10 @@ import numpy as np
 import pytest
 
 from engine.generator import Generator, SamplingConfig
-from engine.hardware import use_extra_buffer_types
+from engine.hardware import default_threads, use_extra_buffer_types
 
 ROUNDS = int(os.environ.get("BAKEOFF_BENCH_ROUNDS", "3"))
-THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(max(1, len(os.sched_getaffinity(0)) // 2))))
+THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(default_threads())))
 N_CTX, N_BATCH = 1024, 512
 PP, TG = 512, 128
 GREEDY_NO_EOS = SamplingConfig(temperature=0.0, ignore_eos=True)

@@ -197,7 +197,7 @@ def test_recall_on_isotropic_vectors_the_worst_case(claims):
 
 def test_synthetic_data_matches_real_embeddings(embedder_dir, claims):
     from engine.embedder import Embedder
-    from engine.scoring import split_sentences
+    from engine.text import split_sentences
 
     embedder = Embedder(cache_dir=embedder_dir.parent)
     sentences = []

@@ -135,12 +135,12 @@ def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
     recalled when one of the top-4 hits holds one of its accepted answers. This is the
     int8 embedder's effect on retrieval that a user of the bundled set would see.
     """
-    from engine.qa import BUNDLED_SET, is_correct, load_questions
+    from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions
 
     questions = load_questions(BUNDLED_SET / "qa.jsonl")
     recall = {}
     for variant in ("fp32", "int8"):
-        kb = KnowledgeBase.build([BUNDLED_SET / "docs"], path=tmp_path_factory.mktemp(variant) / "kb",
+        kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp(variant) / "kb",
                                  embedder=embedders[variant])
         found = [any(is_correct(h.text, q.answers) for h in kb.search(q.question, k=4).hits) for q in questions]
         recall[variant] = 100 * float(np.mean(found))

@@ -1,16 +1,14 @@
 // The Python surface of engine._core, and nothing else: each binding maps one C++
 // declaration. Implementations live beside this file; engine/_core.pyi documents it.
-#include <pybind11/functional.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-
-#include <optional>
 
 #include "build_info.h"
 #include "errors.h"
 #include "log.h"
 #include "lora.h"
 #include "model.h"
+#include "py_glue.h"
 #include "session.h"
 #include "text.h"
 
@@ -23,7 +21,8 @@ namespace {
 void translate_errors(std::exception_ptr p) {
   auto raise = [](const char* name, const std::exception& e) {
     py::object cls = py::module_::import("engine.errors").attr(name);
-    PyErr_SetString(cls.ptr(), e.what());
+    // Messages quote llama.cpp's lines and file contents, which need not be UTF-8.
+    PyErr_SetString(cls.ptr(), sanitize_utf8(e.what()).c_str());
   };
   try {
     if (p) std::rethrow_exception(p);
@@ -41,6 +40,8 @@ void translate_errors(std::exception_ptr p) {
     raise("InputError", e);
   } catch (const GenerationFailure& e) {
     raise("GenerationError", e);
+  } catch (const Error& e) {
+    raise("EngineError", e);
   }
 }
 
@@ -116,6 +117,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("path", &LoraAdapter::path)
       .def_property_readonly("alpha", &LoraAdapter::alpha)
       .def("meta", &LoraAdapter::meta, py::arg("key"))
+      .def_property_readonly("metadata", &LoraAdapter::metadata)
       .def("__repr__", [](const LoraAdapter& a) { return "LoraAdapter(path='" + a.path() + "')"; });
 
   py::class_<SamplingOptions>(m, "SamplingOptions")
@@ -150,6 +152,11 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("stop_reason", &Result::stop_reason)
       .def_readonly("timings", &Result::timings);
 
+  py::class_<CancelToken, std::shared_ptr<CancelToken>>(m, "CancelToken")
+      .def(py::init<>())
+      .def("cancel", &CancelToken::cancel)
+      .def_property_readonly("cancelled", &CancelToken::cancelled);
+
   py::class_<Session>(m, "Session")
       .def(py::init([](std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, int32_t n_threads,
                        int32_t n_threads_batch, int32_t flash_attn, const std::string& kv_type, bool warmup) {
@@ -160,36 +167,12 @@ PYBIND11_MODULE(_core, m) {
            py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512,
            py::arg("n_threads") = 1, py::arg("n_threads_batch") = 1, py::arg("flash_attn") = -1,
            py::arg("kv_type") = "f16", py::arg("warmup") = true)
-      .def(
-          "generate",
-          [](Session& session, const std::string& prompt, int32_t max_tokens, const SamplingOptions& sampling,
-             const std::vector<std::string>& stop, const std::vector<std::pair<std::shared_ptr<LoraAdapter>, float>>& adapters,
-             bool truncate_left, bool reuse_prefix, std::optional<py::function> on_piece) {
-            Request request;
-            request.prompt = prompt;
-            request.max_tokens = max_tokens;
-            request.sampling = sampling;
-            request.stop = stop;
-            for (const auto& [adapter, scale] : adapters) {
-              if (!adapter) throw InvalidInput("adapter is None");
-              request.adapters.push_back({adapter, scale});
-            }
-            request.truncate_left = truncate_left;
-            request.reuse_prefix = reuse_prefix;
-            PieceCallback callback;
-            if (on_piece) {
-              callback = [fn = *on_piece](const std::string& piece) {
-                py::gil_scoped_acquire acquire;
-                fn(py::str(piece));
-              };
-            }
-            py::gil_scoped_release release;
-            return session.generate(request, callback);
-          },
-          py::arg("prompt"), py::kw_only(), py::arg("max_tokens"), py::arg("sampling"),
-          py::arg("stop") = std::vector<std::string>{},
-          py::arg("adapters") = std::vector<std::pair<std::shared_ptr<LoraAdapter>, float>>{},
-          py::arg("truncate_left") = false, py::arg("reuse_prefix") = true, py::arg("on_piece") = py::none())
+      .def("generate", &generate_from_python, py::arg("prompt"), py::kw_only(), py::arg("max_tokens"),
+           py::arg("sampling"), py::arg("stop") = std::vector<std::string>{}, py::arg("adapters") = AdapterArgs{},
+           py::arg("truncate_left") = false, py::arg("reuse_prefix") = true, py::arg("cancel") = py::none(),
+           py::arg("on_piece") = py::none())
+      .def("log_probs", &log_probs_from_python, py::arg("context"), py::arg("continuation"), py::kw_only(),
+           py::arg("adapters") = AdapterArgs{})
       .def("cancel", &Session::cancel)
       .def("reset", &Session::reset, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("n_ctx", &Session::n_ctx)

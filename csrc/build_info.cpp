@@ -5,6 +5,8 @@
 #include <llama.h>
 #include <ggml-backend.h>
 
+#include "model.h"
+
 namespace bakeoff {
 
 std::string llama_cpp_python_version() { return BAKEOFF_LLAMA_CPP_PYTHON_VERSION; }
@@ -16,7 +18,7 @@ bool supports_gpu_offload() { return llama_supports_gpu_offload(); }
 bool supports_mmap() { return llama_supports_mmap(); }
 
 std::vector<BackendDevice> backend_devices() {
-  llama_backend_init();  // idempotent; loads the ggml backends registered at build time
+  backend_init_once();
   std::vector<BackendDevice> devices;
   for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
     ggml_backend_dev_t dev = ggml_backend_dev_get(i);

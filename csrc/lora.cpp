@@ -1,10 +1,12 @@
 #include "lora.h"
 
 #include <cstdlib>
+#include <optional>
 #include <vector>
 
 #include "errors.h"
 #include "log.h"
+#include "text.h"
 
 namespace bakeoff {
 
@@ -24,15 +26,42 @@ LoraAdapter::LoraAdapter(std::shared_ptr<Model> model, const std::string& path)
   if (!alpha.empty()) alpha_ = std::strtof(alpha.c_str(), nullptr);
 }
 
-std::string LoraAdapter::meta(const std::string& key) const {
+namespace {
+
+// Calls read(buf, size) (a llama_adapter_meta_* getter, snprintf-like: returns the
+// full length, or < 0 when absent) with a buffer large enough; nullopt when absent.
+template <typename Read>
+std::optional<std::string> read_meta_string(Read read) {
   std::vector<char> buf(256);
-  int32_t n = llama_adapter_meta_val_str(adapter_.get(), key.c_str(), buf.data(), buf.size());
-  if (n < 0) return "";
+  int32_t n = read(buf.data(), buf.size());
+  if (n < 0) return std::nullopt;
   if (static_cast<size_t>(n) >= buf.size()) {
-    buf.resize(n + 1);
-    n = llama_adapter_meta_val_str(adapter_.get(), key.c_str(), buf.data(), buf.size());
+    buf.resize(static_cast<size_t>(n) + 1);
+    n = read(buf.data(), buf.size());
+    if (n < 0) return std::nullopt;
   }
-  return std::string(buf.data(), n);
+  return sanitize_utf8(std::string(buf.data(), static_cast<size_t>(n)));
+}
+
+}  // namespace
+
+std::string LoraAdapter::meta(const std::string& key) const {
+  auto value = read_meta_string(
+      [&](char* buf, size_t size) { return llama_adapter_meta_val_str(adapter_.get(), key.c_str(), buf, size); });
+  return value.value_or("");
+}
+
+std::map<std::string, std::string> LoraAdapter::metadata() const {
+  std::map<std::string, std::string> out;
+  const int32_t count = llama_adapter_meta_count(adapter_.get());
+  for (int32_t i = 0; i < count; ++i) {
+    auto key = read_meta_string(
+        [&](char* buf, size_t size) { return llama_adapter_meta_key_by_index(adapter_.get(), i, buf, size); });
+    auto value = read_meta_string(
+        [&](char* buf, size_t size) { return llama_adapter_meta_val_str_by_index(adapter_.get(), i, buf, size); });
+    if (key && value) out.emplace(std::move(*key), std::move(*value));
+  }
+  return out;
 }
 
 }  // namespace bakeoff

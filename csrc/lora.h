@@ -1,6 +1,7 @@
 #pragma once
 // A GGUF LoRA adapter loaded once against a base Model. Sessions attach it per
 // request with a scale; the base weights are shared, never copied.
+#include <map>
 #include <memory>
 #include <string>
 
@@ -24,7 +25,11 @@ class LoraAdapter {
   const Model& model() const { return *model_; }
   const std::string& path() const { return path_; }
   float alpha() const { return alpha_; }
+  // The value of a GGUF metadata key as text, or "" when absent.
   std::string meta(const std::string& key) const;
+  // Every GGUF key/value of the adapter file, values as llama.cpp renders them as
+  // text (arrays as "[a, b]"); invalid UTF-8 becomes U+FFFD, so Python can read it.
+  std::map<std::string, std::string> metadata() const;
 
  private:
   std::shared_ptr<Model> model_;  // declared first: the adapter is freed before the model

@@ -8,16 +8,14 @@
 
 #include "errors.h"
 #include "log.h"
+#include "text.h"
 
 namespace bakeoff {
-namespace {
 
 void backend_init_once() {
   static std::once_flag once;
   std::call_once(once, [] { llama_backend_init(); });
 }
-
-}  // namespace
 
 void ModelDeleter::operator()(llama_model* m) const {
   LogCapture quiet;
@@ -80,7 +78,7 @@ Model::Model(const std::string& path, const ModelOptions& options) {
   info_.n_layer = llama_model_n_layer(model_.get());
   info_.n_embd = llama_model_n_embd(model_.get());
   info_.n_vocab = llama_vocab_n_tokens(vocab_);
-  if (const char* tmpl = llama_model_chat_template(model_.get(), nullptr)) info_.chat_template = tmpl;
+  if (const char* tmpl = llama_model_chat_template(model_.get(), nullptr)) info_.chat_template = sanitize_utf8(tmpl);
   info_.n_gpu_layers_requested = options.n_gpu_layers;
   info_.extra_buffer_types = options.use_extra_bufts;
   if (llama_supports_gpu_offload() && options.n_gpu_layers != 0) {
@@ -97,7 +95,7 @@ std::string Model::meta(const std::string& key) const {
     buf.resize(n + 1);
     n = llama_model_meta_val_str(model_.get(), key.c_str(), buf.data(), buf.size());
   }
-  return std::string(buf.data(), n);
+  return sanitize_utf8(std::string(buf.data(), n));  // an untrusted file's bytes; Python needs UTF-8
 }
 
 std::vector<llama_token> Model::tokenize(const std::string& text, bool add_special, bool parse_special) const {
@@ -124,13 +122,17 @@ std::string Model::token_piece(llama_token token, bool render_special) const {
   return out;
 }
 
-std::string Model::detokenize(const std::vector<llama_token>& tokens, bool render_special) const {
+void Model::check_tokens(const std::vector<llama_token>& tokens, const std::string& what) const {
   for (llama_token t : tokens) {
     if (t < 0 || t >= info_.n_vocab) {
-      throw InvalidInput("token id " + std::to_string(t) + " is outside the vocabulary (0.." +
-                         std::to_string(info_.n_vocab - 1) + ")");
+      throw InvalidInput(what + " id " + std::to_string(t) + " is outside the vocabulary (0.." +
+                         std::to_string(info_.n_vocab - 1) + "): pass ids made by this model's tokenize()");
     }
   }
+}
+
+std::string Model::detokenize(const std::vector<llama_token>& tokens, bool render_special) const {
+  check_tokens(tokens, "token");
   std::string out(tokens.size() * 8 + 16, '\0');
   int32_t n = llama_detokenize(vocab_, tokens.data(), static_cast<int32_t>(tokens.size()), out.data(),
                                static_cast<int32_t>(out.size()), false, render_special);

@@ -60,6 +60,8 @@ class Model {
   // Bytes of the tokens (may be invalid UTF-8 when cut mid-character).
   std::string detokenize(const std::vector<llama_token>& tokens, bool render_special) const;
   std::string token_piece(llama_token token, bool render_special) const;
+  // Throws InvalidInput naming `what` unless every id is in [0, n_vocab).
+  void check_tokens(const std::vector<llama_token>& tokens, const std::string& what) const;
   bool is_eog(llama_token token) const { return llama_vocab_is_eog(vocab_, token); }
 
   // Render (role, content) messages with the model's own template (or tmpl when
@@ -72,6 +74,10 @@ class Model {
   const llama_vocab* vocab_ = nullptr;
   ModelInfo info_;
 };
+
+// llama_backend_init(), once per process (it loads the ggml backends registered
+// at build time); every path that needs the backends calls this, never llama.cpp's.
+void backend_init_once();
 
 // Checks that path exists and starts with the GGUF magic; throws ModelLoadError
 // (or AdapterLoadError when for_adapter) naming the problem.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <map>
 
 #include "errors.h"
@@ -64,32 +65,45 @@ Session::Session(std::shared_ptr<Model> model, const SessionOptions& options)
   }
   n_ctx_ = llama_n_ctx(ctx_.get());
   n_batch_ = llama_n_batch(ctx_.get());
-  batch_ = llama_batch_init(static_cast<int32_t>(n_batch_), 0, 1);
+  batch_.emplace(static_cast<int32_t>(n_batch_));
   if (options.warmup) {
     const llama_vocab* vocab = model_->vocab();
     llama_token token = llama_vocab_bos(vocab);
     if (token == LLAMA_TOKEN_NULL) token = llama_vocab_eos(vocab);
     if (token == LLAMA_TOKEN_NULL) token = 0;
-    decode(&token, 1, true);
+    decode(&token, 1, 0, {}, {});
     llama_memory_clear(llama_get_memory(ctx_.get()), true);
-    cached_.clear();
+    set_cached_size(0);
   }
 }
 
-Session::~Session() {
-  llama_batch_free(batch_);
-  ctx_.reset();  // before the adapters it points at
+Session::~Session() = default;  // members go in reverse order (see session.h)
+
+bool Session::abort_requested(void* self) {
+  const CancelToken* token = static_cast<Session*>(self)->running_.load();
+  return token != nullptr && token->cancelled();
 }
 
-bool Session::abort_requested(void* self) { return static_cast<Session*>(self)->cancel_.load(); }
+void Session::cancel() {
+  std::lock_guard<std::mutex> guard(token_mutex_);
+  if (CancelToken* token = running_.load()) token->cancel();
+}
 
-std::vector<llama_token> Session::cached_tokens() const { return cached_; }
+std::vector<llama_token> Session::cached_tokens() const {
+  std::lock_guard<std::mutex> guard(state_);
+  return cached_;
+}
+
+void Session::set_cached_size(size_t n) {
+  std::lock_guard<std::mutex> guard(state_);
+  cached_.resize(std::min(n, cached_.size()));
+}
 
 void Session::reset() {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) throw Busy("cannot reset while a generation is running: cancel() it first");
   llama_memory_clear(llama_get_memory(ctx_.get()), true);
-  cached_.clear();
+  set_cached_size(0);
 }
 
 void Session::attach(const std::vector<AttachedAdapter>& adapters) {
@@ -101,6 +115,7 @@ void Session::attach(const std::vector<AttachedAdapter>& adapters) {
   std::vector<llama_adapter_lora*> handles;
   std::vector<float> scales;
   for (const auto& a : adapters) {
+    if (!a.adapter) throw InvalidInput("adapter is None: pass a LoraAdapter");
     if (&a.adapter->model() != model_.get()) {
       throw InvalidInput("adapter '" + a.adapter->path() + "' was loaded for another model: load it with this "
                          "Generator's load_adapter()");
@@ -114,7 +129,22 @@ void Session::attach(const std::vector<AttachedAdapter>& adapters) {
   attached_ = adapters;
   // K/V computed with other adapters would not be what these adapters compute.
   llama_memory_clear(llama_get_memory(ctx_.get()), true);
-  cached_.clear();
+  set_cached_size(0);
+}
+
+size_t Session::keep_prefix(const std::vector<llama_token>& tokens, size_t limit) {
+  size_t reuse = 0;
+  const size_t n = std::min({cached_.size(), tokens.size(), limit});
+  while (reuse < n && cached_[reuse] == tokens[reuse]) ++reuse;
+  if (reuse < cached_.size()) {
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    if (!llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(reuse), -1)) {
+      llama_memory_clear(mem, true);
+      reuse = 0;
+    }
+    set_cached_size(reuse);
+  }
+  return reuse;
 }
 
 void Session::rollback() {
@@ -123,25 +153,28 @@ void Session::rollback() {
   llama_memory_t mem = llama_get_memory(ctx_.get());
   if (!llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(cached_.size()), -1)) {
     llama_memory_clear(mem, true);
-    cached_.clear();
+    set_cached_size(0);
   }
 }
 
-void Session::decode(const llama_token* tokens, size_t n, bool logits_last) {
+void Session::decode(const llama_token* tokens, size_t n, size_t logits_from, const LogitsSink& on_logits,
+                     const StepCheck& between_steps) {
+  llama_batch& batch = batch_->get();
   for (size_t start = 0; start < n; start += n_batch_) {
+    if (between_steps) between_steps();
     const size_t count = std::min<size_t>(n_batch_, n - start);
-    batch_.n_tokens = static_cast<int32_t>(count);
+    batch.n_tokens = static_cast<int32_t>(count);
     for (size_t j = 0; j < count; ++j) {
-      batch_.token[j] = tokens[start + j];
-      batch_.pos[j] = static_cast<llama_pos>(cached_.size() + j);
-      batch_.n_seq_id[j] = 1;
-      batch_.seq_id[j][0] = 0;
-      batch_.logits[j] = logits_last && start + j == n - 1;
+      batch.token[j] = tokens[start + j];
+      batch.pos[j] = static_cast<llama_pos>(cached_.size() + j);
+      batch.n_seq_id[j] = 1;
+      batch.seq_id[j][0] = 0;
+      batch.logits[j] = start + j >= logits_from;
     }
-    const int32_t rc = llama_decode(ctx_.get(), batch_);
+    const int32_t rc = llama_decode(ctx_.get(), batch);
     if (rc != 0) {
       rollback();
-      if (rc == 2 || cancel_.load()) throw Cancelled("generation cancelled");
+      if (rc == 2 || abort_requested(this)) throw Cancelled("generation cancelled");
       if (rc == 1) {
         throw ContextOverflow("no room left in the KV cache (n_ctx=" + std::to_string(n_ctx_) +
                               "): use a larger n_ctx or a shorter prompt");
@@ -149,10 +182,19 @@ void Session::decode(const llama_token* tokens, size_t n, bool logits_last) {
       throw GenerationFailure("llama_decode failed with code " + std::to_string(rc) +
                               ": the model could not evaluate the batch; try again, or reload the model");
     }
-    cached_.insert(cached_.end(), tokens + start, tokens + start + count);
+    {
+      std::lock_guard<std::mutex> guard(state_);
+      cached_.insert(cached_.end(), tokens + start, tokens + start + count);
+    }
+    if (on_logits) {
+      for (size_t j = (logits_from > start ? logits_from - start : 0); j < count; ++j) {
+        const float* row = llama_get_logits_ith(ctx_.get(), static_cast<int32_t>(j));
+        if (!row) throw GenerationFailure("llama.cpp returned no logits for a position that asked for them");
+        on_logits(start + j, row);
+      }
+    }
   }
 }
-
 std::unique_ptr<llama_sampler, SamplerDeleter> Session::make_sampler(const SamplingOptions& s) const {
   llama_sampler_chain_params params = llama_sampler_chain_default_params();
   params.no_perf = true;
@@ -181,19 +223,41 @@ std::unique_ptr<llama_sampler, SamplerDeleter> Session::make_sampler(const Sampl
   return chain;
 }
 
-Result Session::generate(const Request& request, const PieceCallback& on_piece) {
+Result Session::generate(const Request& request, const PieceCallback& on_piece, const StepCheck& between_steps) {
   std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
   if (!lock.owns_lock()) {
     throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
   }
-  cancel_.store(false);
+  const std::shared_ptr<CancelToken> token = request.cancel ? request.cancel : std::make_shared<CancelToken>();
+  {
+    std::lock_guard<std::mutex> guard(token_mutex_);
+    running_.store(token.get());
+  }
+  // A local class of a member function has the member function's access.
+  struct Unregister {
+    Session* session;
+    ~Unregister() {
+      std::lock_guard<std::mutex> guard(session->token_mutex_);
+      session->running_.store(nullptr);
+    }
+  } unregister{this};
+  const StepCheck step = [&] {
+    if (token->cancelled()) throw Cancelled("generation cancelled");
+    if (between_steps) between_steps();
+  };
+  step();
+
   Result result;
   Timings& t = result.timings;
   const auto t0 = Clock::now();
-
-  std::vector<llama_token> prompt = model_->tokenize(request.prompt, true, true);
-  const auto t_tokenized = Clock::now();
-  t.tokenize_ms = ms_between(t0, t_tokenized);
+  std::vector<llama_token> prompt;
+  if (request.prompt_tokens) {
+    prompt = *request.prompt_tokens;
+    model_->check_tokens(prompt, "prompt token");
+  } else {
+    prompt = model_->tokenize(request.prompt, true, true);
+    t.tokenize_ms = ms_between(t0, Clock::now());
+  }
   if (prompt.empty()) throw InvalidInput("the prompt is empty: give at least one token of text");
   if (request.max_tokens <= 0) throw InvalidInput("max_tokens must be >= 1");
 
@@ -219,27 +283,16 @@ Result Session::generate(const Request& request, const PieceCallback& on_piece) 
   auto sampler = make_sampler(request.sampling);
   attach(request.adapters);
 
-  // Prefix reuse: keep the cached K/V of the longest common prefix, evaluate the rest.
-  llama_memory_t mem = llama_get_memory(ctx_.get());
-  size_t reuse = 0;
-  if (request.reuse_prefix) {
-    const size_t limit = std::min(cached_.size(), prompt.size());
-    while (reuse < limit && cached_[reuse] == prompt[reuse]) ++reuse;
-    if (reuse == prompt.size()) --reuse;  // the last prompt token must be evaluated for its logits
-  }
-  if (reuse < cached_.size()) {
-    if (!llama_memory_seq_rm(mem, 0, static_cast<llama_pos>(reuse), -1)) {
-      llama_memory_clear(mem, true);
-      reuse = 0;
-    }
-    cached_.resize(reuse);
-  }
+  // Prefix reuse: keep the cached K/V of the longest common prefix, evaluate the
+  // rest; the last prompt token is always evaluated, for its logits.
+  const size_t reuse = keep_prefix(prompt, request.reuse_prefix ? prompt.size() - 1 : 0);
   t.reused_tokens = static_cast<int32_t>(reuse);
 
   const auto t_prefill = Clock::now();
-  decode(prompt.data() + reuse, prompt.size() - reuse, true);
+  const size_t n_new = prompt.size() - reuse;
+  decode(prompt.data() + reuse, n_new, n_new - 1, {}, step);
   const auto t_prefilled = Clock::now();
-  t.prefill_tokens = static_cast<int32_t>(prompt.size() - reuse);
+  t.prefill_tokens = static_cast<int32_t>(n_new);
   t.prefill_ms = ms_between(t_prefill, t_prefilled);
   t.prefill_tokens_per_s = per_second(t.prefill_tokens, t.prefill_ms);
 
@@ -250,18 +303,18 @@ Result Session::generate(const Request& request, const PieceCallback& on_piece) 
     if (on_piece) on_piece(piece);
   };
 
-  llama_token token = llama_sampler_sample(sampler.get(), ctx_.get(), -1);
+  llama_token next = llama_sampler_sample(sampler.get(), ctx_.get(), -1);
   const auto t_first = Clock::now();
   auto t_last = t_first;
   t.ttft_ms = ms_between(t0, t_first);
   result.stop_reason = "length";
   while (true) {
-    if (!request.sampling.ignore_eos && model_->is_eog(token)) {
+    if (!request.sampling.ignore_eos && model_->is_eog(next)) {
       result.stop_reason = "eos";
       break;
     }
-    result.tokens.push_back(token);
-    emit(text.push(model_->token_piece(token, false)));
+    result.tokens.push_back(next);
+    emit(text.push(model_->token_piece(next, false)));
     if (text.stopped()) {
       result.stop_reason = "stop";
       break;
@@ -271,9 +324,8 @@ Result Session::generate(const Request& request, const PieceCallback& on_piece) 
       result.stop_reason = "context_full";
       break;
     }
-    if (cancel_.load()) throw Cancelled("generation cancelled");
-    decode(&token, 1, true);
-    token = llama_sampler_sample(sampler.get(), ctx_.get(), -1);
+    decode(&next, 1, 0, {}, step);
+    next = llama_sampler_sample(sampler.get(), ctx_.get(), -1);
     t_last = Clock::now();
     ++t.decode_tokens;
   }
@@ -283,6 +335,44 @@ Result Session::generate(const Request& request, const PieceCallback& on_piece) 
   t.decode_tokens_per_s = per_second(t.decode_tokens, t.decode_ms);
   t.total_ms = ms_between(t0, t_end);
   return result;
+}
+
+std::vector<double> Session::log_probs(const std::vector<llama_token>& context,
+                                       const std::vector<llama_token>& continuation,
+                                       const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps) {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
+  }
+  if (context.empty()) throw InvalidInput("the context is empty: give at least one token (e.g. BOS)");
+  if (continuation.empty()) throw InvalidInput("the continuation is empty: give at least one token");
+  model_->check_tokens(context, "context token");
+  model_->check_tokens(continuation, "continuation token");
+  // The continuation's last token is scored, never evaluated.
+  std::vector<llama_token> tokens(context);
+  tokens.insert(tokens.end(), continuation.begin(), continuation.end() - 1);
+  if (tokens.size() > n_ctx_) {
+    throw ContextOverflow("context and continuation are " + std::to_string(tokens.size() + 1) +
+                          " tokens but the context holds " + std::to_string(n_ctx_) +
+                          ": shorten them, or create the Generator with a larger n_ctx");
+  }
+  attach(adapters);
+
+  // Reuse the cached prefix, but re-evaluate from the context's last token: its
+  // logits (the first continuation token's distribution) are not cached.
+  const size_t first = context.size() - 1;
+  const size_t reuse = keep_prefix(tokens, first);
+  const int32_t n_vocab = model_->info().n_vocab;
+  std::vector<double> out(continuation.size());
+  auto score = [&](size_t index, const float* logits) {
+    const size_t k = reuse + index - first;  // continuation token predicted at this position
+    const float max = *std::max_element(logits, logits + n_vocab);
+    double sum = 0.0;
+    for (int32_t v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(logits[v]) - max);
+    out[k] = static_cast<double>(logits[continuation[k]]) - max - std::log(sum);
+  };
+  decode(tokens.data() + reuse, tokens.size() - reuse, first - reuse, score, between_steps);
+  return out;
 }
 
 }  // namespace bakeoff

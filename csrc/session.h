@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,18 +45,37 @@ struct AttachedAdapter {
   float scale = 1.0f;
 };
 
+// One request's cancellation flag. It is made when the request is submitted, before
+// the request waits for the session, so a cancel between submission and the start of
+// decoding is never lost, and cancelling one request never touches another.
+class CancelToken {
+ public:
+  void cancel() { cancelled_.store(true); }
+  bool cancelled() const { return cancelled_.load(); }
+
+ private:
+  std::atomic<bool> cancelled_{false};
+};
+
+// Called between decode steps (before each prompt batch and each generated token) with
+// the GIL released; it may throw to stop the request (the bindings raise
+// KeyboardInterrupt through it). The session stays consistent when it does.
+using StepCheck = std::function<void()>;
+
 struct Request {
-  std::string prompt;
+  std::string prompt;  // tokenized with BOS and special tokens parsed, unless prompt_tokens is set
+  std::optional<std::vector<llama_token>> prompt_tokens;  // the prompt already tokenized: used as is
   int32_t max_tokens = 128;
   SamplingOptions sampling;
   std::vector<std::string> stop;
   std::vector<AttachedAdapter> adapters;
   bool truncate_left = false;  // drop the oldest prompt tokens instead of raising ContextOverflow
   bool reuse_prefix = true;
+  std::shared_ptr<CancelToken> cancel;  // null: generate() makes one, reachable through Session::cancel()
 };
 
 struct Timings {
-  double tokenize_ms = 0;
+  double tokenize_ms = 0;        // 0 when the prompt came as token ids
   int32_t prompt_tokens = 0;     // after truncation
   int32_t truncated_tokens = 0;  // dropped from the left of the prompt
   int32_t reused_tokens = 0;     // taken from the KV cache, not evaluated
@@ -79,6 +99,20 @@ struct Result {
 // Called with each piece of final text (valid UTF-8) as it is produced.
 using PieceCallback = std::function<void(const std::string&)>;
 
+// A llama_batch, freed with llama_batch_free when it goes (also when the Session
+// constructor throws after allocating it).
+class Batch {
+ public:
+  explicit Batch(int32_t capacity) : batch_(llama_batch_init(capacity, 0, 1)) {}
+  ~Batch() { llama_batch_free(batch_); }
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+  llama_batch& get() { return batch_; }
+
+ private:
+  llama_batch batch_;
+};
+
 struct ContextDeleter {
   void operator()(llama_context* c) const;  // frees with llama.cpp's log silenced
 };
@@ -94,33 +128,61 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Runs one request; call with the GIL released. Throws Cancelled, Busy,
-  // ContextOverflow, InvalidInput or GenerationFailure.
-  Result generate(const Request& request, const PieceCallback& on_piece);
-  // Asks the running generate() to stop; safe from any thread.
-  void cancel() { cancel_.store(true); }
+  // ContextOverflow, InvalidInput or GenerationFailure, or whatever between_steps throws.
+  Result generate(const Request& request, const PieceCallback& on_piece, const StepCheck& between_steps = {});
+  // Natural-log probability of each continuation token given the context and the
+  // continuation tokens before it, with `adapters` attached. Evaluates (with prefix
+  // reuse) context + continuation minus its last token, logits of the needed
+  // positions only; the cache then holds exactly those tokens. Call with the GIL
+  // released. Throws Busy, ContextOverflow, InvalidInput, GenerationFailure.
+  std::vector<double> log_probs(const std::vector<llama_token>& context, const std::vector<llama_token>& continuation,
+                                const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps = {});
+  // Cancels the request generate() is running now, if any; safe from any thread.
+  void cancel();
   // Forgets the KV cache, so the next request evaluates its whole prompt.
   void reset();
 
   uint32_t n_ctx() const { return n_ctx_; }
   uint32_t n_batch() const { return n_batch_; }
   const SessionOptions& options() const { return options_; }
+  // A snapshot of the tokens whose K/V sit in the cache; safe during generate().
   std::vector<llama_token> cached_tokens() const;
 
  private:
+  // Called for each position that asked for logits, after its batch: (index into
+  // the tokens decode() was given, that position's n_vocab logits).
+  using LogitsSink = std::function<void(size_t, const float*)>;
+
+  // Destroyed in reverse order: the batch, then the context, then the adapters it
+  // points at, then the model.
   std::shared_ptr<Model> model_;
   std::vector<AttachedAdapter> attached_;  // keeps the adapters the context points at alive
   std::unique_ptr<llama_context, ContextDeleter> ctx_;
-  llama_batch batch_{};
+  std::optional<Batch> batch_;
   SessionOptions options_;
   uint32_t n_ctx_ = 0;
   uint32_t n_batch_ = 0;
+  std::mutex busy_;  // held for a whole request: one at a time
+  // cached_ is written only under busy_ and state_; the request's own thread reads
+  // it without state_, every other thread (cached_tokens) with it.
+  mutable std::mutex state_;
   std::vector<llama_token> cached_;  // tokens whose K/V sit in sequence 0, in order
-  std::atomic<bool> cancel_{false};
-  std::mutex busy_;
+  // The running request's token: the abort callback reads it lock-free while
+  // llama_decode runs (generate() keeps the token alive); cancel() and generate()'s
+  // exit take token_mutex_, so cancel() never touches a token being freed.
+  std::mutex token_mutex_;
+  std::atomic<CancelToken*> running_{nullptr};
 
   void attach(const std::vector<AttachedAdapter>& adapters);
-  void decode(const llama_token* tokens, size_t n, bool logits_last);
+  // Keeps the cached K/V of the longest common prefix of the cache and `tokens`, at
+  // most `limit` tokens, and drops the rest; returns the prefix length.
+  size_t keep_prefix(const std::vector<llama_token>& tokens, size_t limit);
+  // Evaluates tokens[0, n) after the cached ones, n_batch at a time, calling
+  // between_steps before each batch; positions from logits_from on get logits.
+  void decode(const llama_token* tokens, size_t n, size_t logits_from, const LogitsSink& on_logits,
+              const StepCheck& between_steps);
   void rollback();
+  void set_cached_size(size_t n);  // shrinks cached_ to at most n tokens, under state_
   std::unique_ptr<llama_sampler, SamplerDeleter> make_sampler(const SamplingOptions& s) const;
   static bool abort_requested(void* self);
 };

@@ -1,7 +1,8 @@
 """bakeoff's inference engine: local generation (llama.cpp) and local retrieval.
 
-The public surface is small: ``Engine`` (ask in "rag" or "baked" mode), ``Generator`` (GGUF generation with LoRA adapters),
-``Embedder`` (ONNX Runtime sentence embeddings), ``KnowledgeBase`` (HNSW + SQLite
+The public surface is small: ``Engine`` (ask in "rag" or "baked" mode) and its
+``Answer``/``AnswerStream``, ``Generator`` (GGUF generation with LoRA adapters) with its
+``GeneratorConfig``/``SamplingConfig`` and ``TextStream``, ``Embedder`` (ONNX Runtime sentence embeddings), ``KnowledgeBase`` (HNSW + SQLite
 FTS5 retrieval with Numba scoring), their result types, ``hardware()``, the
 ``models`` cache and the ``errors`` hierarchy.
 
@@ -21,15 +22,24 @@ __version__ = "0.1.0"
 # Public name -> module that defines it; resolved lazily by __getattr__.
 _LAZY = {
     "Engine": "engine.facade",
-    "Answer": "engine.facade",
-    "AnswerTimings": "engine.facade",
-    "Citation": "engine.facade",
+    "AnswerStream": "engine.facade",
+    "Answer": "engine.answer",
+    "AnswerTimings": "engine.answer",
+    "Citation": "engine.answer",
+    "Mode": "engine.answer",
+    "StopReason": "engine.answer",
     "Generator": "engine.generator",
-    "Generation": "engine.generator",
-    "GenerationTimings": "engine.generator",
-    "ModelInfo": "engine.generator",
+    "GeneratorConfig": "engine.generation_types",
+    "SamplingConfig": "engine.generation_types",
+    "Generation": "engine.generation_types",
+    "GenerationTimings": "engine.generation_types",
+    "ModelInfo": "engine.generation_types",
+    "TextStream": "engine.text_stream",
     "Embedder": "engine.embedder",
     "KnowledgeBase": "engine.kb",
+    "ChunkingConfig": "engine.kb",
+    "HnswConfig": "engine.kb",
+    "BuildReport": "engine.kb",
     "Hit": "engine.kb",
     "SearchResult": "engine.kb",
     "SearchTimings": "engine.kb",
@@ -39,11 +49,15 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "errors", "models", "__version__"])
 
 if TYPE_CHECKING:
-    from engine.facade import Answer, AnswerTimings, Citation, Engine
+    from engine.answer import Answer, AnswerTimings, Citation, Mode, StopReason
     from engine.embedder import Embedder
-    from engine.generator import Generation, GenerationTimings, Generator, ModelInfo
+    from engine.facade import AnswerStream, Engine
+    from engine.generation_types import (Generation, GenerationTimings, GeneratorConfig, ModelInfo,
+                                         SamplingConfig)
+    from engine.generator import Generator
     from engine.hardware import hardware
-    from engine.kb import Hit, KnowledgeBase, SearchResult, SearchTimings
+    from engine.kb import BuildReport, ChunkingConfig, HnswConfig, Hit, KnowledgeBase, SearchResult, SearchTimings
+    from engine.text_stream import TextStream
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

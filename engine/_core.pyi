@@ -3,24 +3,37 @@
 Import it through ``engine._native`` (which checks the build against the installed
 llama-cpp-python). Failures raise the ``engine.errors`` classes: ``ModelError``,
 ``AdapterError``, ``ContextOverflowError``, ``CancelledError``,
-``GeneratorBusyError``, ``InputError``, ``GenerationError``.
+``GeneratorBusyError``, ``InputError``, ``GenerationError`` (``EngineError`` for any
+other failure of the core).
+
+Check this stub against the compiled module with
+``python -m mypy.stubtest engine._core --allowlist .ci/stubtest-allowlist.txt``.
 """
 
 from typing import Callable, Sequence
+
+class _pybind11_type(type):
+    """pybind11's metaclass of every class below (``pybind11_builtins.pybind11_type``; not importable)."""
 
 LLAMA_CPP_PYTHON_VERSION: str
 """The llama-cpp-python version whose llama.h / libllama this module was built against."""
 NATIVE_BUILD: bool
 """True when compiled with -march=native (CMake option BAKEOFF_NATIVE)."""
 
-class BackendDevice:
-    """A ggml device llama.cpp can run on."""
+class BackendDevice(metaclass=_pybind11_type):
+    """A ggml device llama.cpp can run on (read-only)."""
 
-    name: str
-    description: str
-    type: str  # "cpu", "gpu", "accel" or "other"
-    memory_free_bytes: int
-    memory_total_bytes: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def type(self) -> str:
+        """"cpu", "gpu", "accel" or "other"."""
+    @property
+    def memory_free_bytes(self) -> int: ...
+    @property
+    def memory_total_bytes(self) -> int: ...
 
 def system_info() -> str:
     """llama.cpp's compile-time CPU features and backends."""
@@ -37,31 +50,53 @@ def backend_devices() -> list[BackendDevice]:
 def sanitize_utf8(data: bytes) -> str:
     """Decode bytes as UTF-8, each invalid or cut sequence becoming one U+FFFD."""
 
-class ModelInfo:
-    """Metadata of a loaded GGUF model."""
+class ModelInfo(metaclass=_pybind11_type):
+    """Metadata of a loaded GGUF model (read-only; text from the file with invalid UTF-8 as U+FFFD)."""
 
-    path: str
-    name: str
-    architecture: str
-    description: str
-    quantization: str
-    n_params: int
-    size_bytes: int
-    n_ctx_train: int
-    n_layer: int
-    n_embd: int
-    n_vocab: int
-    chat_template: str
-    n_gpu_layers_requested: int
-    n_layers_offloaded: int
-    extra_buffer_types: bool  # loaded with llama.cpp's extra CPU buffer types (repacking, AMX)
+    @property
+    def path(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def architecture(self) -> str: ...
+    @property
+    def description(self) -> str:
+        """llama.cpp's one-line description, e.g. "llama ?B Q4_1"."""
+    @property
+    def quantization(self) -> str:
+        """The file type, e.g. "Q4_1"."""
+    @property
+    def n_params(self) -> int: ...
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of all weight tensors."""
+    @property
+    def n_ctx_train(self) -> int:
+        """Tokens of context the model was trained for."""
+    @property
+    def n_layer(self) -> int: ...
+    @property
+    def n_embd(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def chat_template(self) -> str:
+        """The GGUF's chat template, "" when it carries none."""
+    @property
+    def n_gpu_layers_requested(self) -> int: ...
+    @property
+    def n_layers_offloaded(self) -> int: ...
+    @property
+    def extra_buffer_types(self) -> bool:
+        """Loaded with llama.cpp's extra CPU buffer types (repacking, AMX)."""
 
-class Model:
+class Model(metaclass=_pybind11_type):
     """A GGUF model, memory-mapped; shared by Sessions and LoraAdapters built on it."""
 
     def __init__(self, path: str, *, n_gpu_layers: int = 0, use_mmap: bool = True,
                  use_extra_bufts: bool = True) -> None:
-        """Load ``path`` (GIL released). Raises ModelError: missing, not GGUF, truncated, unsupported architecture.
+        """Load ``path`` (GIL released). Raises ModelError: missing, not GGUF, truncated, unsupported
+        architecture; the message quotes llama.cpp's error lines.
 
         ``use_extra_bufts``: llama.cpp's extra CPU buffer types (weight repacking, AMX).
         """
@@ -80,19 +115,25 @@ class Model:
         """(role, content) messages rendered with the model's template (llama_chat_apply_template).
         Raises InputError when the model has no template llama.cpp recognises."""
 
-class LoraAdapter:
+class LoraAdapter(metaclass=_pybind11_type):
     """A GGUF LoRA adapter loaded once against a Model."""
 
     def __init__(self, model: Model, path: str) -> None:
-        """Load ``path`` (GIL released). Raises AdapterError when it is not a LoRA GGUF or does not match ``model``."""
+        """Load ``path`` (GIL released). Raises AdapterError when it is not a LoRA GGUF or does not match
+        ``model``; the message quotes llama.cpp's error lines."""
     @property
     def path(self) -> str: ...
     @property
     def alpha(self) -> float:
         """adapter.lora.alpha (0 when absent)."""
-    def meta(self, key: str) -> str: ...
+    def meta(self, key: str) -> str:
+        """The GGUF metadata value of ``key`` as a string, "" when absent."""
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Every GGUF key/value of the adapter file, values as llama.cpp renders them as text
+        (arrays as "[a, b]"; invalid UTF-8 as U+FFFD)."""
 
-class SamplingOptions:
+class SamplingOptions(metaclass=_pybind11_type):
     """Sampling of one request; temperature <= 0 is greedy."""
 
     temperature: float
@@ -106,32 +147,72 @@ class SamplingOptions:
     ignore_eos: bool
     def __init__(self) -> None: ...
 
-class Timings:
-    """Per-stage timings of one request (steady clock, milliseconds)."""
+class Timings(metaclass=_pybind11_type):
+    """Per-stage timings of one request (steady clock, milliseconds; read-only)."""
 
-    tokenize_ms: float
-    prompt_tokens: int
-    truncated_tokens: int
-    reused_tokens: int
-    prefill_ms: float
-    prefill_tokens: int
-    prefill_tokens_per_s: float
-    ttft_ms: float
-    decode_ms: float
-    decode_tokens: int
-    decode_tokens_per_s: float
-    total_ms: float
+    @property
+    def tokenize_ms(self) -> float:
+        """0 when the prompt came as token ids."""
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt tokens after truncation."""
+    @property
+    def truncated_tokens(self) -> int:
+        """Tokens dropped from the left of the prompt."""
+    @property
+    def reused_tokens(self) -> int:
+        """Prompt tokens whose K/V came from the cache, not evaluated."""
+    @property
+    def prefill_ms(self) -> float: ...
+    @property
+    def prefill_tokens(self) -> int: ...
+    @property
+    def prefill_tokens_per_s(self) -> float: ...
+    @property
+    def ttft_ms(self) -> float:
+        """Request start to first token sampled."""
+    @property
+    def decode_ms(self) -> float:
+        """First token sampled to last token sampled."""
+    @property
+    def decode_tokens(self) -> int:
+        """Tokens evaluated one at a time after the first."""
+    @property
+    def decode_tokens_per_s(self) -> float: ...
+    @property
+    def total_ms(self) -> float: ...
 
-class Result:
-    text: str
-    tokens: list[int]
-    stop_reason: str  # "eos", "stop", "length" or "context_full"
-    timings: Timings
+class Result(metaclass=_pybind11_type):
+    """A finished request (read-only)."""
 
-class Session:
+    @property
+    def text(self) -> str: ...
+    @property
+    def tokens(self) -> list[int]: ...
+    @property
+    def stop_reason(self) -> str:
+        """"eos", "stop", "length" or "context_full"."""
+    @property
+    def timings(self) -> Timings: ...
+
+class CancelToken(metaclass=_pybind11_type):
+    """The cancellation flag of one request, made when the request is submitted.
+
+    Pass it to ``Session.generate(cancel=...)``; ``cancel()`` from any thread, at any
+    time after it is made, stops that request (before it starts, or at its next
+    step) and never any other.
+    """
+
+    def __init__(self) -> None: ...
+    def cancel(self) -> None:
+        """Cancel the request (idempotent; a request that already finished is unaffected)."""
+    @property
+    def cancelled(self) -> bool: ...
+
+class Session(metaclass=_pybind11_type):
     """A llama.cpp context on a Model: KV cache with prefix reuse, decode loop, sampling.
 
-    One generation at a time: a concurrent call raises GeneratorBusyError.
+    One request at a time: a concurrent call raises GeneratorBusyError.
     """
 
     def __init__(
@@ -149,7 +230,7 @@ class Session:
         """Create the context (flash_attn: -1 auto, 0 off, 1 on). Raises InputError for unusable settings."""
     def generate(
         self,
-        prompt: str,
+        prompt: str | Sequence[int],
         *,
         max_tokens: int,
         sampling: SamplingOptions,
@@ -157,13 +238,39 @@ class Session:
         adapters: Sequence[tuple[LoraAdapter, float]] = ...,
         truncate_left: bool = False,
         reuse_prefix: bool = True,
+        cancel: CancelToken | None = None,
         on_piece: Callable[[str], None] | None = None,
     ) -> Result:
-        """Generate with the GIL released. ``prompt`` is tokenized with special tokens parsed.
-        ``on_piece`` (called with the GIL held) receives each piece of final, valid UTF-8 text.
-        Raises ContextOverflowError, CancelledError, GeneratorBusyError, InputError, GenerationError."""
+        """Generate with the GIL released.
+
+        ``prompt`` is text, tokenized with BOS and special tokens parsed, or token ids used
+        as they are (``timings.tokenize_ms`` is then 0). ``cancel`` is this request's
+        token (made by the caller when it submitted the request); without one, only
+        ``Session.cancel()`` reaches the request. ``on_piece`` (called with the GIL held)
+        receives each piece of final, valid UTF-8 text. Called on the main thread, the
+        request runs Python's signal handlers every few milliseconds, so Ctrl-C raises
+        KeyboardInterrupt; the session stays usable.
+
+        Raises ContextOverflowError, CancelledError, GeneratorBusyError, InputError (e.g.
+        token ids outside the vocabulary), GenerationError.
+        """
+    def log_probs(
+        self,
+        context: Sequence[int],
+        continuation: Sequence[int],
+        *,
+        adapters: Sequence[tuple[LoraAdapter, float]] = ...,
+    ) -> list[float]:
+        """Natural-log probability of each ``continuation`` token given ``context`` and the continuation
+        tokens before it (a log-softmax over llama.cpp's logits), with ``adapters`` attached; GIL released.
+
+        Reuses the cached prefix and evaluates only what is needed, with logits of the scored
+        positions only; the cache then holds context + continuation minus its last token.
+        Raises InputError (empty sequences, ids outside the vocabulary), ContextOverflowError,
+        GeneratorBusyError, GenerationError.
+        """
     def cancel(self) -> None:
-        """Stop the running generate() (any thread); it raises CancelledError."""
+        """Cancel the request generate() is running now, if any (any thread); it raises CancelledError."""
     def reset(self) -> None:
         """Forget the KV cache."""
     @property
@@ -172,4 +279,4 @@ class Session:
     def n_batch(self) -> int: ...
     @property
     def cached_tokens(self) -> list[int]:
-        """Tokens whose K/V are in the cache, in order."""
+        """A snapshot of the tokens whose K/V are in the cache, in order (safe while generating)."""

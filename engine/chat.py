@@ -22,6 +22,10 @@ from engine.errors import ModelError
 #: ``(messages, add_assistant) -> text``: a model's chat template as a function.
 RenderTemplate = Callable[[Sequence[tuple[str, str]], bool], str]
 
+#: Adapter metadata key under which the fine-tune recipe stores the system prompt it trained
+#: with; ``Engine`` asks baked questions with it.
+SYSTEM_PROMPT_KEY = "bakeoff.system_prompt"
+
 #: Instructions of retrieval-augmented answering: the passages are data, not instructions.
 RAG_SYSTEM_PROMPT = (
     "You are a support assistant. Answer the question in one short sentence using only the "

@@ -21,10 +21,11 @@ from typing import Literal
 import numpy as np
 
 from engine.errors import InputError, ModelError
+from engine.hardware import physical_cores
+from engine.onnx_export import FP32_NAME, INT8_NAME, OUTPUT_NAME
 
-_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+_FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
 _TOKENIZER = "tokenizer.json"
-_OUTPUT = "sentence_embedding"
 _MAX_POSITIONS = 512
 _FETCH_HINT = "run `bakeoff models fetch`"
 
@@ -35,11 +36,11 @@ class Embedder:
     Args:
         model: a manifest name (looked up in the model cache with
             ``engine.models.model_dir``) or a folder holding ``tokenizer.json`` and
-            ``model.onnx`` / ``model.int8.onnx``.
+            the graphs ``engine.onnx_export`` writes (``model.onnx`` / ``model.int8.onnx``).
         variant: ``"fp32"`` (reference accuracy) or ``"int8"`` (dynamically quantized,
             faster; cosine to fp32 >= 0.99 on average, see ``engine.onnx_export``).
-        threads: onnxruntime intra-op threads; the number of physical cores available
-            to this process when ``None``.
+        threads: onnxruntime intra-op threads; ``engine.hardware.physical_cores()``
+            (one per physical core this process may use) when ``None``.
         providers: onnxruntime execution providers in order of preference, e.g.
             ``["CUDAExecutionProvider", "CPUExecutionProvider"]``; CPU when ``None``.
         batch_size: texts per forward pass in ``embed``.
@@ -66,7 +67,7 @@ class Embedder:
         max_tokens: int = 256,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if variant not in _FILES:
+        if not isinstance(variant, str) or variant not in _FILES:
             raise InputError(f"variant must be 'fp32' or 'int8', not {variant!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, not {threads!r}")
@@ -170,7 +171,7 @@ class Embedder:
         return len(self._counter.encode(text, add_special_tokens=False).ids)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._session.run([_OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
+        return self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def _resolve(model: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Path:
@@ -184,7 +185,7 @@ def _resolve(model: str | os.PathLike, cache_dir: str | os.PathLike | None) -> P
         return path
     from engine import models
 
-    return models.model_dir(str(model), cache_dir)
+    return models.model_dir(str(model), None if cache_dir is None else Path(cache_dir))
 
 
 def _load_tokenizers(path: Path, max_tokens: int):
@@ -211,7 +212,10 @@ def _check_providers(providers: Sequence[str] | None) -> list[str]:
     if isinstance(providers, str):
         providers = [providers]
     available = onnxruntime.get_available_providers()
-    wanted = list(providers)
+    try:
+        wanted = list(providers)
+    except TypeError:
+        raise InputError(f"providers must be a list of provider names, not {type(providers).__name__}") from None
     unknown = [p for p in wanted if p not in available]
     if unknown or not wanted:
         raise InputError(
@@ -237,26 +241,10 @@ def _open_session(path: Path, threads: int | None, providers: list[str]):
     except Exception as error:  # onnxruntime raises its own untyped Fail/InvalidProtobuf errors
         raise ModelError(f"cannot load {path} ({error}): the file is corrupted; {_FETCH_HINT} --force") from error
     names = [o.name for o in session.get_outputs()]
-    if names != [_OUTPUT] or [i.name for i in session.get_inputs()] != ["input_ids", "attention_mask"]:
+    if names != [OUTPUT_NAME] or [i.name for i in session.get_inputs()] != ["input_ids", "attention_mask"]:
         raise ModelError(f"{path} is not an embedder graph from engine.onnx_export (outputs {names}): "
                          f"{_FETCH_HINT} --force")
     return session
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads share one core's FMA units)."""
-    try:
-        cpus = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        return max(1, (os.cpu_count() or 2) // 2)
-    cores = set()
-    for cpu in cpus:
-        try:
-            siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text()
-        except OSError:
-            siblings = str(cpu)
-        cores.add(siblings.strip())
-    return max(1, len(cores))
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

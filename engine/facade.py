@@ -1,96 +1,36 @@
 """``Engine``: one question, answered from baked-in knowledge or from retrieval.
 
 Both modes share one loaded base model. "baked" attaches the fine-tuned LoRA
-adapter and asks the question alone; "rag" runs the retrieval step (embed ->
-HNSW + FTS5 -> Numba scoring), quotes the passages in the prompt and asks the
-base model. Every answer carries per-stage timings, and RAG answers carry
-citations (source file, chunk id, character span).
+adapter and asks the question alone, with the system prompt the adapter was
+trained on; "rag" runs the retrieval step (embed -> HNSW + FTS5 -> Numba
+scoring), quotes the passages in the prompt and asks the base model.
+
+A question goes one way down: ``Engine`` validates it and retrieves, the answer
+layer (:mod:`engine.answer`) turns hits into one tokenized prompt, the
+:class:`Generator` runs it, and the answer layer makes the answer (citations,
+composed timings) of the generation.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from engine import models
+from engine.answer import CONTEXTS, MODES, Answer, AnswerLayer, Context, Mode, PreparedAnswer
+from engine.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
-from engine.finetune.prompt import BAKED_SYSTEM_PROMPT
-from engine.generator import Generation, Generator
-from engine.scoring import select_sentences
-from engine.prompting import RAG_SYSTEM_PROMPT, Passage, RagPrompt, build_rag_prompt, cited_labels
+from engine.generator import Generator
+from engine.text_stream import TextStream
 
 if TYPE_CHECKING:
-    from engine.kb import Hit
+    from engine.embedder import Embedder
+    from engine.kb import Hit, KnowledgeBase
 
-Mode = Literal["rag", "baked"]
 _ADAPTER_NAME = "baked"
-_MODES = ("rag", "baked")
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A passage a RAG answer was given, and whether the answer cites it by label."""
-
-    label: int
-    source: str
-    chunk_id: int
-    span: tuple[int, int]  # character offsets in ``source``
-    heading: str
-    cited: bool  # the answer mentions ``[label]``
-
-
-@dataclass(frozen=True)
-class AnswerTimings:
-    """Wall time of every stage of one answer, in milliseconds (tokens where named).
-
-    Retrieval stages are zero in "baked" mode. ``ttft_ms`` runs from the call to the
-    first generated token (retrieval and prompt building included); ``total_ms`` to
-    the last token. The stages add up: ``retrieval_ms + prompt_build_ms +
-    generation_ms <= total_ms``.
-    """
-
-    embed_ms: float
-    dense_search_ms: float
-    lexical_search_ms: float
-    scoring_ms: float
-    retrieval_ms: float
-    prompt_build_ms: float
-    prompt_tokens: int
-    reused_tokens: int
-    prefill_ms: float
-    prefill_tokens: int
-    ttft_ms: float
-    decode_ms: float
-    decode_tokens: int
-    generation_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An answer, how it was produced, what it rests on, and how long each stage took."""
-
-    question: str
-    text: str
-    mode: str
-    citations: tuple[Citation, ...]
-    timings: AnswerTimings
-    stop_reason: str
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    messages: tuple[tuple[str, str], ...]
-    adapters: dict[str, float]
-    rag: RagPrompt | None
-    search_timings: object | None
-    retrieval_ms: float
-    prompt_build_ms: float
 
 
 class Engine:
@@ -98,9 +38,11 @@ class Engine:
 
     Args:
         model: GGUF path; the default generator from the model cache when None.
-        adapter: GGUF LoRA adapter of the fine-tuned ("baked") path, or None.
+        adapter: GGUF LoRA adapter of the fine-tuned ("baked") path, or None. Its
+            ``bakeoff.system_prompt`` metadata (written by ``bakeoff finetune``) is the
+            system prompt baked questions are asked with.
         kb: knowledge base folder (or an open ``KnowledgeBase``) for "rag", or None.
-        embedder: the ``Embedder`` to open ``kb`` with; the default one when None.
+        embedder: the ``Embedder`` to open ``kb`` with; the one it was built with when None.
         n_ctx: context window of the generator, in tokens.
         n_threads: generation threads (None: the Generator's default).
         k: passages retrieved per question.
@@ -109,14 +51,20 @@ class Engine:
             "sentences" (the most relevant, least redundant sentences within
             ``context_tokens``, chosen by the Numba budget kernel: shorter prompts).
         context_tokens: embedder tokens of source text kept with ``context="sentences"``.
-        mmr_lambda: relevance against diversity of the retrieved passages, in ``[0, 1]``;
-            0.9 measured best on the bundled set (recall@3 of the answer 84% against
-            75% at the knowledge base's general default of 0.7).
+        mmr_lambda: relevance against diversity of the retrieved passages (and of the
+            sentences kept), in ``[0, 1]``; 0.9 measured best on the bundled set
+            (recall@3 of the answer 84% against 75% at the knowledge base's general
+            default of 0.7).
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
 
     Raises:
         ModelError, AdapterError, KnowledgeBaseError: a part cannot be loaded.
+        InputError: a setting is out of range.
+
+    Thread-safety: any number of threads may ask one Engine; generation runs one
+    request at a time (the generator queues them), retrieval is locked by the
+    knowledge base. No lock outlives the call (or stream) that took it.
     """
 
     def __init__(
@@ -124,40 +72,54 @@ class Engine:
         model: str | os.PathLike[str] | None = None,
         *,
         adapter: str | os.PathLike[str] | None = None,
-        kb=None,
-        embedder=None,
+        kb: str | os.PathLike[str] | KnowledgeBase | None = None,
+        embedder: Embedder | None = None,
         n_ctx: int = 2048,
         n_threads: int | None = None,
         k: int = 3,
-        context: Literal["sentences", "chunks"] = "chunks",
+        context: Context = "chunks",
         context_tokens: int = 96,
         mmr_lambda: float = 0.9,
         prompt_budget_tokens: int | None = None,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
-        if context not in ("sentences", "chunks"):
+        if context not in CONTEXTS:
             raise InputError(f"context must be 'sentences' or 'chunks', got {context!r}")
         if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 8:
             raise InputError(f"context_tokens must be an integer >= 8, got {context_tokens!r}")
+        if isinstance(mmr_lambda, bool) or not isinstance(mmr_lambda, (int, float)) or not 0 <= mmr_lambda <= 1:
+            raise InputError(f"mmr_lambda must be a number in [0, 1], got {mmr_lambda!r}")
+        if prompt_budget_tokens is not None and (isinstance(prompt_budget_tokens, bool)
+                                                 or not isinstance(prompt_budget_tokens, int)
+                                                 or prompt_budget_tokens < 1):
+            raise InputError(f"prompt_budget_tokens must be None or an integer >= 1, got {prompt_budget_tokens!r}")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
         self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads)
         self.adapter_path = Path(adapter) if adapter is not None else None
+        self._baked_system_prompt = baked_system_prompt(None)
         if self.adapter_path is not None:
             self.generator.load_adapter(self.adapter_path, name=_ADAPTER_NAME)
-        self.kb = _open_kb(kb, embedder) if kb is not None else None
+            trained_with = self.generator.adapter_metadata(_ADAPTER_NAME).get(SYSTEM_PROMPT_KEY)
+            self._baked_system_prompt = trained_with or self._baked_system_prompt
+        self.kb: KnowledgeBase | None = None
+        kb_embedder: Embedder | None = None
+        if kb is not None:
+            self.kb, kb_embedder = _open_kb(kb, embedder)
         self.k = k
-        self.context = context
-        self.context_tokens = context_tokens
-        if isinstance(mmr_lambda, bool) or not isinstance(mmr_lambda, (int, float)) or not 0 <= mmr_lambda <= 1:
-            raise InputError(f"mmr_lambda must be a number in [0, 1], got {mmr_lambda!r}")
         self.mmr_lambda = float(mmr_lambda)
         self.prompt_budget_tokens = prompt_budget_tokens
-        self._lock = threading.Lock()
+        generator = self.generator
+        self._layer = AnswerLayer(
+            chat=ChatFormat(lambda messages, add: generator.format_chat(messages, add_assistant=add)),
+            tokenize=lambda text: generator.tokenize(text, add_special=True, parse_special=True),
+            count_text=lambda text: len(generator.tokenize(text, add_special=False)),
+            context=context, context_tokens=context_tokens, mmr_lambda=self.mmr_lambda,
+            embedder=kb_embedder if context == "sentences" else None)
 
     def close(self) -> None:
         """Release the knowledge base (the model is freed with the object)."""
-        if self.kb is not None and hasattr(self.kb, "close"):
+        if self.kb is not None:
             self.kb.close()
 
     def __enter__(self) -> Engine:
@@ -167,10 +129,15 @@ class Engine:
         self.close()
 
     @property
-    def modes(self) -> tuple[str, ...]:
+    def modes(self) -> tuple[Mode, ...]:
         """The modes this engine can answer in, given what it was built with."""
-        return tuple(m for m in _MODES if (m == "rag" and self.kb is not None)
+        return tuple(m for m in MODES if (m == "rag" and self.kb is not None)
                      or (m == "baked" and self.adapter_path is not None))
+
+    @property
+    def context(self) -> Context:
+        """What of the retrieved chunks goes into a RAG prompt ("chunks" or "sentences")."""
+        return self._layer.context
 
     def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
             passages: Sequence[Hit] | None = None) -> Answer:
@@ -181,42 +148,40 @@ class Engine:
             mode: "rag" (retrieve, quote, answer with the base model) or "baked" (the adapter).
             max_tokens: most tokens of the answer.
             passages: "rag" only: answer from these hits (best first; e.g. your own
-                ``KnowledgeBase.search`` results) instead of retrieving; the retrieval
-                timings are then zero.
+                ``KnowledgeBase.search`` results) instead of retrieving; the answer's
+                ``timings.search`` is then None.
 
         Raises:
             InputError: empty question, unknown mode, or a mode this engine lacks a part for.
+            AdapterError: mode "baked" without an adapter.
             ContextOverflowError: the question alone does not fit the context window.
         """
-        start = time.perf_counter()
-        with self._lock:
-            prepared = self._prepare(question, mode, max_tokens, passages)
-            generation = self.generator.generate(list(prepared.messages), max_tokens=max_tokens,
-                                                 adapters=prepared.adapters, stop=["<|im_end|>"])
-        return _answer(question, mode, prepared, generation, start)
+        started = time.perf_counter()
+        prepared = self._prepare(question, mode, max_tokens, passages)
+        generation = self.generator.generate(list(prepared.tokens), max_tokens=max_tokens,
+                                             adapters=prepared.adapters, stop=self._layer.stop)
+        return self._layer.answer(prepared, generation, started)
 
     def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
                passages: Sequence[Hit] | None = None) -> AnswerStream:
         """Like :meth:`ask`, but yields the answer's text pieces as they are generated.
 
-        The stream's ``answer`` holds the full :class:`Answer` once it is exhausted.
+        Retrieval and the prompt are done here (errors raise here); the stream's
+        ``answer`` holds the full :class:`Answer` once it is exhausted. A stream that is
+        closed, left (``with``/``break``) or dropped early cancels its generation at once
+        and holds nothing: the next question runs straight away.
         """
-        start = time.perf_counter()
-        self._lock.acquire()
-        try:
-            prepared = self._prepare(question, mode, max_tokens, passages)
-            pieces = self.generator.stream(list(prepared.messages), max_tokens=max_tokens,
-                                           adapters=prepared.adapters, stop=["<|im_end|>"])
-        except BaseException:
-            self._lock.release()
-            raise
-        return AnswerStream(question, mode, prepared, pieces, start, self._lock)
+        started = time.perf_counter()
+        prepared = self._prepare(question, mode, max_tokens, passages)
+        pieces = self.generator.stream(list(prepared.tokens), max_tokens=max_tokens,
+                                       adapters=prepared.adapters, stop=self._layer.stop)
+        return AnswerStream(self._layer, prepared, pieces, started)
 
     def _prepare(self, question: str, mode: str, max_tokens: int,
-                 passages: Sequence[Hit] | None = None) -> _Prepared:
+                 passages: Sequence[Hit] | None = None) -> PreparedAnswer:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: ask something")
-        if mode not in _MODES:
+        if mode not in MODES:
             raise InputError(f"mode must be 'rag' or 'baked', got {mode!r}")
         if passages is not None and mode != "rag":
             raise InputError("passages= is for mode='rag': the baked mode answers without sources")
@@ -224,60 +189,29 @@ class Engine:
             if self.adapter_path is None:
                 raise AdapterError("mode='baked' needs a fine-tuned adapter: Engine(adapter=...) "
                                    "(make one with `bakeoff finetune`)")
-            t0 = time.perf_counter()
-            messages = (("system", BAKED_SYSTEM_PROMPT), ("user", question))
-            return _Prepared(messages, {_ADAPTER_NAME: 1.0}, None, None, 0.0, _ms(t0))
+            return self._layer.baked(question, system_prompt=self._baked_system_prompt,
+                                     adapters={_ADAPTER_NAME: 1.0})
+        budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
         if passages is not None:
-            hits, query_embedding, search_timings, retrieval_ms = _given_hits(passages), None, None, 0.0
-        elif self.kb is None:
-            raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
-        else:
-            t0 = time.perf_counter()
-            result = self.kb.search(question, k=self.k, lam=self.mmr_lambda)
-            hits, query_embedding, search_timings, retrieval_ms = result.hits, result.query_embedding, result.timings, _ms(t0)
-        t1 = time.perf_counter()
-        candidates = self._passages(question, hits, query_embedding)
-        budget = self.prompt_budget_tokens or self.generator.n_ctx
-        budget = min(budget, self.generator.n_ctx - max_tokens)
-        rag = build_rag_prompt(question, candidates, count_tokens=self._count_chat_tokens, budget_tokens=budget,
-                               system_prompt=RAG_SYSTEM_PROMPT, count_text=self._count_text_tokens)
-        return _Prepared(rag.messages, {}, rag, search_timings, retrieval_ms, _ms(t1))
-
-    def _passages(self, question: str, hits: Sequence[Hit], query_embedding) -> list[Passage]:
-        if self.context == "chunks":
-            return [Passage(i + 1, h.chunk_id, h.source, h.span, h.heading, h.text) for i, h in enumerate(hits)]
+            return self._layer.rag(question, _given_hits(passages), budget_tokens=budget)
         if self.kb is None:
-            raise InputError("context='sentences' ranks sentences with the knowledge base's embedder: "
-                             "give Engine(kb=...) or use context='chunks'")
-        embedder = self.kb.embedder
-        if query_embedding is None:
-            query_embedding = embedder.embed_query(question)
-        selected = select_sentences([(h.text, h.span[0]) for h in hits], query_embedding,
-                                    self.context_tokens, embedder.embed, embedder.count_tokens)
-        passages = []
-        for index, hit in enumerate(hits):
-            mine = [s for s in selected if s.chunk_index == index]
-            if mine:
-                span = (mine[0].start_char, mine[-1].end_char)
-                text = " ".join(s.text for s in mine)
-                passages.append(Passage(len(passages) + 1, hit.chunk_id, hit.source, span, hit.heading, text))
-        return passages
-
-    def _count_text_tokens(self, text: str) -> int:
-        return len(self.generator.tokenize(text, add_special=False))
-
-    def _count_chat_tokens(self, messages) -> int:
-        return len(self.generator.tokenize(self.generator.format_chat(list(messages)), parse_special=True))
+            raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
+        searched = time.perf_counter()
+        result = self.kb.search(question, k=self.k, mmr_lambda=self.mmr_lambda)
+        retrieval_ms = (time.perf_counter() - searched) * 1000.0
+        return self._layer.rag(question, result.hits, budget_tokens=budget, query_embedding=result.query_embedding,
+                               search=result.timings, retrieval_ms=retrieval_ms)
 
 
 class AnswerStream:
-    """Iterator over the text pieces of one streamed answer (see :meth:`Engine.stream`)."""
+    """Iterator over the text pieces of one streamed answer (see :meth:`Engine.stream`).
 
-    def __init__(self, question, mode, prepared, pieces, start, lock) -> None:
-        self._question, self._mode, self._prepared = question, mode, prepared
-        self._pieces, self._start, self._lock = pieces, start, lock
+    It holds no lock of the engine: dropping or closing it cancels the generation.
+    """
+
+    def __init__(self, layer: AnswerLayer, prepared: PreparedAnswer, pieces: TextStream, started: float) -> None:
+        self._layer, self._prepared, self._pieces, self._started = layer, prepared, pieces, started
         self.answer: Answer | None = None
-        self._released = False
 
     def __iter__(self) -> Iterator[str]:
         return self
@@ -286,22 +220,13 @@ class AnswerStream:
         try:
             return next(self._pieces)
         except StopIteration:
-            self.answer = _answer(self._question, self._mode, self._prepared, self._pieces.generation, self._start)
-            self._release()
-            raise
-        except BaseException:
-            self._release()
+            if self.answer is None and self._pieces.generation is not None:
+                self.answer = self._layer.answer(self._prepared, self._pieces.generation, self._started)
             raise
 
     def close(self) -> None:
-        """Stop generating and release the engine."""
+        """Stop generating (if still running)."""
         self._pieces.close()
-        self._release()
-
-    def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._lock.release()
 
     def __enter__(self) -> AnswerStream:
         return self
@@ -310,16 +235,12 @@ class AnswerStream:
         self.close()
 
 
-def _open_kb(kb, embedder):
+def _open_kb(kb: str | os.PathLike[str] | KnowledgeBase,
+             embedder: Embedder | None) -> tuple[KnowledgeBase, Embedder]:
     from engine.kb import KnowledgeBase
 
-    if isinstance(kb, KnowledgeBase):
-        return kb
-    if embedder is None:
-        from engine.embedder import Embedder
-
-        embedder = Embedder(models.DEFAULT_EMBEDDER)
-    return KnowledgeBase.open(kb, embedder=embedder)
+    opened = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb, embedder=embedder)
+    return opened, opened.embedder
 
 
 def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
@@ -329,37 +250,3 @@ def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
     if not hits or not all(isinstance(h, Hit) for h in hits):
         raise InputError("passages= takes a non-empty sequence of engine.Hit (e.g. KnowledgeBase.search(...).hits)")
     return hits
-
-
-def _ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000.0
-
-
-def _answer(question: str, mode: str, prepared: _Prepared, generation: Generation, start: float) -> Answer:
-    g = generation.timings
-    s = prepared.search_timings
-    text = generation.text.strip()
-    citations: tuple[Citation, ...] = ()
-    if prepared.rag is not None:
-        mentioned = set(cited_labels(text))
-        citations = tuple(Citation(p.label, p.source, p.chunk_id, p.span, p.heading, p.label in mentioned)
-                          for p in prepared.rag.passages)
-    before_generation = prepared.retrieval_ms + prepared.prompt_build_ms
-    timings = AnswerTimings(
-        embed_ms=s.embed_ms if s else 0.0,
-        dense_search_ms=s.dense_search_ms if s else 0.0,
-        lexical_search_ms=s.lexical_search_ms if s else 0.0,
-        scoring_ms=s.scoring_ms if s else 0.0,
-        retrieval_ms=prepared.retrieval_ms,
-        prompt_build_ms=prepared.prompt_build_ms,
-        prompt_tokens=g.prompt_tokens,
-        reused_tokens=g.reused_tokens,
-        prefill_ms=g.prefill_ms,
-        prefill_tokens=g.prefill_tokens,
-        ttft_ms=before_generation + g.ttft_ms,
-        decode_ms=g.decode_ms,
-        decode_tokens=g.decode_tokens,
-        generation_ms=g.total_ms,
-        total_ms=_ms(start),
-    )
-    return Answer(question, text, mode, citations, timings, generation.stop_reason)

@@ -1,30 +1,41 @@
-"""The value types of generation: settings (model, sampling) and results.
+"""The value types of generation: settings (model, sampling), prompts and results,
+with the checks that turn a caller's values into them.
 
 Kept apart from :mod:`engine.generator` so the types can be read, validated and
 documented without the native extension's policy around them; ``engine.generator``
-re-exports every name.
+re-exports the public names.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeGuard, Union
 
 from engine.errors import InputError
 
 Message = Union[Mapping[str, str], tuple[str, str]]
-Prompt = Union[str, Sequence[Message]]
+TokenIds = Sequence[int]
+#: A prompt: text (tokenized with BOS and special tokens such as ``<|im_end|>`` read
+#: as those tokens), chat messages (formatted with the model's own template), or token
+#: ids the model's tokenizer already made (used as they are, not tokenized again).
+Prompt = Union[str, Sequence[Message], TokenIds]
 
 #: Settings of llama.cpp's extra CPU buffer types; engine.hardware resolves "auto".
 EXTRA_BUFFERS = ("auto", "on", "off")
 KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 _SEED_MAX = 2**32 - 1
+_INT32 = range(-(2**31), 2**31)  # the native core's integers: larger values are refused here, typed
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_int32(value: object) -> TypeGuard[int]:
+    return _is_int(value) and value in _INT32
 
 
 @dataclass(frozen=True)
@@ -53,15 +64,15 @@ class GeneratorConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first unusable field."""
-        if not _is_int(self.n_ctx) or self.n_ctx < 16:
+        if not _is_int32(self.n_ctx) or self.n_ctx < 16:
             raise InputError(f"n_ctx must be an integer >= 16 tokens, got {self.n_ctx!r}")
-        if not _is_int(self.n_batch) or self.n_batch < 1:
+        if not _is_int32(self.n_batch) or self.n_batch < 1:
             raise InputError(f"n_batch must be an integer >= 1 token, got {self.n_batch!r}")
         for name in ("n_threads", "n_threads_batch"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not _is_int32(value) or value < 1):
                 raise InputError(f"{name} must be None or an integer >= 1, got {value!r}")
-        if not _is_int(self.n_gpu_layers):
+        if not _is_int32(self.n_gpu_layers):
             raise InputError(f"n_gpu_layers must be an integer (negative = all layers), got {self.n_gpu_layers!r}")
         if self.flash_attn not in (None, True, False):
             raise InputError(f"flash_attn must be None (auto), True or False, got {self.flash_attn!r}")
@@ -96,7 +107,7 @@ class SamplingConfig:
 
         if number("temperature") < 0:
             raise InputError(f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not _is_int32(self.top_k) or self.top_k < 0:
             raise InputError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0 < number("top_p") <= 1:
             raise InputError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
@@ -104,7 +115,7 @@ class SamplingConfig:
             raise InputError(f"min_p must be in [0, 1] (0 = off), got {self.min_p!r}")
         if number("repeat_penalty") <= 0:
             raise InputError(f"repeat_penalty must be > 0 (1 = off), got {self.repeat_penalty!r}")
-        if not _is_int(self.repeat_last_n) or self.repeat_last_n < -1:
+        if not _is_int32(self.repeat_last_n) or self.repeat_last_n < -1:
             raise InputError(f"repeat_last_n must be an integer >= -1, got {self.repeat_last_n!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= _SEED_MAX):
             raise InputError(f"seed must be None or an integer in [0, 2**32 - 1], got {self.seed!r}")
@@ -162,3 +173,70 @@ class Generation:
     tokens: tuple[int, ...]
     stop_reason: str
     timings: GenerationTimings
+
+
+# Checks of a caller's values ----------------------------------------------------
+
+def check_text(text: object, what: str) -> str:
+    """``text`` if it is a str that encodes as UTF-8; InputError naming ``what`` otherwise."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode ({exc.reason} at {exc.start}): remove lone surrogates") from None
+    return text
+
+
+def check_messages(messages: object) -> list[tuple[str, str]]:
+    """Chat messages (mappings with "role" and "content", or pairs) as (role, content) pairs."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...}")
+    pairs = []
+    for i, message in enumerate(messages):
+        if isinstance(message, Mapping):
+            role, content = message.get("role"), message.get("content")
+        elif isinstance(message, tuple) and len(message) == 2:
+            role, content = message
+        else:
+            raise InputError(f"message {i} must be a mapping with 'role' and 'content' or a (role, content) pair")
+        pairs.append((check_text(role, f"message {i} role"), check_text(content, f"message {i} content")))
+    return pairs
+
+
+def check_request(max_tokens: object, sampling: object, stop: object, grammar: object, truncate: object) -> list[str]:
+    """Check the settings of one request (InputError naming the first unusable one); returns the stop strings."""
+    if not _is_int32(max_tokens) or max_tokens <= 0:
+        raise InputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if not isinstance(sampling, SamplingConfig):
+        raise InputError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}")
+    sampling.validate()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, Sequence) or any(not check_text(s, "stop") for s in stops):
+        raise InputError(f"stop must be a list of non-empty strings, got {stop!r}")
+    if grammar is not None:
+        check_text(grammar, "grammar")
+    if truncate not in ("error", "left"):
+        raise InputError(f"truncate must be 'error' or 'left', got {truncate!r}")
+    return list(stops)
+
+
+def _is_token_id(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_token_ids(prompt: object) -> bool:
+    """True when ``prompt`` is a non-empty sequence whose first item is an integer (token ids, not messages)."""
+    return (isinstance(prompt, Sequence) and not isinstance(prompt, (str, bytes)) and len(prompt) > 0
+            and _is_token_id(prompt[0]))
+
+
+def check_token_ids(tokens: object, n_vocab: int, what: str) -> list[int]:
+    """``tokens`` as a list of ints, each in ``[0, n_vocab)``; InputError naming ``what`` otherwise."""
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Sequence):
+        raise InputError(f"{what} must be a sequence of token ids (ints), got {type(tokens).__name__}")
+    for i, token in enumerate(tokens):
+        if not _is_token_id(token) or not 0 <= token < n_vocab:
+            raise InputError(f"{what}[{i}] = {token!r} is not a token id of this model (an int in [0, {n_vocab})): "
+                             "pass ids made by its tokenize()")
+    return [int(token) for token in tokens]

@@ -2,7 +2,7 @@
 
 The decode loop, the KV cache and the timings live in ``engine._core`` (C++, GIL
 released); this module holds the policy: argument checking, chat formatting,
-which adapters a request uses, and the result types.
+which adapters a request uses, which requests a cancel reaches, and the result types.
 
 Example::
 
@@ -14,15 +14,18 @@ Example::
 
 Thread-safety: one ``Generator`` runs one request at a time. Concurrent calls
 from several threads are serialised by a lock (each waits its turn); use
-``cancel()`` from another thread to stop the running request.
+``cancel()`` from another thread to stop the requests submitted so far. Ctrl-C
+interrupts a request running on the main thread (KeyboardInterrupt); the
+Generator stays usable.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -38,30 +41,25 @@ from engine.generation_types import (  # noqa: F401  (re-exported: the public na
     ModelInfo,
     Prompt,
     SamplingConfig,
-    _is_int,
+    TokenIds,
+    check_messages,
+    check_request,
+    check_text,
+    check_token_ids,
+    is_token_ids,
 )
-from engine.hardware import use_extra_buffer_types
+from engine.hardware import default_threads, use_extra_buffer_types
 from engine.text_stream import TextStream
-
-def _default_threads() -> int:
-    """Half the CPUs this process may use (about the physical cores), as llama-cpp-python does."""
-    return max(1, _usable_cpus() // 2)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+from engine.thread_probe import fastest_thread_count
 
 
 @dataclass
 class _Request:
-    prompt: str
+    prompt: str | list[int]  # text to tokenize, or token ids used as they are
     max_tokens: int
-    sampling: object  # core.SamplingOptions
+    sampling: core.SamplingOptions
     stop: list[str]
-    adapters: list[tuple[object, float]]
+    adapters: list[tuple[core.LoraAdapter, float]]
     truncate_left: bool
     reuse_prefix: bool = True
 
@@ -102,10 +100,13 @@ class Generator:
         if not path.is_file():
             raise ModelError(f"no model file at '{path}': check the path, or fetch it with engine.models.fetch()")
         self.config = config
-        self._lock = threading.Lock()
-        self._adapters: dict[str, object] = {}
+        self._lock = threading.Lock()  # held for the whole of one request
+        # Cancel tokens of the requests submitted and not finished (see cancel()).
+        self._pending: set[core.CancelToken] = set()
+        self._pending_lock = threading.Lock()
+        self._adapters: dict[str, core.LoraAdapter] = {}
         self._attached: dict[str, float] = {}
-        threads = config.n_threads or _default_threads()
+        threads = config.n_threads or default_threads()
         self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap,
                                  use_extra_bufts=use_extra_buffer_types(config.extra_buffers))
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
@@ -113,12 +114,8 @@ class Generator:
                                      n_threads_batch=config.n_threads_batch or threads, flash_attn=flash,
                                      kv_type=config.kv_type)
         info = self._model.info
-        self.info = ModelInfo(
-            path=info.path, name=info.name, architecture=info.architecture, description=info.description,
-            quantization=info.quantization, n_params=info.n_params, size_bytes=info.size_bytes,
-            context_length=info.n_ctx_train, n_layer=info.n_layer, n_embd=info.n_embd, n_vocab=info.n_vocab,
-            chat_template=info.chat_template,
-        )
+        self.info = ModelInfo(context_length=info.n_ctx_train, **{
+            f.name: getattr(info, f.name) for f in fields(ModelInfo) if f.name != "context_length"})
         devices = core.backend_devices()
         self._offloaded = info.n_layers_offloaded
         gpus = [d.description or d.name for d in devices if d.type == "gpu"]
@@ -136,17 +133,25 @@ class Generator:
     # Tokens -----------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = False) -> list[int]:
-        """Token ids of ``text`` (with BOS when the model wants one and ``add_special``)."""
-        return self._model.tokenize(_check_text(text, "text"), add_special=add_special, parse_special=parse_special)
+        """Token ids of ``text`` (with BOS when the model wants one and ``add_special``).
 
-    def detokenize(self, tokens: Sequence[int], *, render_special: bool = False) -> str:
-        """Text of ``tokens``; bytes that are not valid UTF-8 become U+FFFD."""
-        raw = self._model.detokenize(list(tokens), render_special=render_special)
-        return core.sanitize_utf8(raw)
+        Pass ``parse_special=True`` for a prompt made by :meth:`format_chat`, so its
+        template markers become the special tokens a text prompt would get.
+        """
+        return self._model.tokenize(check_text(text, "text"), add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, tokens: TokenIds, *, render_special: bool = False) -> str:
+        """Text of ``tokens``; bytes that are not valid UTF-8 become U+FFFD.
+
+        Raises:
+            InputError: an id is not an int in ``[0, n_vocab)``.
+        """
+        ids = check_token_ids(tokens, self.info.n_vocab, "tokens")
+        return core.sanitize_utf8(self._model.detokenize(ids, render_special=render_special))
 
     def format_chat(self, messages: Sequence[Message], *, add_assistant: bool = True) -> str:
         """The prompt the model's own chat template makes of ``messages``."""
-        return self._model.apply_chat_template(_check_messages(messages), add_assistant=add_assistant)
+        return self._model.apply_chat_template(check_messages(messages), add_assistant=add_assistant)
 
     # LoRA adapters ------------------------------------------------------------
 
@@ -160,7 +165,9 @@ class Generator:
             AdapterError: missing file, not a LoRA GGUF, or made for another model.
         """
         file = Path(path)
-        name = name or file.stem
+        name = file.stem if name is None else name
+        if not isinstance(name, str) or not name:
+            raise InputError(f"adapter name must be a non-empty str, got {name!r}")
         if not file.is_file():
             raise AdapterError(f"no adapter file at '{file}': check the path")
         if name in self._adapters:
@@ -172,6 +179,24 @@ class Generator:
     def adapters(self) -> tuple[str, ...]:
         """Names of the loaded adapters."""
         return tuple(self._adapters)
+
+    def adapter_metadata(self, name: str) -> dict[str, str]:
+        """The GGUF key/value metadata of loaded adapter ``name``, values as text.
+
+        The fine-tune recipe records what the adapter was trained with here (e.g. the
+        key ``bakeoff.system_prompt``); llama.cpp's own keys such as
+        ``adapter.lora.alpha`` are included.
+
+        Raises:
+            AdapterError: no adapter of that name is loaded.
+        """
+        return dict(self._adapter(name).metadata)
+
+    def _adapter(self, name: str) -> core.LoraAdapter:
+        if not isinstance(name, str) or name not in self._adapters:
+            raise AdapterError(f"no adapter named {name!r} is loaded (loaded: {sorted(self._adapters)}): "
+                               "call load_adapter() first")
+        return self._adapters[name]
 
     def attach(self, name: str, scale: float = 1.0) -> None:
         """Use adapter ``name`` at ``scale`` for every request that does not pass ``adapters=``."""
@@ -185,17 +210,17 @@ class Generator:
         else:
             self._attached.pop(name, None)
 
-    def _resolve_adapters(self, adapters: Mapping[str, float] | None) -> list[tuple[object, float]]:
+    def _resolve_adapters(self, adapters: Mapping[str, float] | None) -> list[tuple[core.LoraAdapter, float]]:
         chosen = self._attached if adapters is None else adapters
+        if not isinstance(chosen, Mapping):
+            raise InputError(f"adapters must be a mapping of adapter name to scale, got {type(chosen).__name__}")
         resolved = []
         for name, scale in chosen.items():
-            if name not in self._adapters:
-                raise AdapterError(f"no adapter named {name!r} is loaded (loaded: {sorted(self._adapters)}): "
-                                   "call load_adapter() first")
+            adapter = self._adapter(name)
             if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
                 raise InputError(f"adapter scale must be a finite number, got {scale!r} for {name!r}")
             if scale != 0:
-                resolved.append((self._adapters[name], float(scale)))
+                resolved.append((adapter, float(scale)))
         return resolved
 
     # Generation ---------------------------------------------------------------
@@ -216,11 +241,15 @@ class Generator:
         truncate: Literal["error", "left"] = "error",
         reuse_prefix: bool = True,
     ) -> Generation:
-        """Generate a completion of ``prompt`` (a string, or chat messages formatted
-        with the model's own template).
+        """Generate a completion of ``prompt``: a string, chat messages formatted with the
+        model's own template, or token ids.
 
         Args:
-            prompt: text, or a sequence of ``{"role": ..., "content": ...}`` / ``(role, content)``.
+            prompt: text (tokenized with BOS, special-token text such as ``<|im_end|>``
+                read as those tokens); or a sequence of ``{"role": ..., "content": ...}`` /
+                ``(role, content)``; or token ids (ints in ``[0, n_vocab)``, e.g. from
+                :meth:`tokenize`), used as they are: nothing is tokenized again and
+                ``timings.tokenize_ms`` is 0.
             max_tokens: most tokens to generate (>= 1).
             temperature, top_k, top_p, repeat_penalty: sampling; ``sampling=`` overrides them.
             stop: strings that end generation; they are not part of the text.
@@ -236,12 +265,13 @@ class Generator:
                 runs that must reproduce each other bit for bit.
 
         Raises:
-            InputError, ContextOverflowError, CancelledError, AdapterError, GenerationError.
+            InputError, ContextOverflowError, AdapterError, GenerationError.
+            CancelledError: :meth:`cancel` was called after this call began.
+            KeyboardInterrupt: Ctrl-C while generating on the main thread.
         """
         request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
                                 sampling, adapters, truncate, reuse_prefix)
-        with self._lock:
-            return self._run(request, None)
+        return self._run(request, self._submit(), None)
 
     def stream(
         self,
@@ -262,130 +292,115 @@ class Generator:
         """Like :meth:`generate`, but yields text pieces (valid UTF-8) as they are produced.
 
         The concatenated pieces equal ``generate(...).text``; once exhausted, the
-        stream's ``generation`` holds the full result. Closing the stream early (or
-        leaving a ``with`` block) cancels generation. Argument errors raise here.
+        stream's ``generation`` holds the full result. Closing the stream early, leaving
+        a ``with`` block, or dropping it cancels generation. Argument errors raise here;
+        the request counts as submitted from this call (see :meth:`cancel`).
         """
         request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
                                 sampling, adapters, truncate, reuse_prefix)
-        return TextStream(self, request)
+        token = self._submit()
+        return TextStream(functools.partial(self._run, request, token), functools.partial(self._withdraw, token))
+
+    def log_prob(self, context: TokenIds, continuation: TokenIds, *,
+                 adapters: Mapping[str, float] | None = None) -> float:
+        """Natural-log probability the model gives ``continuation`` after ``context``.
+
+        The sum over the continuation's tokens of log p(token | context and the
+        continuation tokens before it), from llama.cpp's logits (a softmax over the
+        whole vocabulary, no sampling settings). The shared prefix with the previous
+        request is reused, and the cache is left consistent for the next one.
+
+        Args:
+            context: token ids before the continuation (at least one, e.g. BOS).
+            continuation: the token ids to score (at least one).
+            adapters: ``{name: scale}`` of loaded LoRA adapters (``{}`` for none);
+                None uses those set with :meth:`attach`.
+
+        Not reached by :meth:`cancel`. Like generation with ``reuse_prefix``, evaluating
+        after a reused prefix can move the result in its last bits; :meth:`reset` first
+        for values that must reproduce each other exactly.
+
+        Raises:
+            InputError: an empty sequence, or ids that are not ints in ``[0, n_vocab)``.
+            ContextOverflowError: context and continuation do not fit ``n_ctx``.
+            AdapterError: an adapter name is not loaded.
+        """
+        ctx = check_token_ids(context, self.info.n_vocab, "context")
+        cont = check_token_ids(continuation, self.info.n_vocab, "continuation")
+        resolved = self._resolve_adapters(adapters)
+        with self._lock:
+            return math.fsum(self._session.log_probs(ctx, cont, adapters=resolved))
 
     def cancel(self) -> None:
-        """Stop the request running now (from any thread); it raises CancelledError.
+        """Cancel every request submitted before this call that has not finished.
 
-        Has no effect on requests that start later.
+        That is the running request and those still waiting their turn (a
+        :meth:`generate` call, or a :meth:`stream` made and not finished); each raises
+        :class:`CancelledError`. From any thread. Requests submitted afterwards are not
+        affected, so with nothing submitted it does nothing.
         """
-        self._session.cancel()
+        with self._pending_lock:
+            pending = list(self._pending)
+        for token in pending:
+            token.cancel()
 
     def reset(self) -> None:
         """Forget the KV cache, so the next request evaluates its whole prompt."""
         with self._lock:
             self._session.reset()
 
+    def _submit(self) -> core.CancelToken:
+        """Register a new request: from now on cancel() reaches it."""
+        token = core.CancelToken()
+        with self._pending_lock:
+            self._pending.add(token)
+        return token
+
+    def _withdraw(self, token: core.CancelToken) -> None:
+        """Cancel one request (waiting or running) and forget it."""
+        token.cancel()
+        with self._pending_lock:
+            self._pending.discard(token)
+
     def _request(self, prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar, sampling,
                  adapters, truncate, reuse_prefix) -> _Request:
-        if not _is_int(max_tokens) or max_tokens <= 0:
-            raise InputError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
         if sampling is None:
             sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                       repeat_penalty=repeat_penalty)
-        sampling.validate()
-        if isinstance(stop, str):
-            stop = [stop]
-        stop = list(stop)
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise InputError(f"stop must be a list of non-empty strings, got {stop!r}")
-        if grammar is not None:
-            _check_text(grammar, "grammar")
-        if truncate not in ("error", "left"):
-            raise InputError(f"truncate must be 'error' or 'left', got {truncate!r}")
+        stops = check_request(max_tokens, sampling, stop, grammar, truncate)
         if isinstance(prompt, str):
-            text = _check_text(prompt, "prompt")
+            native_prompt: str | list[int] = check_text(prompt, "prompt")
+        elif is_token_ids(prompt):
+            native_prompt = check_token_ids(prompt, self.info.n_vocab, "prompt")
         else:
-            text = self.format_chat(prompt)
+            native_prompt = self.format_chat(prompt)
         options = core.SamplingOptions()
         for f in fields(SamplingConfig):
             if f.name != "seed":
                 setattr(options, f.name, getattr(sampling, f.name))
         options.seed = self.config.seed if sampling.seed is None else sampling.seed
         options.grammar = grammar or ""
-        return _Request(text, max_tokens, options, stop, self._resolve_adapters(adapters), truncate == "left",
+        return _Request(native_prompt, max_tokens, options, stops, self._resolve_adapters(adapters), truncate == "left",
                         bool(reuse_prefix))
 
-    def _run(self, request: _Request, on_piece) -> Generation:
-        """Run one request; the caller holds ``self._lock``."""
-        result = self._session.generate(
-            request.prompt, max_tokens=request.max_tokens, sampling=request.sampling, stop=request.stop,
-            adapters=request.adapters, truncate_left=request.truncate_left, reuse_prefix=request.reuse_prefix,
-            on_piece=on_piece)
-        t = result.timings
-        timings = GenerationTimings(
-            tokenize_ms=t.tokenize_ms, prompt_tokens=t.prompt_tokens, truncated_tokens=t.truncated_tokens,
-            reused_tokens=t.reused_tokens, prefill_ms=t.prefill_ms, prefill_tokens=t.prefill_tokens,
-            prefill_tokens_per_s=t.prefill_tokens_per_s, ttft_ms=t.ttft_ms, decode_ms=t.decode_ms,
-            decode_tokens=t.decode_tokens, decode_tokens_per_s=t.decode_tokens_per_s, total_ms=t.total_ms,
-            backend=self._backend, devices=self._devices, n_gpu_layers_offloaded=self._offloaded,
-            extra_buffer_types=self._model.info.extra_buffer_types,
-        )
+    def _run(self, request: _Request, token: core.CancelToken,
+             on_piece: Callable[[str], None] | None) -> Generation:
+        """Run one submitted request when its turn comes (takes the lock for the call)."""
+        try:
+            with self._lock:
+                result = self._session.generate(
+                    request.prompt, max_tokens=request.max_tokens, sampling=request.sampling, stop=request.stop,
+                    adapters=request.adapters, truncate_left=request.truncate_left,
+                    reuse_prefix=request.reuse_prefix, cancel=token, on_piece=on_piece)
+        finally:
+            with self._pending_lock:
+                self._pending.discard(token)
+        measured = {f.name: getattr(result.timings, f.name) for f in fields(GenerationTimings)
+                    if hasattr(result.timings, f.name)}
+        timings = GenerationTimings(**measured, backend=self._backend, devices=self._devices,
+                                    n_gpu_layers_offloaded=self._offloaded,
+                                    extra_buffer_types=self._model.info.extra_buffer_types)
         return Generation(result.text, tuple(result.tokens), result.stop_reason, timings)
-
-
-def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequence[int] | None = None, *,
-                         prompt_tokens: int = 192, rounds: int = 2, **config) -> tuple[int, dict[int, float]]:
-    """Measure which generation thread count answers fastest on this machine, now.
-
-    More threads than free cores can make llama.cpp many times slower on a busy
-    machine, and fewer leave an idle one half used, so no fixed default is right
-    everywhere. Each candidate prefills a ``prompt_tokens``-token prompt and decodes 8
-    tokens, ``rounds`` times interleaved with the others; the best time counts.
-
-    Args:
-        model_path: the GGUF to measure with.
-        candidates: thread counts to try (default: 1, half the CPUs and all of them).
-        prompt_tokens: prompt length of the probe (a RAG prompt is a few hundred).
-        rounds: interleaved repetitions per candidate.
-        **config: other ``Generator`` settings (e.g. ``extra_buffers``).
-
-    Returns:
-        The fastest count, and each candidate's best probe time in milliseconds.
-    """
-    counts = sorted(set(candidates or (1, _default_threads(), _usable_cpus())))
-    if any(not _is_int(n) or n < 1 for n in counts):
-        raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
-    generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}
-    probe = generators[counts[0]].detokenize(list(range(1000, 1000 + prompt_tokens)))
-    best = {n: math.inf for n in counts}
-    greedy = SamplingConfig(ignore_eos=True)
-    for _ in range(rounds):
-        for n, generator in generators.items():
-            timings = generator.generate(probe, max_tokens=8, sampling=greedy, reuse_prefix=False,
-                                         truncate="left").timings
-            best[n] = min(best[n], timings.total_ms)
-    return min(counts, key=lambda n: best[n]), best
-
-
-def _check_text(text: object, what: str) -> str:
-    if not isinstance(text, str):
-        raise InputError(f"{what} must be a str, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{what} is not valid Unicode ({exc.reason} at {exc.start}): remove lone surrogates") from None
-    return text
-
-
-def _check_messages(messages: Sequence[Message]) -> list[tuple[str, str]]:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
-        raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...}")
-    pairs = []
-    for i, message in enumerate(messages):
-        if isinstance(message, Mapping):
-            role, content = message.get("role"), message.get("content")
-        elif isinstance(message, tuple) and len(message) == 2:
-            role, content = message
-        else:
-            raise InputError(f"message {i} must be a mapping with 'role' and 'content' or a (role, content) pair")
-        pairs.append((_check_text(role, f"message {i} role"), _check_text(content, f"message {i} content")))
-    return pairs
 
 
 __all__ = ["Generation", "GenerationTimings", "Generator", "GeneratorConfig", "ModelInfo", "SamplingConfig",

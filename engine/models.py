@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO
 
-from engine._files import sha256_file, write_text_atomic
+from engine._files import atomic_writer, sha256_file, write_text_atomic
 from engine.errors import InputError, ModelError, ModelFetchError
 
 MODELS_DIR_ENV = "BAKEOFF_MODELS_DIR"
@@ -194,7 +194,10 @@ def _fetch_one(model: ModelSpec, root: Path, source: Path | None, say: Callable[
 def _expected_names(model: ModelSpec) -> list[str]:
     names = [f.name for f in model.files]
     if model.export:
-        names += ["model.onnx", "model.int8.onnx"]
+        # Imported here: a generator-only lookup need not load numpy.
+        from engine.onnx_export import EXPORTED_NAMES
+
+        names += EXPORTED_NAMES
     return names
 
 
@@ -228,19 +231,17 @@ def _locate_source(model: ModelSpec, source: Path | None, scratch: Path, say: Ca
 
 
 def _install_file(source: Path, model: ModelSpec, item: ModelFile, target: Path) -> None:
-    """Copy one member out of the source into ``target`` atomically, verifying its sha256."""
-    partial = target.with_name(target.name + ".partial")
-    try:
-        with _open_member(source, model, item) as reader, open(partial, "wb") as writer:
-            digest = _copy_hashing(reader, writer)
+    """Copy one member out of the source into ``target`` atomically, verifying its sha256.
+
+    A copy whose checksum does not match is discarded: ``target`` is left as it was.
+    """
+    with _open_member(source, model, item) as reader, atomic_writer(target, "wb") as writer:
+        digest = _copy_hashing(reader, writer)
         if digest != item.sha256:
             raise ModelFetchError(
                 f"{model.name}/{item.name} has sha256 {digest}, expected {item.sha256}: "
                 f"the source is corrupted or another version; delete it and fetch again"
             )
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 class _open_member:

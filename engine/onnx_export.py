@@ -1,4 +1,4 @@
-"""Export a BERT sentence embedder (all-MiniLM-L6-v2) from safetensors to ONNX, fp32 and int8.
+"""Export a BERT sentence embedder (all-MiniLM-L6-v2) from safetensors to an ONNX graph.
 
 The graph is written directly with ``onnx.helper`` from ``model.safetensors`` and
 ``config.json``; no torch is needed at fetch time. It uses the fused
@@ -11,25 +11,33 @@ the graph, so its output ``sentence_embedding`` is what sentence-transformers re
 
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``[batch, seq]``; token type
 ids are always 0 (the type-0 row is folded into the position table).
+
+``export_embedder`` writes the fp32 graph and its int8 variant (made by
+``engine.onnx_quantize`` from a smoothed build of the same graph) under the file
+names below, the one place they are named. ``onnx`` is imported inside the functions
+that build graphs, so the embedder and the model cache can import these names
+without loading it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from engine import onnx_quantize
+from engine._files import write_bytes_atomic
 from engine.errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
 
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
+EXPORTED_NAMES = (FP32_NAME, INT8_NAME)
 OUTPUT_NAME = "sentence_embedding"
 _OPSET = 17
 _MS_OPSET = 1
@@ -92,12 +100,16 @@ def export_embedder(model_dir: Path) -> list[Path]:
     config = BertConfig.from_file(model_dir / "config.json")
     weights = _load_weights(model_dir / "model.safetensors", config)
     fp32 = build_graph(weights, config)
-    activation_max = _calibrate(fp32, model_dir / "tokenizer.json", config)
-    smoothed = build_graph(weights, config, _smoothing_scales(weights, config, activation_max))
-    fp32_path = model_dir / FP32_NAME
-    int8_path = model_dir / INT8_NAME
-    _save_atomic(fp32, fp32_path)
-    _quantize_atomic(smoothed, int8_path, config)
+    sites = _smoothing_sites(weights, config)
+    peaks = onnx_quantize.activation_peaks(fp32, model_dir / "tokenizer.json",
+                                           [tensor for tensor, _ in sites.values()])
+    scales = onnx_quantize.smoothing_scales({site: weight for site, (_, weight) in sites.items()},
+                                            {site: peaks[tensor] for site, (tensor, _) in sites.items()})
+    smoothed = build_graph(weights, config, scales)
+    fp32_path = write_bytes_atomic(model_dir / FP32_NAME, fp32.SerializeToString(deterministic=True))
+    # The FFN-down matmuls stay fp32: see onnx_quantize.quantize_int8 for the measurements.
+    int8_path = onnx_quantize.quantize_int8(smoothed, model_dir / INT8_NAME,
+                                            keep_fp32=[f"layer{i}_ffn_down" for i in range(config.num_layers)])
     return [fp32_path, int8_path]
 
 
@@ -162,6 +174,9 @@ def build_graph(
     rows by ``s``, which leaves the function unchanged (exactly, being powers of two)
     but moves activation outliers into the weights before int8 quantization.
     """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
     smoothing = smoothing or {}
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -258,6 +273,8 @@ def build_graph(
 
 def _append_pooling(hidden: str, node, const) -> None:
     """Mean over the unmasked tokens, then divide by the L2 norm (as sentence-transformers)."""
+    from onnx import TensorProto
+
     mask = node("Cast", ["attention_mask"], "pool_mask", to=TensorProto.FLOAT)
     mask3 = node("Unsqueeze", [mask, const("axis_2", np.array([2], dtype=np.int64))], "pool_mask_3d")
     summed = node("ReduceSum", [node("Mul", [hidden, mask3], "pool_masked"),
@@ -271,151 +288,18 @@ def _append_pooling(hidden: str, node, const) -> None:
     node("Div", [mean, norm], OUTPUT_NAME)
 
 
-def _save_atomic(model: onnx.ModelProto, path: Path) -> None:
-    data = model.SerializeToString(deterministic=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as writer:
-            writer.write(data)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-# Calibration text for the smoothing scales: outlier channels of BERT activations are a
-# property of the weights (LayerNorm gammas), so a few varied sentences find them.
-_CALIBRATION_TEXTS = (
-    "How do I reset my password?",
-    "The quick brown fox jumps over the lazy dog.",
-    "Returns a new list containing all items from the iterable in ascending order.",
-    "In 1969, Apollo 11 landed on the Moon and two astronauts walked on its surface.",
-    "The quarterly revenue grew by 12.5% to $4.3 million, driven by strong demand in Europe.",
-    "Raise ValueError if the argument is not a valid IPv4 or IPv6 address.",
-    "Le chat est assis sur le tapis.",
-    "what is the capital of australia",
-    "Photosynthesis converts light energy into chemical energy stored in glucose.",
-    "!!! ??? ... 42",
-    "A thread pool executes calls asynchronously; submit() returns a Future object.",
-    "She said the meeting had been moved to Thursday afternoon because of the storm.",
-)
-_SMOOTH_ALPHA = 0.5
-
-
-def _site_inputs(config: BertConfig) -> dict[str, str]:
-    """Each smoothed matmul site and the graph tensor that is its activation input."""
+def _smoothing_sites(weights: dict[str, np.ndarray], config: BertConfig) -> dict[str, tuple[str, np.ndarray]]:
+    """The matmuls SmoothQuant rescales (``build_graph``'s ``smoothing`` keys): each one
+    fed by a LayerNorm (QKV, FFN-up), with the graph tensor that is its activation
+    input and its weight as the checkpoint stores it (``[out, in]``). The GELU-fed
+    FFN-down is not smoothed: that made int8 worse (``onnx_quantize.quantize_int8``).
+    """
     sites = {}
     for layer in range(config.num_layers):
-        sites[f"layer{layer}_qkv"] = "embeddings" if layer == 0 else f"layer{layer - 1}_ffn_ln"
-        sites[f"layer{layer}_ffn_up"] = f"layer{layer}_attn_ln"
-    return sites
-
-
-def _calibrate(model: onnx.ModelProto, tokenizer_path: Path, config: BertConfig) -> dict[str, np.ndarray]:
-    """Per-channel max |activation| at every site, over ``_CALIBRATION_TEXTS`` (one thread: deterministic)."""
-    import onnxruntime
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    except Exception as error:  # tokenizers raises a bare Exception for missing or malformed files
-        raise ModelError(f"cannot load {tokenizer_path} ({error}): run `bakeoff models fetch --force`") from error
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    sites = _site_inputs(config)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
-                              for name in sites.values())
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = list(sites.values())
-    peak = {name: np.zeros(0, dtype=np.float32) for name in names}
-    for text in _CALIBRATION_TEXTS:
-        ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-        outputs = session.run(names, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
-        for name, value in zip(names, outputs):
-            channel_max = np.abs(value[0]).max(axis=0)
-            peak[name] = channel_max if peak[name].size == 0 else np.maximum(peak[name], channel_max)
-    return {site: peak[name] for site, name in sites.items()}
-
-
-def _smoothing_scales(weights: dict[str, np.ndarray], config: BertConfig,
-                      activation_max: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """SmoothQuant scales ``s = max|x|^a / max|w|^(1-a)``, rounded to powers of two."""
-    scales = {}
-    for layer in range(config.num_layers):
         p = f"encoder.layer.{layer}."
-        inputs = {
-            f"layer{layer}_qkv": np.concatenate(
-                [weights[p + f"attention.self.{part}.weight"] for part in ("query", "key", "value")]),
-            f"layer{layer}_ffn_up": weights[p + "intermediate.dense.weight"],
-        }
-        for site, weight in inputs.items():
-            # weight is [out, in]: the max over the outputs of each input channel.
-            w_max = np.maximum(np.abs(weight).max(axis=0), 1e-5)
-            x_max = np.maximum(activation_max[site], 1e-5)
-            raw = x_max.astype(np.float64) ** _SMOOTH_ALPHA / w_max.astype(np.float64) ** (1 - _SMOOTH_ALPHA)
-            scales[site] = np.exp2(np.round(np.log2(raw))).astype(np.float32)
-    return scales
-
-
-def _quantize_atomic(model: onnx.ModelProto, int8_path: Path, config: BertConfig) -> None:
-    """Dynamic int8 quantization of the (smoothed) fp32 graph into ``int8_path``.
-
-    Settings, measured on 300-3,300 stdlib docstring sentences against the fp32 graph
-    (cosine mean / min; recall@10 overlap of exact search over 3,000 sentences):
-
-    * per-tensor weights (what published int8 MiniLM exports use): 0.962 / 0.839.
-    * ``per_channel=True``: 0.993 / 0.978, recall 0.885. Per-channel is the big win.
-    * ``reduce_range=True`` (7-bit weights, for pre-VNNI CPUs): worse, 0.992 / 0.969;
-      ``QUInt8`` weights: same accuracy as ``QInt8`` but slower (no U8S8 kernel).
-    * SmoothQuant on the LayerNorm-fed matmuls (QKV and FFN-up, alpha 0.5, power-of-
-      two scales, see ``_smoothing_scales``): the LayerNorm outputs have outlier
-      channels 15x the median, which per-tensor activation quantization crushes.
-      Smoothing the GELU-fed FFN-down as well made it worse, so that is not done.
-    * The six FFN-down matmuls stay fp32 (their GELU input is long-tailed; no single
-      node dominates the error, but these six together do): with smoothing,
-      0.9984 / 0.994, recall 0.938, for ~20% of int8's speed-up.
-    * ``Attention`` is quantized (QAttention): leaving it fp32 gained little accuracy.
-      ``MatMulConstBOnly``: only weight matmuls are quantized, never activation x activation.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    partial = int8_path.with_name(int8_path.name + ".quantizing")
-    try:
-        # The quantizer logs a generic "consider pre-processing" advice on the root logger;
-        # our graph is built with shapes already inferred, so it is noise to a user.
-        with _root_log_level(logging.ERROR):
-            quantize_dynamic(
-                model, partial,
-                op_types_to_quantize=["MatMul", "Attention"],
-                per_channel=True,
-                reduce_range=False,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=[f"layer{i}_ffn_down" for i in range(config.num_layers)],
-                extra_options={"MatMulConstBOnly": True},
-            )
-        model = onnx.load(partial)
-        _save_atomic(model, int8_path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _root_log_level(level: int):
-    """Raise the root logger's level for a while, without ``logging.warning``'s side
-    effect of installing a stderr handler (its ``basicConfig``) when root has none."""
-    root = logging.getLogger()
-    before = root.level
-    placeholder = logging.NullHandler()
-    root.addHandler(placeholder)
-    root.setLevel(max(level, before))
-    try:
-        yield
-    finally:
-        root.setLevel(before)
-        root.removeHandler(placeholder)
+        qkv_input = "embeddings" if layer == 0 else f"layer{layer - 1}_ffn_ln"
+        qkv_weight = np.concatenate(
+            [weights[p + f"attention.self.{part}.weight"] for part in ("query", "key", "value")])
+        sites[f"layer{layer}_qkv"] = (qkv_input, qkv_weight)
+        sites[f"layer{layer}_ffn_up"] = (f"layer{layer}_attn_ln", weights[p + "intermediate.dense.weight"])
+    return sites

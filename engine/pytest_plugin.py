@@ -6,7 +6,9 @@ with bakeoff installed has:
 - the session fixture ``bakeoff_engine``: an :class:`engine.Engine` with a knowledge
   base, closed at the end of the session;
 - :func:`record_answer_timings`: an answer's per-stage timings into pytest-benchmark's
-  ``benchmark.extra_info``, so ``pytest --benchmark-json out.json`` carries them.
+  ``benchmark.extra_info``, so ``pytest --benchmark-json out.json`` carries them
+  (flattened by :func:`flat_timings`: ``"ttft_ms"``, ``"search.embed_ms"``,
+  ``"generation.prefill_ms"``, ...).
 
 Settings, each a command-line option or an ini option (the command line wins; a
 relative ini path is relative to the config file, a relative option to the current
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
     from engine.facade import Answer, Engine
     from engine.kb import KnowledgeBase
 
-__all__ = ["EXTRA_INFO_KEY", "bakeoff_engine", "record_answer_timings"]
+__all__ = ["EXTRA_INFO_KEY", "bakeoff_engine", "flat_timings", "record_answer_timings"]
 
 #: The key of ``benchmark.extra_info`` that :func:`record_answer_timings` fills.
 EXTRA_INFO_KEY = "answer_timings"
@@ -125,14 +127,21 @@ def bakeoff_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 def record_answer_timings(benchmark: BenchmarkFixture, answer: Answer) -> Answer:
     """Append ``answer``'s per-stage timings to ``benchmark.extra_info["answer_timings"]``.
 
-    ``extra_info["answer_timings"]`` maps every field of :class:`engine.AnswerTimings`
-    (``embed_ms``, ``dense_search_ms``, ``lexical_search_ms``, ``scoring_ms``,
-    ``retrieval_ms``, ``prompt_build_ms``, ``prefill_ms``, ``ttft_ms``, ``decode_ms``,
-    ``generation_ms``, ``total_ms`` in milliseconds; ``prompt_tokens``,
-    ``reused_tokens``, ``prefill_tokens``, ``decode_tokens``) to a list with one value
-    per recorded answer, in call order. Lists rather than one summary, because the
-    benchmark's own statistics already summarize the wall time: these samples say
-    where each run's time went, and any statistic can be taken from them.
+    ``extra_info["answer_timings"]`` maps every measured field of
+    :class:`engine.AnswerTimings` to a list with one value per recorded answer, in call
+    order. The nested timings are flattened with dotted names: ``ttft_ms``,
+    ``total_ms``, ``retrieval_ms``, ``prompt_build_ms``; the search's
+    ``search.embed_ms``, ``search.dense_search_ms``, ``search.lexical_search_ms``,
+    ``search.scoring_ms``, ``search.total_ms``; the generator's
+    ``generation.prefill_ms``, ``generation.decode_ms``, ``generation.ttft_ms``,
+    ``generation.prompt_tokens``, ``generation.reused_tokens``,
+    ``generation.decode_tokens_per_s`` and the rest of :class:`engine.GenerationTimings`
+    that carries a unit (``_ms``, ``_tokens``, ``_per_s``; what describes the hardware,
+    such as ``backend``, is left out). An answer that searched nothing ("baked" mode, or
+    ``passages=`` given) records ``None`` for every ``search.`` field, so the lists stay
+    aligned. Lists rather than one summary, because the benchmark's own statistics
+    already summarize the wall time: these samples say where each run's time went, and
+    any statistic can be taken from them.
 
     Call it inside the benchmarked function so that every run is recorded. Every call
     counts, warm-up and calibration runs included: ``benchmark.pedantic(fn, rounds=N,
@@ -156,9 +165,37 @@ def record_answer_timings(benchmark: BenchmarkFixture, answer: Answer) -> Answer
         raise InputError(f"record_answer_timings takes the engine.Answer that Engine.ask returns, "
                          f"got {type(answer).__name__}")
     samples = benchmark.extra_info.setdefault(EXTRA_INFO_KEY, {})
-    for field in dataclasses.fields(answer.timings):
-        samples.setdefault(field.name, []).append(getattr(answer.timings, field.name))
+    for name, value in flat_timings(answer.timings).items():
+        samples.setdefault(name, []).append(value)
     return answer
+
+
+#: What a measured field's name ends with: its unit.
+_UNITS = ("_ms", "_tokens", "_per_s")
+
+
+def flat_timings(timings: object) -> dict[str, float | int | None]:
+    """The measured fields of an :class:`engine.AnswerTimings`, nested ones under dotted names.
+
+    A field is measured when its name carries a unit (``_ms``, ``_tokens``, ``_per_s``);
+    a nested timings object that is absent (``search`` of an answer that searched
+    nothing) gives ``None`` for each of its fields.
+    """
+    from engine import GenerationTimings, SearchTimings
+
+    nested = {"search": SearchTimings, "generation": GenerationTimings}
+    flat: dict[str, float | int | None] = {}
+
+    def walk(value: object, cls: type, prefix: str) -> None:
+        for field in dataclasses.fields(cls):
+            inner = getattr(value, field.name) if value is not None else None
+            if field.name in nested and not prefix:
+                walk(inner, nested[field.name], f"{field.name}.")
+            elif field.name.endswith(_UNITS):
+                flat[prefix + field.name] = inner
+
+    walk(timings, type(timings), "")
+    return flat
 
 
 def _setting(config: pytest.Config, option: _Option) -> _Setting | None:
@@ -187,7 +224,7 @@ def _knowledge_base(kb: _Setting | None, docs: _Setting | None,
     """Open ``kb``, or build a knowledge base from ``docs`` (the bundled set when None) for this session."""
     from engine import models
     from engine.kb import KnowledgeBase
-    from engine.qa import BUNDLED_SET
+    from engine.bakeoff.qa import BUNDLED_SET
 
     if kb is not None:
         with _reported(kb.origin):
@@ -196,7 +233,7 @@ def _knowledge_base(kb: _Setting | None, docs: _Setting | None,
         models.fetch([models.DEFAULT_EMBEDDER])
     source = docs or _Setting(BUNDLED_SET / "docs", "the bundled documents")
     with _reported(source.origin):
-        return KnowledgeBase.build([source.path], path=tmp_path_factory.mktemp("bakeoff-kb"))
+        return KnowledgeBase.build(source.path, into=tmp_path_factory.mktemp("bakeoff-kb"))
 
 
 @contextmanager

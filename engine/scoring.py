@@ -8,7 +8,7 @@ them):
   candidate set with fused scores. The kernel unions by hashing and keeps the best
   ``top_n`` in a bounded heap (O(n log top_n)); the reference sorts the union with
   ``np.unique`` and a stable argsort, as a NumPy user would.
-- ``mmr_select``: maximal marginal relevance, ``lam * relevance - (1 - lam) * max(0,
+- ``mmr_select``: maximal marginal relevance, ``mmr_lambda * relevance - (1 - mmr_lambda) * max(0,
   max similarity to what is already chosen)``, greedy. The kernel evaluates lazily
   (a candidate's score can only fall as the selection grows, so a max-heap of stale
   upper bounds finds the argmax after recomputing a handful of candidates); the
@@ -26,7 +26,6 @@ on-disk cache) every kernel and returns the seconds it took;
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from engine._spans import trimmed_spans
 from engine.errors import InputError
+from engine.text import split_sentences
 
 # ----------------------------------------------------------------------------- fusion
 
@@ -258,64 +257,60 @@ def _greedy_reference(vectors, relevance, tokens, budget, k, lam):
     return np.asarray(selected, np.int64)
 
 
-def _check_greedy(vectors, relevance, lam):
+def _check_greedy(vectors, relevance, mmr_lambda):
     vectors = np.ascontiguousarray(vectors)
     relevance = np.ascontiguousarray(relevance, np.float64)
     if vectors.ndim != 2 or len(vectors) != len(relevance):
         raise InputError(f"vectors {vectors.shape} and relevance {relevance.shape} must have one row per candidate")
-    if not 0.0 <= lam <= 1.0:
-        raise InputError(f"lam={lam} must be between 0 (diversity only) and 1 (relevance only)")
+    if not 0.0 <= mmr_lambda <= 1.0:
+        raise InputError(f"mmr_lambda={mmr_lambda} must be between 0 (diversity only) and 1 (relevance only)")
     return vectors, relevance
 
 
-def mmr_select(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float = 0.7) -> np.ndarray:
+def mmr_select(vectors: np.ndarray, relevance: np.ndarray, k: int, mmr_lambda: float = 0.7) -> np.ndarray:
     """Pick ``k`` candidates by maximal marginal relevance (greedy, ties to the lower index).
 
     Args:
         vectors: ``(n, d)`` L2-normalised candidate embeddings (float32 or float64).
         relevance: ``(n,)`` relevance of each candidate, best near 1 (e.g. normalised fused score).
         k: how many to pick; all of them when ``k >= n``.
-        lam: weight of relevance against redundancy, in ``[0, 1]``.
+        mmr_lambda: weight of relevance against redundancy, in ``[0, 1]``.
 
     Returns:
         Indices into the candidates, in the order picked.
 
     Raises:
-        InputError: shapes disagree or ``lam`` is outside ``[0, 1]``.
+        InputError: shapes disagree or ``mmr_lambda`` is outside ``[0, 1]``.
     """
-    vectors, relevance = _check_greedy(vectors, relevance, lam)
-    return _lazy_greedy(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(lam))
+    vectors, relevance = _check_greedy(vectors, relevance, mmr_lambda)
+    return _lazy_greedy(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(mmr_lambda))
 
 
-def mmr_select_reference(vectors: np.ndarray, relevance: np.ndarray, k: int, lam: float = 0.7) -> np.ndarray:
+def mmr_select_reference(vectors: np.ndarray, relevance: np.ndarray, k: int, mmr_lambda: float = 0.7) -> np.ndarray:
     """NumPy reference of ``mmr_select``."""
-    vectors, relevance = _check_greedy(vectors, relevance, lam)
-    return _greedy_reference(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(lam))
+    vectors, relevance = _check_greedy(vectors, relevance, mmr_lambda)
+    return _greedy_reference(vectors, relevance, np.zeros(len(relevance), np.int64), -1, int(k), float(mmr_lambda))
 
 
 def budget_select(vectors: np.ndarray, relevance: np.ndarray, tokens: np.ndarray, budget_tokens: int,
-                  lam: float = 0.7) -> np.ndarray:
+                  mmr_lambda: float = 0.7) -> np.ndarray:
     """Greedy MMR under a token budget: indices picked, in order, whose ``tokens`` sum to at most ``budget_tokens``."""
-    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    vectors, relevance = _check_greedy(vectors, relevance, mmr_lambda)
     if budget_tokens < 0:
         raise InputError(f"budget_tokens={budget_tokens} must be >= 0")
     tokens = np.ascontiguousarray(tokens, np.int64)
-    return _lazy_greedy(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(lam))
+    return _lazy_greedy(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(mmr_lambda))
 
 
 def budget_select_reference(vectors: np.ndarray, relevance: np.ndarray, tokens: np.ndarray, budget_tokens: int,
-                            lam: float = 0.7) -> np.ndarray:
+                            mmr_lambda: float = 0.7) -> np.ndarray:
     """NumPy reference of ``budget_select``."""
-    vectors, relevance = _check_greedy(vectors, relevance, lam)
+    vectors, relevance = _check_greedy(vectors, relevance, mmr_lambda)
     tokens = np.asarray(tokens, np.int64)
-    return _greedy_reference(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(lam))
+    return _greedy_reference(vectors, relevance, tokens, int(budget_tokens), len(relevance), float(mmr_lambda))
 
 
 # ----------------------------------------------------------------------------- sentences
-
-# A sentence ends at . ! or ? followed by white space (so "2.3.1", "€39.90" and "e.g."
-# inside a sentence do not end it), or at a line break (list items, headings).
-_SENTENCE = re.compile(r"(?:[^.!?\n]|[.!?]+(?![\s\"')\]]|$))+(?:[.!?]+[\"')\]]*(?=\s|$)|\n|$)")
 
 
 @dataclass(frozen=True)
@@ -330,15 +325,12 @@ class SelectedSentence:
     relevance: float
 
 
-def split_sentences(text: str) -> list[tuple[int, int]]:
-    """Character spans of the sentences (and list lines) of ``text``, trimmed of whitespace."""
-    return trimmed_spans(text, (match.span() for match in _SENTENCE.finditer(text)))
-
-
 def select_sentences(chunks: Sequence[tuple[str, int]], query_embedding: np.ndarray, budget_tokens: int,
                      embed: Callable[[list[str]], np.ndarray], count_tokens: Callable[[str], int],
-                     *, lam: float = 0.7) -> list[SelectedSentence]:
+                     *, mmr_lambda: float = 0.7) -> list[SelectedSentence]:
     """The most relevant, least redundant sentences of ``chunks`` that fit ``budget_tokens``.
+
+    Sentences are cut by ``engine.text.split_sentences``, the splitter chunking shares.
 
     Args:
         chunks: ``(text, start_char)`` of each chosen chunk (``Hit.text``, ``Hit.span[0]``).
@@ -346,7 +338,7 @@ def select_sentences(chunks: Sequence[tuple[str, int]], query_embedding: np.ndar
         budget_tokens: most tokens (embedder tokenizer) the selected sentences may total.
         embed: the embedder's ``embed`` (normalised rows).
         count_tokens: the embedder's ``count_tokens``.
-        lam: relevance against redundancy, in ``[0, 1]``.
+        mmr_lambda: relevance against redundancy, in ``[0, 1]``.
 
     Returns:
         Selected sentences in reading order (chunk order, then position), with spans
@@ -361,7 +353,7 @@ def select_sentences(chunks: Sequence[tuple[str, int]], query_embedding: np.ndar
     vectors = np.asarray(embed([t for _, t, _, _ in items]), np.float32)
     relevance = vectors.astype(np.float64) @ np.asarray(query_embedding, np.float64)
     tokens = np.array([count_tokens(t) for _, t, _, _ in items], np.int64)
-    picked = budget_select(vectors, relevance, tokens, budget_tokens, lam)
+    picked = budget_select(vectors, relevance, tokens, budget_tokens, mmr_lambda)
     out = [SelectedSentence(items[i][0], items[i][1], items[i][2], items[i][3], int(tokens[i]), float(relevance[i]))
            for i in picked]
     return sorted(out, key=lambda s: (s.chunk_index, s.start_char))

@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
-from engine import cli, models
-from engine.qa import BUNDLED_SET
+from engine import cli, cli_commands, models
+from engine.bakeoff.qa import BUNDLED_SET
+
+DOCS = BUNDLED_SET / "docs"
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -84,12 +86,83 @@ def test_hardware_says_what_auto_does_with_extra_buffers(capsys):
 
 
 def test_run_follows_the_quick_profile_unless_told_otherwise():
-    from engine.pipeline import FULL, QUICK
+    from engine.bakeoff.pipeline import FULL, QUICK
 
-    parser = cli._build_parser()
-    assert cli._run_profile(parser.parse_args(["run"])) == QUICK
-    assert cli._run_profile(parser.parse_args(["run", "--full"])) == FULL
-    custom = cli._run_profile(parser.parse_args(["run", "--limit-facts", "12", "--repetitions", "1"]))
+    parser = cli.build_parser()
+    assert cli_commands.run_profile(parser.parse_args(["run"])) == QUICK
+    assert cli_commands.run_profile(parser.parse_args(["run", "--full"])) == FULL
+    custom = cli_commands.run_profile(parser.parse_args(["run", "--limit-facts", "12", "--repetitions", "1"]))
     assert custom.finetune.limit_facts == custom.compare.limit_facts == 12
     assert custom.compare.repetitions == 1 and custom.compare.timing_questions == QUICK.compare.timing_questions
     assert custom.finetune.spread_facts and custom.compare.spread_facts
+
+
+def _index(capsys, kb, *options: str) -> tuple[int, str, str]:
+    return _run(capsys, "index", str(DOCS / "warranty-terms.md"), "--kb", str(kb), *options)
+
+
+def _stats(capsys, kb) -> dict:
+    code, out, _ = _index(capsys, kb, "--json")
+    assert code == 0
+    return json.loads(out)["stats"]
+
+
+def test_overlap_tokens_0_is_a_value_not_a_missing_option(capsys, embedder_dir, tmp_path):
+    code, out, _ = _index(capsys, tmp_path / "kb", "--overlap-tokens", "0", "--json")
+    assert code == 0
+    assert json.loads(out)["stats"]["chunking"] == {"chunk_tokens": 200, "overlap_tokens": 0}
+
+
+def test_chunking_options_that_an_existing_knowledge_base_would_ignore_are_refused(capsys, embedder_dir, tmp_path):
+    kb = tmp_path / "kb"
+    assert _index(capsys, kb)[0] == 0
+    generation = _stats(capsys, kb)["generation"]
+    code, _, err = _run(capsys, "index", str(DOCS / "price-list-2025.md"), "--kb", str(kb), "--chunk-tokens", "64")
+    assert code == 2, "a usage error, like argparse's own"
+    assert "was built with --chunk-tokens 200 --overlap-tokens 40" in err
+    assert "--rebuild --chunk-tokens 64" in err and "drop the option" in err
+    stats = _stats(capsys, kb)
+    assert stats["generation"] == generation and stats["documents"] == 1, "nothing was added"
+    code, out, _ = _index(capsys, kb, "--overlap-tokens", "0", "--json")
+    assert code == 2 and json.loads(out)["error"] == "error" and "--overlap-tokens 0" in json.loads(out)["message"]
+    # The values it was built with are no contradiction.
+    assert _index(capsys, kb, "--chunk-tokens", "200", "--overlap-tokens", "40")[0] == 0
+
+
+def test_rebuild_replaces_the_knowledge_base_with_the_new_chunking(capsys, embedder_dir, tmp_path):
+    kb = tmp_path / "kb"
+    assert _run(capsys, "index", str(DOCS / "price-list-2025.md"), "--kb", str(kb))[0] == 0
+    code, out, _ = _index(capsys, kb, "--rebuild", "--chunk-tokens", "64", "--overlap-tokens", "8", "--json")
+    assert code == 0
+    stats = json.loads(out)["stats"]
+    assert stats["chunking"] == {"chunk_tokens": 64, "overlap_tokens": 8}
+    assert stats["documents"] == 1, "rebuilt from the given documents alone"
+    code, out, _ = _index(capsys, kb)
+    assert code == 0 and "1 documents" in out and "chunks of 64 tokens overlapping 8" in out
+
+
+def test_ask_prints_the_passages_it_was_given_and_the_composed_timings(capsys, generator_model_path, embedder_dir,
+                                                                        tmp_path):
+    kb = tmp_path / "kb"
+    assert _index(capsys, kb)[0] == 0
+    code, out, err = _run(capsys, "ask", "How long is the warranty?", "--kb", str(kb), "-k", "2",
+                          "--max-tokens", "8")
+    assert code == 0
+    assert "warranty-terms.md:" in out and "(chunk " in out
+    assert "prompt " in err and " reused) | ttft " in err and "total " in err
+    code, out, _ = _run(capsys, "ask", "How long is the warranty?", "--kb", str(kb), "-k", "2",
+                        "--max-tokens", "8", "--json")
+    answer = json.loads(out)
+    assert code == 0 and answer["citations"] and all(c["text"] for c in answer["citations"])
+    assert answer["timings"]["generation"]["prompt_tokens"] > 0 and answer["timings"]["search"]["embed_ms"] > 0
+
+
+def test_the_parser_loads_no_engine_part():
+    """``bakeoff --help`` must start in a blink: no native core, ONNX Runtime or model loaded to print it."""
+    code = ("import sys; from engine import cli; cli.build_parser(); "
+            "print(' '.join(m for m in sys.modules if m.startswith(('engine.', 'llama_cpp', 'onnxruntime', 'numba'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    loaded = set(done.stdout.split())
+    assert done.returncode == 0, done.stderr
+    assert not loaded & {"engine.facade", "engine.generator", "engine._native", "engine.kb", "llama_cpp",
+                         "onnxruntime", "numba"}, loaded

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from engine.compare import READER_MODE, CompareConfig, answer_passage, run_comparison, select_questions
+from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
+from engine.bakeoff.compare import (READER_MODE, STAGES, CompareConfig, answer_passage, run_comparison,
+                                    select_questions, stage_ms)
 from engine.embedder import Embedder
+from engine.errors import InputError
 from engine.facade import Engine
 from engine.kb import KnowledgeBase
-from engine.qa import BUNDLED_SET, is_correct, load_questions
-from engine.report import retrieval_vs_reader, summary_table, write_report
+from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions
+from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
+
+
+class _KbFixed(Engine):
+    """An Engine whose knowledge base cannot be swapped: the comparison must ask, not reach in."""
+
+    def __setattr__(self, name, value):
+        if name == "kb":
+            raise AssertionError("the comparison swapped Engine.kb: use Engine.ask(passages=...)")
+        super().__setattr__(name, value)
 
 
 def test_selection_keeps_every_heldout_and_n_train_per_fact():
@@ -32,13 +45,14 @@ def test_grading_is_case_insensitive_containment():
 @pytest.fixture(scope="module")
 def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_factory):
     report, _ = tiny_finetune
-    kb = KnowledgeBase.build([BUNDLED_SET / "docs"], path=tmp_path_factory.mktemp("kb") / "kb",
-                             embedder=Embedder(embedder_dir))
+    kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("kb") / "kb",
+                             embedder=Embedder(embedder_dir), chunk_tokens=160, overlap_tokens=24)
     # Two trained facts and one fact the v2 documents change (the Brookling B3 price).
     subset = [q for q in QUESTIONS if q.fact_id in ("F001", "F002", "F071")]
     config = CompareConfig(train_per_fact=1, timing_questions=2, repetitions=2, warmup=1, max_tokens=24)
     phases = []
     with Engine(generator_model_path, adapter=report.adapter_path, kb=kb, n_ctx=1024) as engine:
+        engine.__class__ = _KbFixed
         result = run_comparison(engine, subset, config=config, docs_dir=BUNDLED_SET / "docs",
                                 work_dir=tmp_path_factory.mktemp("fresh") / "work",
                                 progress=lambda phase, done, total: phases.append(phase))
@@ -69,8 +83,10 @@ def test_latency_is_summarised_per_mode(comparison):
         assert latency.samples == 4
         assert 0 < latency.ttft_p50_ms <= latency.ttft_p95_ms
         assert latency.ttft_p50_ms <= latency.total_p50_ms
-    assert result.latency["rag"].stage_p50_ms["embed_ms"] > 0
-    assert result.latency["baked"].stage_p50_ms["embed_ms"] == 0
+    assert list(result.latency["rag"].stage_p50_ms) == list(STAGES)
+    assert result.latency["rag"].stage_p50_ms["search.embed_ms"] > 0
+    assert result.latency["baked"].stage_p50_ms["search.embed_ms"] == 0, "baked mode searches nothing"
+    assert result.latency["baked"].stage_p50_ms["generation.prefill_ms"] > 0
     assert result.latency["rag"].prompt_tokens_p50 > result.latency["baked"].prompt_tokens_p50
     assert result.ttft_ratio_rag_over_baked == pytest.approx(
         result.latency["rag"].ttft_p50_ms / result.latency["baked"].ttft_p50_ms)
@@ -86,7 +102,7 @@ def test_report_files(comparison):
     assert {p.name for p in files.plots} >= {"latency_stages.png", "latency_ttft_total.png", "accuracy.png"}
     for plot in files.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob(".*.tmp")) and not list(out.glob("*.partial"))
 
 
 def test_context_recall_is_reported_for_rag(comparison):
@@ -114,7 +130,7 @@ def test_reader_is_measured_with_perfect_retrieval(comparison):
 
 @pytest.fixture(scope="module")
 def bundled_kb(embedder_dir, tmp_path_factory):
-    with KnowledgeBase.build([BUNDLED_SET / "docs"], path=tmp_path_factory.mktemp("kb") / "kb",
+    with KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("kb") / "kb",
                              embedder=Embedder(embedder_dir)) as kb:
         yield kb
 
@@ -125,3 +141,69 @@ def test_every_heldout_answer_sits_inside_one_chunk_of_its_source(bundled_kb):
         passage = answer_passage(bundled_kb, q)
         assert passage is not None, q.id
         assert passage.source.endswith(q.source.rsplit("/", 1)[-1]) and is_correct(f"{passage.heading}\n{passage.text}", q.answers)
+
+
+# ---- without models: a stand-in engine that answers from given passages
+
+
+_GENERATION = GenerationTimings(
+    tokenize_ms=0.0, prompt_tokens=50, truncated_tokens=0, reused_tokens=0, prefill_ms=10.0, prefill_tokens=50,
+    prefill_tokens_per_s=5000.0, ttft_ms=11.0, decode_ms=20.0, decode_tokens=4, decode_tokens_per_s=200.0,
+    total_ms=31.0, backend="CPU", devices=("CPU",), n_gpu_layers_offloaded=0, extra_buffer_types=False)
+_SEARCH = SearchTimings(embed_ms=2.0, dense_search_ms=0.5, lexical_search_ms=0.25, scoring_ms=0.125, total_ms=3.0)
+
+
+class _StandIn:
+    """Answers "I do not know." in both modes; in "rag" mode it was shown one passage that holds the answer,
+    from a source file that does not exist: grading must use what the model was shown, not re-read the file."""
+
+    modes = ("rag", "baked")
+    kb = None
+
+    def ask(self, question, mode="rag", *, max_tokens=48, passages=None):
+        citations = ()
+        if mode == "rag":
+            q = next(q for q in QUESTIONS if q.question == question)
+            citations = (Citation(1, "/nowhere/gone.md", 7, (0, 40), "Prices", f"It is {q.answers[0]}.", False),)
+        timings = AnswerTimings(search=_SEARCH if mode == "rag" else None, generation=_GENERATION,
+                                retrieval_ms=4.0 if mode == "rag" else 0.0, prompt_build_ms=1.0,
+                                ttft_ms=16.0, total_ms=36.0)
+        return Answer(question, "I do not know.", mode, citations, timings, "eos")
+
+
+def test_context_recall_reads_what_the_model_was_shown_not_the_file():
+    config = CompareConfig(limit_facts=2, timing_questions=1, repetitions=1, warmup=0, freshness=False,
+                           answer_passage=False)
+    result = run_comparison(_StandIn(), QUESTIONS, config=config)
+    rag = [a for a in result.answers if a.mode == "rag"]
+    assert rag and all(a.answer_in_context for a in rag) and not any(a.correct for a in rag)
+    assert result.context_recall == {"train": 1.0, "heldout": 1.0}
+    assert all(a.cited_sources == ("gone.md",) for a in rag)
+
+
+def test_stages_come_from_the_composed_timings():
+    rag = _StandIn().ask(QUESTIONS[0].question, "rag").timings
+    baked = _StandIn().ask(QUESTIONS[0].question, "baked").timings
+    assert [stage_ms(rag, s) for s in STAGES] == [2.0, 0.5, 0.25, 0.125, 1.0, 10.0, 20.0]
+    assert [stage_ms(baked, s) for s in STAGES] == [0.0, 0.0, 0.0, 0.0, 1.0, 10.0, 20.0]
+    result = run_comparison(_StandIn(), QUESTIONS, config=CompareConfig(
+        limit_facts=1, timing_questions=2, repetitions=2, warmup=0, freshness=False, answer_passage=False))
+    assert result.latency["rag"].stage_p50_ms["search.embed_ms"] == 2.0
+    assert result.latency["baked"].prompt_tokens_p50 == 50 and result.latency["baked"].decode_tokens_p50 == 4
+
+
+@pytest.mark.parametrize(("setting", "said"), [
+    ({"repetitions": 0}, "repetitions must be an integer >= 1"),
+    ({"timing_questions": 0}, "timing_questions must be an integer >= 1"),
+    ({"limit_facts": 0}, "limit_facts must be None"),
+    ({"max_tokens": 2.5}, "max_tokens must be an integer"),
+], ids=["repetitions", "timing", "facts", "max_tokens"])
+def test_a_setting_a_comparison_cannot_run_with_is_an_input_error(setting, said):
+    with pytest.raises(InputError, match=said):
+        run_comparison(_StandIn(), QUESTIONS, config=CompareConfig(**setting))
+
+
+def test_an_engine_without_both_modes_is_refused_before_any_question():
+    baked_only = SimpleNamespace(modes=("baked",), kb=None)
+    with pytest.raises(InputError, match="no rag mode: give Engine"):
+        run_comparison(baked_only, QUESTIONS, config=CompareConfig(limit_facts=1))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +167,13 @@ def test_non_str_input(fp32: Embedder) -> None:
 
 
 def test_bad_settings(embedder_dir: Path) -> None:
-    for kwargs in ({"variant": "fp16"}, {"threads": 0}, {"batch_size": 0}, {"max_tokens": 1000}):
+    for kwargs in ({"variant": "fp16"}, {"variant": ["fp32"]}, {"threads": 0}, {"batch_size": 0},
+                   {"max_tokens": 1000}, {"providers": 7}):
         with pytest.raises(InputError):
             Embedder(embedder_dir, **kwargs)
+
+
+def test_importing_the_embedder_loads_neither_onnx_nor_llama_cpp() -> None:
+    script = "import sys, engine.embedder; print(sorted({'onnx', 'engine._core'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -1,4 +1,5 @@
-"""llama.cpp's extra CPU buffer types: the "auto" policy, and multi-token prompts that must not crash.
+"""The thread-count policy; llama.cpp's extra CPU buffer types: the "auto" policy, and
+multi-token prompts that must not crash.
 
 llama.cpp's AMX matrix multiply segfaults on every batch of more than one token
 (upstream issue 20824), so generation runs in a child process here: a crash is a
@@ -8,6 +9,7 @@ failed test with the child's exit signal, not a dead test run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,8 @@ import pytest
 
 from engine.errors import InputError
 from engine.generator import Generator, GeneratorConfig
-from engine.hardware import cpu_backend_has_amx, hardware, use_extra_buffer_types
+from engine.hardware import (cpu_backend_has_amx, default_threads, hardware, physical_cores, usable_cpus,
+                             use_extra_buffer_types)
 
 # System lines as llama.cpp 0.3.36 prints them: an AMX Xeon (Sapphire Rapids) and an AVX-512 EPYC.
 AMX_LINE = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
@@ -56,6 +59,34 @@ def test_hardware_reports_amx_and_what_auto_chooses():
     hw = hardware()
     assert hw.llama_cpu_amx == ("AMX_INT8 = 1" in hw.llama_system_info)
     assert hw.extra_buffer_types_auto == (not hw.llama_cpu_amx)
+
+
+def test_thread_counts_follow_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert usable_cpus() == 8
+    assert default_threads() == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert (usable_cpus(), default_threads(), physical_cores()) == (1, 1, 1)
+
+
+def test_thread_counts_without_an_affinity_call_fall_back_to_the_cpu_count(monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert (usable_cpus(), default_threads(), physical_cores()) == (6, 3, 3)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert (usable_cpus(), default_threads(), physical_cores()) == (1, 1, 1)
+
+
+def test_physical_cores_count_hyper_thread_siblings_once():
+    assert 1 <= physical_cores() <= usable_cpus()
+    assert 1 <= default_threads() <= usable_cpus()
+
+
+def test_the_thread_policy_does_not_load_llama_cpp():
+    script = ("import sys, engine.hardware as h; h.default_threads(); h.physical_cores(); "
+              "print('engine._core' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
 
 
 def _generate_in_child(model_path, extra_buffers: str) -> dict:

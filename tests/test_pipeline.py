@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.compare import CompareConfig
+from engine.bakeoff import pipeline
+from engine.bakeoff.compare import CompareConfig
+from engine.bakeoff.pipeline import (PHASES, QUICK, RunProfile, RunProgress, adapter_fingerprint, adapter_is_current,
+                                     run_bakeoff)
+from engine.bakeoff.qa import BUNDLED_SET, load_questions, select_facts
+from engine.errors import InputError
 from engine.finetune.config import FinetuneConfig
-from engine.pipeline import PHASES, QUICK, RunProfile, RunProgress, adapter_fingerprint, run_bakeoff
-from engine.qa import BUNDLED_SET, load_questions, select_facts
+from engine.kb import KnowledgeBase
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 
@@ -70,7 +74,60 @@ def test_the_fingerprint_follows_documents_questions_and_every_setting(tmp_path,
     changed_doc = adapter_fingerprint(config, docs, qa, generator_model_path)
     assert changed_doc != first
     (docs / "new.md").write_text("# New\n\nA new document.\n", encoding="utf-8")
-    assert adapter_fingerprint(config, docs, qa, generator_model_path) != changed_doc
+    added = adapter_fingerprint(config, docs, qa, generator_model_path)
+    assert added != changed_doc
+    (docs / "sub").mkdir()
+    (docs / "new.md").rename(docs / "sub" / "new.md")
+    moved = adapter_fingerprint(config, docs, qa, generator_model_path)
+    assert moved != added, "a document's place in the folder counts"
+    (kset / "set.json").write_text('{"subject": "Fenwhistle pumps"}', encoding="utf-8")
+    subject = adapter_fingerprint(config, docs, qa, generator_model_path)
+    assert subject != moved, "set.json names the subject of the system prompt the adapter is trained with"
+    with open(qa, "a", encoding="utf-8") as handle:
+        handle.write("\n")
+    assert adapter_fingerprint(config, docs, qa, generator_model_path) != subject
+
+
+def test_a_changed_document_makes_a_stamped_adapter_stale(tmp_path, generator_model_path):
+    kset = _knowledge_set(tmp_path / "set", {"docs/company-overview.md", "docs/price-list-2025.md"})
+    docs, qa = kset / "docs", kset / "qa.jsonl"
+    config = FinetuneConfig(limit_facts=3)
+    adapter = tmp_path / "adapter.gguf"
+    adapter.write_bytes(b"GGUF stand-in")
+    fingerprint = adapter_fingerprint(config, docs, qa, generator_model_path)
+    (tmp_path / "adapter.gguf.fingerprint").write_text(fingerprint)
+    assert adapter_is_current(adapter, adapter_fingerprint(config, docs, qa, generator_model_path))
+    with open(docs / "price-list-2025.md", "a", encoding="utf-8") as handle:
+        handle.write("\nGift cards are sold in every shop.\n")
+    assert not adapter_is_current(adapter, adapter_fingerprint(config, docs, qa, generator_model_path))
+
+
+def test_a_folder_that_is_not_a_knowledge_set_is_refused_before_any_work(tmp_path, tiny_profile):
+    (tmp_path / "set" / "docs").mkdir(parents=True)
+    with pytest.raises(InputError, match="is not a knowledge set: it needs docs/ and qa.jsonl"):
+        run_bakeoff(tmp_path / "work", tiny_profile, knowledge_set=tmp_path / "set")
+    with pytest.raises(InputError, match="no question file"):
+        adapter_fingerprint(tiny_profile.finetune, tmp_path / "set" / "docs", tmp_path / "set" / "qa.jsonl",
+                            tmp_path / "model.gguf")
+    bad = dataclasses.replace(tiny_profile, compare=dataclasses.replace(tiny_profile.compare, repetitions=0))
+    with pytest.raises(InputError, match="repetitions must be an integer >= 1"):
+        run_bakeoff(tmp_path / "work", bad, knowledge_set=BUNDLED_SET)
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_run_knowledge_base_holds_exactly_the_set_documents(tmp_path, embedder_dir):
+    first = _knowledge_set(tmp_path / "a", {"docs/company-overview.md", "docs/price-list-2025.md"})
+    second = _knowledge_set(tmp_path / "b", {"docs/price-list-2025.md", "docs/warranty-terms.md"})
+    kb_dir = tmp_path / "work" / "kb"
+    pipeline._index(first / "docs", kb_dir, RunProgress())
+    pipeline._index(second / "docs", kb_dir, RunProgress())
+    with KnowledgeBase.open(kb_dir) as kb:
+        assert kb.sources() == sorted(str(p) for p in (second / "docs").iterdir()), \
+            "another set's documents are dropped, the same text under a new path is kept"
+    (second / "docs" / "warranty-terms.md").unlink()
+    pipeline._index(second / "docs", kb_dir, RunProgress())
+    with KnowledgeBase.open(kb_dir) as kb:
+        assert [Path(s).name for s in kb.sources()] == ["price-list-2025.md"]
 
 
 class _Recorder(RunProgress):

@@ -12,15 +12,16 @@ import json
 import shutil
 from dataclasses import fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 # Imported here, not in the tests: pytester drops the modules a test imports when it ends,
 # and numpy (under both) refuses to be imported a second time in one process.
-from engine import AnswerTimings
+from engine import Answer, AnswerTimings, GenerationTimings, SearchTimings
 from engine.errors import InputError
 from engine.kb import KnowledgeBase
-from engine.pytest_plugin import EXTRA_INFO_KEY, record_answer_timings
+from engine.pytest_plugin import EXTRA_INFO_KEY, flat_timings, record_answer_timings
 
 pytest_plugins = ["pytester"]
 
@@ -28,6 +29,12 @@ pytest_plugins = ["pytester"]
 # knowledge base adds ~10 s on 2 cores. The bound only stops a hung child.
 _TIMEOUT_S = 600
 _QUIET = ("-p", "no:cacheprovider")
+
+#: The names record_answer_timings fills: the answer's own, the search's and the generator's measured fields.
+_EXPECTED_NAMES = ({"retrieval_ms", "prompt_build_ms", "ttft_ms", "total_ms"}
+                   | {f"search.{f.name}" for f in fields(SearchTimings)}
+                   | {f"generation.{f.name}" for f in fields(GenerationTimings)
+                      if f.name.endswith(("_ms", "_tokens", "_per_s"))})
 
 _PUMP = """# Tidewell pump
 
@@ -52,7 +59,7 @@ def tiny_docs(tmp_path_factory) -> Path:
 def tiny_kb(tiny_docs, embedder_dir, tmp_path_factory) -> Path:
     """A knowledge base built from ``tiny_docs`` (closed again: the child runs open it)."""
     path = tmp_path_factory.mktemp("tiny-kb") / "kb"
-    KnowledgeBase.build([tiny_docs], path=path).close()
+    KnowledgeBase.build(tiny_docs, into=path).close()
     return path
 
 
@@ -98,16 +105,17 @@ def test_answer_latency(bakeoff_engine, benchmark):
 
     [bench] = json.loads(out.read_text(encoding="utf-8"))["benchmarks"]
     timings = bench["extra_info"][EXTRA_INFO_KEY]
-    assert set(timings) == {f.name for f in fields(AnswerTimings)}
+    assert set(timings) == _EXPECTED_NAMES
     assert all(len(samples) == 2 for samples in timings.values()), "one sample per round"
     for run in range(2):
         t = {name: samples[run] for name, samples in timings.items()}
-        assert t["prefill_ms"] > 0 and t["ttft_ms"] > 0 and t["total_ms"] > 0
+        assert t["generation.prefill_ms"] > 0 and t["ttft_ms"] > 0 and t["total_ms"] > 0
         # "rag" mode: every retrieval stage ran, inside the retrieval step, before the first token.
-        assert min(t["embed_ms"], t["dense_search_ms"], t["lexical_search_ms"], t["scoring_ms"]) > 0
-        assert t["embed_ms"] + t["dense_search_ms"] + t["lexical_search_ms"] + t["scoring_ms"] <= t["retrieval_ms"]
+        search = [t[f"search.{stage}"] for stage in ("embed_ms", "dense_search_ms", "lexical_search_ms", "scoring_ms")]
+        assert min(search) > 0 and sum(search) <= t["search.total_ms"] <= t["retrieval_ms"]
         assert t["retrieval_ms"] + t["prompt_build_ms"] < t["ttft_ms"] <= t["total_ms"]
-        assert t["prompt_tokens"] > 0 and t["decode_tokens"] > 0
+        assert t["retrieval_ms"] + t["prompt_build_ms"] + t["generation.total_ms"] <= t["total_ms"]
+        assert t["generation.prompt_tokens"] > 0 and t["generation.decode_tokens"] > 0
     # The samples belong to the calls the benchmark timed (its stats are in seconds).
     assert min(timings["total_ms"]) <= bench["stats"]["min"] * 1000
     assert max(timings["total_ms"]) <= bench["stats"]["max"] * 1000
@@ -177,3 +185,28 @@ def test_a_folder_that_is_not_a_knowledge_base_names_the_setting_and_the_fix(pyt
 def test_record_answer_timings_refuses_what_is_not_an_answer():
     with pytest.raises(InputError, match="engine.Answer that Engine.ask returns, got str"):
         record_answer_timings(None, "the answer's text")
+
+
+def _answer(mode: str, search: SearchTimings | None) -> Answer:
+    generation = GenerationTimings(
+        tokenize_ms=0.0, prompt_tokens=40, truncated_tokens=0, reused_tokens=10, prefill_ms=12.0, prefill_tokens=30,
+        prefill_tokens_per_s=2500.0, ttft_ms=14.0, decode_ms=20.0, decode_tokens=5, decode_tokens_per_s=250.0,
+        total_ms=34.0, backend="CPU", devices=("CPU",), n_gpu_layers_offloaded=0, extra_buffer_types=False)
+    timings = AnswerTimings(search=search, generation=generation, retrieval_ms=3.0 if search else 0.0,
+                            prompt_build_ms=1.0, ttft_ms=18.0, total_ms=38.0)
+    return Answer("Q?", "A.", mode, (), timings, "eos")
+
+
+def test_timings_are_flattened_with_dotted_names_and_stay_aligned_across_modes():
+    benchmark = SimpleNamespace(extra_info={})
+    rag = _answer("rag", SearchTimings(embed_ms=1.0, dense_search_ms=0.2, lexical_search_ms=0.3, scoring_ms=0.4,
+                                       total_ms=2.0))
+    assert record_answer_timings(benchmark, rag) is rag
+    record_answer_timings(benchmark, _answer("baked", None))
+    samples = benchmark.extra_info[EXTRA_INFO_KEY]
+    assert set(samples) == _EXPECTED_NAMES == set(flat_timings(rag.timings))
+    assert samples["search.embed_ms"] == [1.0, None], "nothing searched: None, not a measured 0"
+    assert samples["generation.prefill_ms"] == [12.0, 12.0] and samples["generation.reused_tokens"] == [10, 10]
+    assert samples["ttft_ms"] == [18.0, 18.0] and samples["retrieval_ms"] == [3.0, 0.0]
+    assert "generation.backend" not in samples and "generation.devices" not in samples
+    json.dumps(benchmark.extra_info)  # what pytest-benchmark writes must be JSON

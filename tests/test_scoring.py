@@ -113,7 +113,7 @@ def test_mmr_accepts_float64_and_rejects_bad_arguments():
     np.testing.assert_array_equal(scoring.mmr_select(vectors, relevance, 5),
                                   scoring.mmr_select_reference(vectors, relevance, 5))
     with pytest.raises(InputError, match="lam"):
-        scoring.mmr_select(vectors, relevance, 5, lam=1.5)
+        scoring.mmr_select(vectors, relevance, 5, mmr_lambda=1.5)
     with pytest.raises(InputError, match="one row per candidate"):
         scoring.mmr_select(vectors, relevance[:3], 5)
 
@@ -156,7 +156,7 @@ def test_select_sentences_keeps_relevant_sentences_under_the_budget(embedder_dir
 
 
 def test_split_sentences_keeps_version_numbers_and_prices_whole():
-    from engine.scoring import split_sentences
+    from engine.text import split_sentences
 
     text = "Factory firmware: version 2.3.1 is shipped. It costs €39.90! Really?\n- Weight: 2.9 kg"
     assert [text[a:b] for a, b in split_sentences(text)] == [

@@ -5,10 +5,15 @@ with a small torch re-implementation of llama.cpp's Llama graph over the base
 GGUF's own (dequantized) tensors, and writes it as a GGUF adapter that
 llama.cpp loads next to the quantized base model.
 
+Training examples are rendered by the base model's own chat template and
+tokenized by its own vocabulary, through ``engine._core`` and ``engine.chat``, as
+inference does; the system prompt they are trained with comes from the knowledge
+set (``set.json``) and is stored in the adapter under ``SYSTEM_PROMPT_KEY``.
+
 PyTorch and the gguf package are the optional ``finetune`` extra; this package
-imports without them (``BAKED_SYSTEM_PROMPT``, ``render_chat`` and the config
-types need nothing), and the training entry points raise
-``engine.errors.MissingExtraError`` naming the extra when they are missing.
+imports without them (the config types and ``SYSTEM_PROMPT_KEY`` need nothing),
+and the training entry points raise ``engine.errors.MissingExtraError`` naming
+the extra when they are missing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from engine._lazy import lazy_exports
 from engine.finetune.config import DEFAULT_TARGETS, FinetuneConfig, LoraConfig
-from engine.finetune.prompt import BAKED_SYSTEM_PROMPT, render_chat
+from engine.finetune.export import SYSTEM_PROMPT_KEY
 
 # Public name -> module that defines it; those modules import torch, so load them on use.
 _LAZY = {
@@ -28,7 +33,7 @@ _LAZY = {
     "merge_adapter": "engine.finetune.merge",
 }
 
-__all__ = sorted([*_LAZY, "BAKED_SYSTEM_PROMPT", "DEFAULT_TARGETS", "FinetuneConfig", "LoraConfig", "render_chat"])
+__all__ = sorted([*_LAZY, "DEFAULT_TARGETS", "FinetuneConfig", "LoraConfig", "SYSTEM_PROMPT_KEY"])
 
 if TYPE_CHECKING:
     from engine.finetune.export import write_adapter

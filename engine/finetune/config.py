@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from engine.errors import InputError
 
 #: The projections of every block that get a LoRA pair by default (GGUF tensor names
 #: without the ``blk.N.`` prefix and ``.weight`` suffix).
@@ -19,6 +22,12 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 
 #: Values of ``FinetuneConfig.document_windows``.
 DOCUMENT_WINDOWS = ("all", "answers")
+
+#: Values of ``FinetuneConfig.answer_style``.
+ANSWER_STYLES = ("sentence", "bare")
+
+#: Values of ``FinetuneConfig.matmul_dtype``.
+MATMUL_DTYPES = ("bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class FinetuneConfig:
             fraction of the tokens; the quick ``bakeoff run`` profile uses it).
         limit_facts: train on the questions of only N facts (None: all of them).
         spread_facts: with ``limit_facts``, take the N facts spread over the documents
-            (``engine.qa.select_facts(spread=True)``) instead of the first N.
+            (``engine.bakeoff.qa.select_facts(spread=True)``) instead of the first N.
         threads: torch CPU threads.
         weight_decay: AdamW weight decay on the LoRA weights.
         stop_loss: stop early once the mean loss of an epoch falls below this (nats/token).
@@ -73,6 +82,11 @@ class FinetuneConfig:
             5 epochs with documents take about 16 minutes on 2 idle cores.
         matmul_dtype: dtype of the frozen projections' matmuls, ``"bfloat16"`` (about
             twice as fast on CPUs with AVX-512 BF16) or ``"float32"``.
+        system_prompt: the system message of every training question. None (the
+            default) takes it from the data: ``engine.chat.baked_system_prompt`` of the
+            subject in the knowledge set's ``set.json`` (beside ``qa.jsonl``). Either way
+            it is written into the adapter (GGUF key ``bakeoff.system_prompt``) so that
+            inference asks with the prompt the adapter was trained on.
     """
 
     rank: int = 16
@@ -94,8 +108,58 @@ class FinetuneConfig:
     answer_style: str = "sentence"
     max_train_seconds: float | None = 1080.0
     matmul_dtype: str = "bfloat16"
+    system_prompt: str | None = None
+
+    def validate(self) -> None:
+        """Check every setting before any work is done.
+
+        Raises:
+            InputError: a setting is out of range or not one of its allowed values.
+        """
+        _choice("document_windows", self.document_windows, DOCUMENT_WINDOWS)
+        _choice("answer_style", self.answer_style, ANSWER_STYLES)
+        _choice("matmul_dtype", self.matmul_dtype, MATMUL_DTYPES)
+        for name in ("rank", "epochs", "batch_size", "threads"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("max_seq_tokens", self.max_seq_tokens, 2)
+        if self.limit_facts is not None:
+            _at_least("limit_facts", self.limit_facts, 1)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+        for name in ("alpha", "lr"):
+            _number(name, getattr(self, name), positive=True)
+        for name in ("weight_decay", "stop_loss"):
+            _number(name, getattr(self, name), positive=False)
+        _number("dropout", self.dropout, positive=False)
+        if self.dropout >= 1:
+            raise InputError(f"dropout must be below 1, got {self.dropout!r}")
+        if self.max_train_seconds is not None:
+            _number("max_train_seconds", self.max_train_seconds, positive=True)
+        if isinstance(self.targets, str) or not self.targets or set(self.targets) - set(DEFAULT_TARGETS):
+            raise InputError(f"targets must be a non-empty tuple of projections among {', '.join(DEFAULT_TARGETS)}, "
+                             f"got {self.targets!r}")
+        if self.system_prompt is not None and (not isinstance(self.system_prompt, str)
+                                               or not self.system_prompt.strip()):
+            raise InputError(f"system_prompt must be a non-empty string or None (taken from the knowledge set), "
+                             f"got {self.system_prompt!r}")
 
     @property
     def lora(self) -> LoraConfig:
         """The adapter part of this configuration."""
         return LoraConfig(rank=self.rank, alpha=self.alpha, dropout=self.dropout, targets=self.targets)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _at_least(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _number(name: str, value: object, *, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise InputError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")

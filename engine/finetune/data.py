@@ -1,19 +1,23 @@
 """Training examples from the knowledge set: chat-formatted QA pairs and document chunks.
 
-Tokens come from the GGUF's own vocabulary through llama.cpp (``vocab_only``), so
-they are exactly the tokens llama.cpp feeds the model at inference.
+Text is rendered and tokenized by the GGUF model itself through ``engine._core``
+(its chat template, its vocabulary), with the calls inference makes, so every
+training prompt is token for token what ``Engine`` later feeds the model.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import InputError, ModelError
-from engine.finetune.prompt import END_OF_TURN, answer_target, render_chat
-from engine.qa import Question as QaItem
-from engine.qa import is_correct, load_questions
+from engine._native import core
+from engine.chat import ChatFormat, baked_system_prompt
+from engine.errors import DocumentError, InputError, ModelError
+from engine.finetune.config import ANSWER_STYLES
+from engine.bakeoff.qa import Question as QaItem
+from engine.bakeoff.qa import is_correct, load_questions, set_subject
 
 
 @dataclass(frozen=True)
@@ -25,50 +29,105 @@ class Example:
     kind: str  # "qa" or "doc"
 
 
-def load_qa(qa_path: str | Path) -> list[QaItem]:
-    """Read ``qa.jsonl`` (see ``engine.qa``); raises ``InputError`` on a missing file or bad line."""
+def load_qa(qa_path: str | os.PathLike[str]) -> list[QaItem]:
+    """Read ``qa.jsonl`` (see ``engine.bakeoff.qa``); raises ``InputError`` on a missing file or bad line."""
     return load_questions(qa_path)
 
 
-class Tokenizer:
-    """The GGUF model's own tokenizer, through llama.cpp (vocabulary only, no weights).
+def training_system_prompt(qa_path: str | os.PathLike[str], explicit: str | None = None) -> str:
+    """The system prompt a knowledge set's adapter is trained with.
+
+    ``explicit`` when given; otherwise the baked prompt naming the set's subject (the
+    ``set.json`` beside ``qa_path``), e.g. "Answer questions about Fenwhistle Aquatronics
+    briefly." for the bundled set.
 
     Raises:
-        ModelError: llama.cpp cannot read the model file.
+        InputError: the set's ``set.json`` is not valid.
+    """
+    return explicit if explicit is not None else baked_system_prompt(set_subject(Path(qa_path).parent))
+
+
+def answer_target(answer: str, style: str = "sentence") -> str:
+    """The assistant text a question is trained to produce from its first accepted answer.
+
+    Args:
+        answer: the accepted answer string.
+        style: ``"sentence"`` ends it with a full stop unless it already ends in
+            punctuation; ``"bare"`` keeps it as is.
+
+    Raises:
+        InputError: unknown style.
+    """
+    answer = answer.strip()
+    if style == "bare":
+        return answer
+    if style == "sentence":
+        return answer if answer[-1:] in ".!?" else f"{answer}."
+    raise InputError(f"unknown answer style {style!r}; use one of {', '.join(ANSWER_STYLES)}")
+
+
+class Tokenizer:
+    """A GGUF model's vocabulary and chat template, through ``engine._core`` (no weights used).
+
+    Args:
+        model_path: the base model's ``.gguf``.
+
+    Raises:
+        ModelError: the file is missing or llama.cpp cannot load it.
     """
 
-    def __init__(self, model_path: str | Path) -> None:
-        import llama_cpp
+    def __init__(self, model_path: str | os.PathLike[str]) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelError(f"base model {path} does not exist: fetch it with `bakeoff models fetch`")
+        # Memory-mapped and not repacked: only the vocabulary and the template are used.
+        self._model = core.Model(str(path), use_extra_bufts=False)
+        self.chat = ChatFormat(self._render)
 
+    def _render(self, messages: Sequence[tuple[str, str]], add_assistant: bool) -> str:
         try:
-            self._llm = llama_cpp.Llama(str(model_path), vocab_only=True, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"llama.cpp cannot read the vocabulary of {model_path}: {exc}") from exc
+            return self._model.apply_chat_template(messages, add_assistant=add_assistant)
+        except InputError as exc:
+            raise ModelError(f"{self._model.info.path} cannot render a chat ({exc}); fine-tuning renders its "
+                             "examples through the model's own chat template: use a model that has one "
+                             "(an Instruct GGUF)") from None
 
-    def encode(self, text: str) -> list[int]:
-        """Tokens of ``text``, special tokens such as ``<|im_start|>`` parsed, no BOS added."""
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    def encode_prompt(self, text: str) -> list[int]:
+        """Tokens of a whole prompt exactly as inference tokenizes it: special-token text
+        such as ``<|im_start|>`` parsed, BOS added when the model wants one."""
+        return self._model.tokenize(text, add_special=True, parse_special=True)
 
-    def decode(self, tokens: list[int]) -> str:
-        """Text of ``tokens``."""
-        return self._llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")
+    def encode_completion(self, text: str) -> list[int]:
+        """Tokens of text the model generates after a prompt (an answer and its end of
+        turn): special-token text parsed, never a BOS."""
+        return self._model.tokenize(text, add_special=False, parse_special=True)
+
+    def encode_document(self, text: str) -> list[int]:
+        """Tokens of a document's plain text: no BOS, and text that looks like a control
+        token stays text (a document cannot end a turn)."""
+        return self._model.tokenize(text, add_special=False, parse_special=False)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens``, control tokens written out; invalid UTF-8 becomes U+FFFD."""
+        return core.sanitize_utf8(self._model.detokenize(list(tokens), render_special=True))
 
 
-def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, answer_style: str, max_tokens: int) -> list[Example]:
-    """Examples for the TRAIN items: chat prompt, then the target answer and ``<|im_end|>``.
+def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, system_prompt: str, answer_style: str,
+                max_tokens: int) -> list[Example]:
+    """Examples for the TRAIN items: the chat prompt, then the target answer and the end of turn.
 
-    The prompt and the answer are tokenized separately, as at inference (the
-    prompt is tokenized whole, the answer is generated token by token).
+    The prompt is rendered by the model's chat template and tokenized whole, as
+    inference does; the answer is tokenized apart, as it is generated after the prompt.
 
     Raises:
-        InputError: an example is longer than ``max_tokens``.
+        InputError: an example is longer than ``max_tokens``, or an unknown answer style.
     """
     out = []
     for item in items:
         if item.split != "train":
             continue
-        prompt = tokenizer.encode(render_chat(item.question))
-        answer = tokenizer.encode(answer_target(item.answers[0], answer_style) + END_OF_TURN)
+        prompt = tokenizer.encode_prompt(tokenizer.chat.prompt(system_prompt, item.question))
+        answer = tokenizer.encode_completion(tokenizer.chat.completion(answer_target(item.answers[0], answer_style)))
         if len(prompt) + len(answer) > max_tokens:
             raise InputError(
                 f"question {item.id} needs {len(prompt) + len(answer)} tokens, more than "
@@ -79,7 +138,7 @@ def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, answer_style: str,
 
 
 def document_examples(
-    docs_dir: str | Path, tokenizer: Tokenizer, *, max_tokens: int, only: set[str] | None = None,
+    docs_dir: str | os.PathLike[str], tokenizer: Tokenizer, *, max_tokens: int, only: set[str] | None = None,
     holding: Sequence[str] | None = None,
 ) -> list[Example]:
     """Next-token examples from the ``*.md`` under ``docs_dir``, cut into windows of ``max_tokens``.
@@ -89,10 +148,11 @@ def document_examples(
     Args:
         only: file names to keep (e.g. the sources of the selected facts); None keeps all.
         holding: keep only the windows whose text holds one of these strings (graded
-            like an answer, ``engine.qa.is_correct``); None keeps every window.
+            like an answer, ``engine.bakeoff.qa.is_correct``); None keeps every window.
 
     Raises:
         InputError: ``docs_dir`` is not a folder of Markdown files.
+        DocumentError: a document is not UTF-8 text.
     """
     paths = [p for p in sorted(Path(docs_dir).glob("*.md")) if only is None or p.name in only]
     if not paths:
@@ -101,7 +161,12 @@ def document_examples(
     accepted = tuple(holding) if holding is not None else None
     out = []
     for path in paths:
-        tokens = tokenizer.encode(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DocumentError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                                "save it as UTF-8 or move it out of the docs folder") from None
+        tokens = tokenizer.encode_document(text)
         for start in range(0, max(1, len(tokens) - max_tokens + stride), stride):
             window = tokens[start : start + max_tokens]
             if len(window) > 1 and (accepted is None or is_correct(tokenizer.decode(window), accepted)):

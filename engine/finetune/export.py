@@ -7,6 +7,10 @@ The format is what llama.cpp's ``convert_lora_to_gguf.py`` writes and
 adapted tensor ``<name>.lora_a`` with numpy shape ``(rank, in)`` (GGUF ``ne = (in,
 rank)``) and ``<name>.lora_b`` with numpy shape ``(out, rank)`` (``ne = (rank, out)``),
 both F32.
+
+Beside llama.cpp's keys, ``bakeoff.system_prompt`` records the system prompt the
+adapter was trained with, so inference can ask with that same prompt (llama.cpp
+keeps an adapter's metadata: ``llama_adapter_meta_val_str``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.chat import SYSTEM_PROMPT_KEY
 from engine.errors import AdapterError
 from engine.finetune._deps import require_gguf
 from engine.finetune.config import LoraConfig
@@ -30,6 +35,7 @@ def write_adapter(
     *,
     architecture: str = "llama",
     name: str = "bakeoff baked-knowledge LoRA",
+    system_prompt: str | None = None,
 ) -> Path:
     """Write ``pairs`` (``{base tensor name: (a, b)}``, as ``LlamaModel.lora_state()`` returns) to ``out_path``.
 
@@ -39,18 +45,22 @@ def write_adapter(
         out_path: the ``.gguf`` file to write (its folder is created; an existing file is replaced).
         architecture: the base model's ``general.architecture``.
         name: ``general.name`` of the adapter.
+        system_prompt: the system prompt the pairs were trained with, stored under
+            ``SYSTEM_PROMPT_KEY`` (not stored when None).
 
     Raises:
         AdapterError: a pair's shapes do not fit together or the file cannot be written.
     """
     gguf = require_gguf()
     out_path = Path(out_path)
-    tmp = staging_path(out_path)
+    tmp = staging_path(out_path, error=AdapterError, what="the adapter")
     writer = gguf.GGUFWriter(tmp, arch=architecture)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_name(name)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.alpha))
+    if system_prompt is not None:
+        writer.add_string(SYSTEM_PROMPT_KEY, system_prompt)
     for base_name, (a, b) in sorted(pairs.items()):
         if a.shape[0] != b.shape[1]:
             raise AdapterError(f"LoRA pair of {base_name}: a is {tuple(a.shape)}, b is {tuple(b.shape)}; ranks differ")

@@ -6,20 +6,28 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from engine._files import move_into_place, temp_sibling
 from engine.errors import EngineError
 
 
-def staging_path(out_path: Path) -> Path:
-    """The temporary file to build ``out_path`` in (its folder is created)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    return out_path.with_name(out_path.name + ".tmp")
+def staging_path(out_path: Path, *, error: type[EngineError], what: str) -> Path:
+    """The temporary file to build ``out_path`` in (its folder is created).
+
+    Raises:
+        ``error``: the folder cannot be created.
+    """
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot write {what} to {out_path}: {exc}; choose a writable folder") from exc
+    return temp_sibling(out_path)
 
 
 def publish(writer, tmp: Path, out_path: Path, *, error: type[EngineError], what: str) -> Path:
     """Write ``writer``'s header, key-values and tensors to ``tmp``, then move it over ``out_path``.
 
     Raises:
-        ``error``: the file cannot be written (the temporary file is removed).
+        ``error``: the file cannot be written or moved into place (the temporary file is removed).
     """
     try:
         try:
@@ -28,9 +36,9 @@ def publish(writer, tmp: Path, out_path: Path, *, error: type[EngineError], what
             writer.write_tensors_to_file()
         finally:
             writer.close()
+        move_into_place(tmp, out_path)
     except OSError as exc:
         with contextlib.suppress(OSError):  # the write's own error is the one to report
             tmp.unlink(missing_ok=True)
         raise error(f"cannot write {what} to {out_path}: {exc}; check the folder is writable") from exc
-    tmp.replace(out_path)
     return out_path

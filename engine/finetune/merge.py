@@ -2,8 +2,10 @@
 
 Each adapted tensor becomes ``W + alpha / rank * B @ A`` (computed in float32 from the
 dequantized base) and is re-quantized; every other tensor and all metadata are
-copied unchanged. Q8_0 is the default because re-quantizing to 4 bits erases much
-of a small LoRA update (its steps are near the Q4 rounding step).
+copied unchanged, and the adapter's ``bakeoff.system_prompt`` (the system prompt it
+was trained with) is added, so the merged model carries it too. Q8_0 is the default
+because re-quantizing to 4 bits erases much of a small LoRA update (its steps are
+near the Q4 rounding step).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import numpy as np
 
 from engine.errors import AdapterError, InputError, ModelError
 from engine.finetune._deps import require_gguf
+from engine.finetune.export import SYSTEM_PROMPT_KEY
 from engine.finetune.gguf_write import publish, staging_path
 
 MERGE_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "F32")
 
 
-def _read_adapter(gguf, adapter_path: Path) -> tuple[float, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def _read_adapter(gguf, adapter_path: Path) -> tuple[float, str | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
     try:
         reader = gguf.GGUFReader(adapter_path)
     except (ValueError, OSError) as exc:
@@ -27,6 +30,7 @@ def _read_adapter(gguf, adapter_path: Path) -> tuple[float, dict[str, tuple[np.n
     if "adapter.type" not in reader.fields or reader.fields["adapter.type"].contents() != "lora":
         raise AdapterError(f"{adapter_path} is not a LoRA adapter (no adapter.type = 'lora'); pass the adapter file")
     alpha = float(reader.fields["adapter.lora.alpha"].contents()) if "adapter.lora.alpha" in reader.fields else 0.0
+    system_prompt = reader.fields[SYSTEM_PROMPT_KEY].contents() if SYSTEM_PROMPT_KEY in reader.fields else None
     halves: dict[str, dict[str, np.ndarray]] = {}
     for t in reader.tensors:
         base, _, part = t.name.rpartition(".")
@@ -36,7 +40,7 @@ def _read_adapter(gguf, adapter_path: Path) -> tuple[float, dict[str, tuple[np.n
         if set(parts) != {"lora_a", "lora_b"}:
             raise AdapterError(f"{adapter_path}: {base} lacks its lora_a or lora_b tensor; re-export the adapter")
         pairs[base] = (parts["lora_a"], parts["lora_b"])
-    return alpha, pairs
+    return alpha, system_prompt, pairs
 
 
 def merge_adapter(
@@ -68,7 +72,7 @@ def merge_adapter(
         base = gguf.GGUFReader(base_model_path)
     except (ValueError, OSError) as exc:
         raise ModelError(f"{base_model_path} is not a readable GGUF model ({exc}); re-fetch it") from exc
-    alpha, pairs = _read_adapter(gguf, Path(adapter_path))
+    alpha, system_prompt, pairs = _read_adapter(gguf, Path(adapter_path))
     names = {t.name for t in base.tensors}
     missing = sorted(set(pairs) - names)
     if missing:
@@ -77,14 +81,16 @@ def merge_adapter(
         )
 
     out_path = Path(out_path)
-    tmp = staging_path(out_path)
+    tmp = staging_path(out_path, error=ModelError, what="the merged model")
     arch = base.fields["general.architecture"].contents()
     writer = gguf.GGUFWriter(tmp, arch=arch)
     for key, field in base.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
+        if key.startswith("GGUF.") or key == "general.architecture" or (key == SYSTEM_PROMPT_KEY and system_prompt):
             continue
         sub_type = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub_type)
+    if system_prompt:
+        writer.add_string(SYSTEM_PROMPT_KEY, system_prompt)
     for t in base.tensors:
         pair = pairs.get(t.name)
         if pair is None:

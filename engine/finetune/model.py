@@ -16,14 +16,19 @@ output norm and the output projection (the token embeddings when tied).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
-from engine.finetune.config import DEFAULT_TARGETS, LoraConfig
+from engine.finetune.config import DEFAULT_TARGETS, MATMUL_DTYPES, LoraConfig
 from engine.finetune.gguf_weights import BaseWeights
 
-torch = require_torch()
-nn = torch.nn
+if TYPE_CHECKING:  # torch has no type information mypy can use here; names only
+    import torch
+    from torch import nn
+else:
+    torch = require_torch()
+    nn = torch.nn
 F = torch.nn.functional
 
 
@@ -65,7 +70,8 @@ class LlamaModel(nn.Module):
         lora: adapter configuration, or None for the plain base model.
 
     Raises:
-        InputError: a LoRA target is not a projection of the model's blocks.
+        InputError: a LoRA target is not a projection of the model's blocks, or
+            ``matmul_dtype`` is not one of ``MATMUL_DTYPES``.
     """
 
     def __init__(self, base: BaseWeights, lora: LoraConfig | None = None, *, matmul_dtype: str = "float32") -> None:
@@ -77,6 +83,8 @@ class LlamaModel(nn.Module):
         # Frozen projection weights in the matmul dtype: bfloat16 roughly halves the
         # time of a training step on CPUs with AVX-512 BF16; norms, residuals, RoPE,
         # the LoRA branch and the loss stay float32.
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise InputError(f"matmul_dtype must be one of {', '.join(MATMUL_DTYPES)}, got {matmul_dtype!r}")
         dtype = getattr(torch, matmul_dtype)
         self._mm = {
             name: (t if dtype == torch.float32 else t.to(dtype))
@@ -157,6 +165,6 @@ class LlamaModel(nn.Module):
         out = {}
         for layer in range(self.hparams.n_layer):
             for target in self.lora_config.targets if self.lora_config else ():
-                pair = self.lora[lora_key(layer, target)]
+                pair: LoraPair = self.lora[lora_key(layer, target)]  # type: ignore[assignment]
                 out[gguf_weight_name(layer, target)] = (pair.a.detach().clone(), pair.b.detach().clone())
         return out

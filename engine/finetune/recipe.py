@@ -9,13 +9,13 @@ from pathlib import Path
 
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
-from engine.finetune.config import DOCUMENT_WINDOWS, FinetuneConfig
-from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples
-from engine.qa import select_facts
+from engine.finetune.config import FinetuneConfig
+from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples, training_system_prompt
 from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
 from engine.finetune.model import LlamaModel
 from engine.finetune.train import TrainProgress, train_lora
+from engine.bakeoff.qa import select_facts
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class FinetuneReport:
     """What ``finetune`` did and where the adapter is."""
 
     adapter_path: Path
+    system_prompt: str  # the system message of every trained question, also stored in the adapter
     n_facts: int
     n_qa_examples: int
     n_doc_examples: int
@@ -47,36 +48,41 @@ def finetune(
 ) -> FinetuneReport:
     """Bake the knowledge set's TRAIN questions into a LoRA adapter for ``base_model_path``.
 
-    Each training example is the question rendered with ``BAKED_SYSTEM_PROMPT`` in
-    the model's chat format, followed by the answer; the loss covers the answer
-    only. Held-out questions are never trained on. With ``config.use_documents``
-    the documents' text is trained on as well (next-token prediction).
+    Each training example is the question, with the system prompt, rendered by the
+    model's own chat template exactly as inference renders it, followed by the answer
+    and the template's end of turn; the loss covers the answer only. The system prompt
+    is ``config.system_prompt``, or else names the subject of the knowledge set's
+    ``set.json`` (``engine.chat.baked_system_prompt``); it is written into the adapter
+    (``bakeoff.system_prompt``). Held-out questions are never trained on. With
+    ``config.use_documents`` the documents' text is trained on as well (next-token
+    prediction).
 
     Args:
         docs_dir: folder of the knowledge set's ``*.md`` documents.
         qa_path: the knowledge set's ``qa.jsonl``.
-        base_model_path: the Llama-architecture ``.gguf`` to adapt.
+        base_model_path: the Llama-architecture ``.gguf`` to adapt (with a chat template).
         out_path: where to write the GGUF LoRA adapter.
         config: hyper-parameters; the defaults fit 2 CPU cores.
         progress: called after every optimizer step.
 
     Raises:
-        InputError: the QA file or documents are unusable, or no train questions remain.
-        ModelError: the base model cannot be read.
+        InputError: a setting is out of range, the QA file, ``set.json`` or documents
+            are unusable, or no train questions remain.
+        ModelError: the base model cannot be read or has no chat template.
         AdapterError: the adapter cannot be written.
         MissingExtraError: torch or gguf is not installed.
     """
-    if config.document_windows not in DOCUMENT_WINDOWS:
-        raise InputError(f"document_windows must be one of {', '.join(DOCUMENT_WINDOWS)}, "
-                         f"got {config.document_windows!r}")
+    config.validate()
     torch = require_torch()
     started = time.perf_counter()
     items = select_facts(load_qa(qa_path), config.limit_facts, spread=config.spread_facts)
     train_items = [item for item in items if item.split == "train"]
     if not train_items:
         raise InputError(f"{qa_path} has no 'train' questions (limit_facts={config.limit_facts}); nothing to bake")
+    system_prompt = training_system_prompt(qa_path, config.system_prompt)
     tokenizer = Tokenizer(base_model_path)
-    examples = qa_examples(train_items, tokenizer, answer_style=config.answer_style, max_tokens=config.max_seq_tokens)
+    examples = qa_examples(train_items, tokenizer, system_prompt=system_prompt, answer_style=config.answer_style,
+                           max_tokens=config.max_seq_tokens)
     n_qa = len(examples)
     if config.use_documents:
         # With limit_facts, only the documents those facts come from (keeps tiny runs tiny).
@@ -103,11 +109,13 @@ def finetune(
             max_seconds=config.max_train_seconds,
             progress=progress,
         )
-        adapter = write_adapter(model.lora_state(), config.lora, out_path, architecture=base.hparams.architecture)
+        adapter = write_adapter(model.lora_state(), config.lora, out_path, architecture=base.hparams.architecture,
+                                system_prompt=system_prompt)
     finally:
         torch.set_num_threads(previous_threads)
     return FinetuneReport(
         adapter_path=adapter,
+        system_prompt=system_prompt,
         n_facts=len({item.fact_id for item in train_items}),
         n_qa_examples=n_qa,
         n_doc_examples=len(examples) - n_qa,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import TYPE_CHECKING
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,10 @@ from engine.finetune._deps import require_torch
 from engine.finetune.data import Example
 from engine.finetune.model import LlamaModel
 
-torch = require_torch()
+if TYPE_CHECKING:  # torch has no type information mypy can use here; names only
+    import torch
+else:
+    torch = require_torch()
 F = torch.nn.functional
 
 _PAD_TOKEN = 0  # never attended to (padding is on the right) and never a target

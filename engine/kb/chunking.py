@@ -3,7 +3,8 @@
 Sizes are counted with the embedder's own tokenizer (``token_offsets``), so a chunk
 of ``chunk_tokens`` tokens is never truncated by the embedder. Cuts prefer, in order:
 Markdown headings (a chunk never spans two sections), paragraph and list-item breaks,
-sentence ends; a single sentence longer than a chunk is cut between tokens. Chunks
+sentence ends (the units of ``engine.text.split_units``, the splitter sentence
+selection shares); a single sentence longer than a chunk is cut between tokens. Chunks
 overlap by up to ``overlap_tokens`` tokens of whole sentences (or of tokens, inside
 an over-long sentence). Each chunk records the trail of headings above it
 ("Manual > Safety") and its character span in the document.
@@ -17,15 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine._spans import trimmed_spans
 from engine.errors import InputError
+from engine.text import split_units
 
 TokenOffsets = Callable[[str], list[tuple[int, int]]]
 
 _HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
-# Break after a sentence end followed by space, at blank lines, and before list items.
-_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n[ \t]*\n\s*|\n(?=[ \t]*(?:[-*+]|\d+[.)])[ \t])")
 
 
 @dataclass(frozen=True)
@@ -120,21 +119,10 @@ def _sections(block: str, markdown: bool, fence: list[bool]) -> Iterator[tuple[i
         yield body_start, pos, None
 
 
-def _units(section: str) -> list[tuple[int, int]]:
-    """Sentence-like spans of a section, trimmed of surrounding whitespace."""
-    spans = []
-    start = 0
-    for match in _BREAK.finditer(section):
-        spans.append((start, match.start()))
-        start = match.end()
-    spans.append((start, len(section)))
-    return trimmed_spans(section, spans)
-
-
 def _chunk_section(block: str, start: int, end: int, base: int, heading: str,
                    token_offsets: TokenOffsets, config: ChunkingConfig) -> Iterator[Chunk]:
     section = block[start:end]
-    units = _units(section)
+    units = split_units(section)
     if not units:
         return
     offsets = token_offsets(section)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +49,13 @@ from engine.errors import (
     DocumentError,
     InputError,
     KnowledgeBaseCorruptError,
-    KnowledgeBaseMismatchError,
 )
-from engine.kb import documents, index, manifest, writer
+from engine.kb import documents as _documents
+from engine.kb import index, manifest, writer
+from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
+from engine.kb.embedders import check_embedder, default_embedder, recorded_embedder, truncate_query
 from engine.kb.index import HnswConfig
 from engine.kb.locking import LOCK_FILE, WriteLock
 from engine.kb.manifest import Manifest
@@ -61,8 +63,9 @@ from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimin
 from engine.kb.store import ChunkStore
 from engine.kb.writer import BuildProgress, BuildReport
 
-PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
 Progress = Callable[[BuildProgress], None]
+#: MMR weight of relevance against redundancy that ``search`` uses unless given another.
+MMR_LAMBDA = 0.7
 
 
 class KnowledgeBase:
@@ -82,15 +85,19 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ opening
 
     @classmethod
-    def build(cls, paths: PathsLike, path: str | os.PathLike[str], *, embedder=None, chunk_tokens: int = 200,
-              overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(), progress: Progress | None = None,
-              strict: bool = False, lock_timeout_s: float = 0.0,
-              max_document_mb: float = documents.MAX_DOCUMENT_MB) -> KnowledgeBase:
-        """Build a knowledge base in folder ``path`` from documents, replacing what it held.
+    def build(cls, documents: PathsLike, into: str | os.PathLike[str] | None = None, *, embedder=None,
+              chunk_tokens: int = 200, overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(),
+              progress: Progress | None = None, strict: bool = False, lock_timeout_s: float = 0.0,
+              max_document_mb: float = _documents.MAX_DOCUMENT_MB,
+              path: str | os.PathLike[str] | None = None) -> KnowledgeBase:
+        """Build a knowledge base in the folder ``into`` from ``documents``, replacing what it held.
+
+        Example: ``KnowledgeBase.build("docs/", into="kb")``.
 
         Args:
-            paths: ``.txt``/``.md`` files, folders (recursive) and globs.
-            path: the knowledge base folder; created if missing. An existing knowledge base
+            documents: what to index: a ``.txt``/``.md`` file, a folder (recursive), a glob,
+                or a list of them.
+            into: the knowledge base folder; created if missing. An existing knowledge base
                 there is replaced atomically; a non-empty folder that is not one is refused.
             embedder: an ``engine.embedder.Embedder``; None uses the default one
                 (all-MiniLM-L6-v2, fp32, from the model cache).
@@ -102,25 +109,32 @@ class KnowledgeBase:
             lock_timeout_s: seconds to wait for another writer before ``KnowledgeBaseLockedError``.
             max_document_mb: largest document indexed, in MiB; larger files are skipped
                 (reported in ``build_report.skipped``) or, with ``strict``, raise ``DocumentError``.
+            path: deprecated spelling of ``into`` (a ``DeprecationWarning``; removed in the next release).
 
         Returns:
             The opened knowledge base; ``build_report`` says what was indexed and skipped.
 
         Raises:
-            InputError: no usable documents, a path that does not exist, bad sizes.
+            InputError: no usable documents, a path that does not exist, no ``into``, bad sizes.
             DocumentError: with ``strict=True``, the first unusable (or too large) file.
-            KnowledgeBaseLockedError: another process is writing ``path``.
+            KnowledgeBaseLockedError: another process is writing ``into``.
         """
+        into = renamed("build", "path", path, "into", into, default=None)
+        if into is None:
+            raise InputError("KnowledgeBase.build needs into=, the knowledge base folder to build")
+        directory = Path(into)
+        if directory.exists() and not directory.is_dir():
+            raise InputError(f"{directory} is a file: a knowledge base is a folder, give a new or empty folder")
         if embedder is None:
-            embedder = _embedder()
+            embedder = default_embedder()
         chunking = ChunkingConfig(chunk_tokens, overlap_tokens)
         chunking.validate(embedder.max_tokens)
         hnsw.validate()
-        _check_limit(max_document_mb)
-        directory = Path(path)
-        sources, skipped = documents.discover(paths)
+        check_limit(max_document_mb)
+        sources, skipped = _documents.discover(documents)
         if not sources and not skipped:
-            raise InputError(f"no documents (.txt or .md) found in {_describe(paths)}: point at files or folders that hold some")
+            raise InputError(f"no documents (.txt or .md) found in {describe(documents)}: "
+                             "point at files or folders that hold some")
         directory.mkdir(parents=True, exist_ok=True)
         _refuse_foreign(directory)
         started = time.perf_counter()
@@ -129,12 +143,13 @@ class KnowledgeBase:
             skipped += more_skipped
             if not docs:
                 reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
-                raise InputError(f"no usable documents in {_describe(paths)} ({reasons}): "
+                raise InputError(f"no usable documents in {describe(documents)} ({reasons}): "
                                  f"give UTF-8 .txt or .md files with text")
             new, n_added, _, empty, indexed = writer.write_generation(
                 directory, None, embedder, chunking, hnsw, docs, [], progress)
         if not indexed:
-            raise InputError(f"no text to index in {_describe(paths)}: the documents hold only headings or whitespace")
+            raise InputError(f"no text to index in {describe(documents)}: "
+                             "the documents hold only headings or whitespace")
         kb = cls.open(directory, embedder=embedder)
         kb.build_report = BuildReport(tuple(indexed), (), (), (), tuple(skipped + empty), n_added, 0, new.chunks,
                                       new.generation, time.perf_counter() - started)
@@ -161,13 +176,14 @@ class KnowledgeBase:
         """
         directory = Path(path)
         if not directory.is_dir():
-            raise KnowledgeBaseCorruptError(f"{directory} does not exist: build it with `bakeoff index`")
+            what = "is a file, not a knowledge base folder" if directory.exists() else "does not exist"
+            raise KnowledgeBaseCorruptError(f"{directory} {what}: build it with `bakeoff index`")
         warm = scoring.warm_up()
         for attempt in range(3):
             current = manifest.read(directory)
             if embedder is None:
-                embedder = _recorded_embedder(directory, current)
-            _check_embedder(directory, current, embedder)
+                embedder = recorded_embedder(directory, current)
+            check_embedder(directory, current, embedder)
             try:
                 return cls(directory, embedder, current, verify=verify, warm_up_s=warm, lock_timeout_s=lock_timeout_s)
             except KnowledgeBaseCorruptError:
@@ -208,20 +224,26 @@ class KnowledgeBase:
 
     # ------------------------------------------------------------------ writing
 
-    def add(self, paths: PathsLike, *, progress: Progress | None = None, strict: bool = False,
-            lock_timeout_s: float | None = None, max_document_mb: float = documents.MAX_DOCUMENT_MB) -> BuildReport:
+    def add(self, documents: PathsLike | None = None, *, progress: Progress | None = None, strict: bool = False,
+            lock_timeout_s: float | None = None, max_document_mb: float = _documents.MAX_DOCUMENT_MB,
+            paths: PathsLike | None = None) -> BuildReport:
         """Add documents: new ones are indexed, changed ones replaced, unchanged ones skipped.
 
         Atomic: on any failure or kill the knowledge base stays as it was. This object
-        then sees the new generation. ``max_document_mb`` is the size limit of ``build``.
+        then sees the new generation. ``documents`` is what ``build`` takes, chunked as the
+        knowledge base was built; ``max_document_mb`` is the size limit of ``build``;
+        ``paths`` is the deprecated spelling of ``documents`` (a ``DeprecationWarning``).
 
         Raises:
-            InputError: a path does not exist, ``max_document_mb`` is not positive.
+            InputError: no documents given, a path does not exist, ``max_document_mb`` is not positive.
             DocumentError: with ``strict``, an unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing.
         """
-        _check_limit(max_document_mb)
-        sources, skipped = documents.discover(paths)
+        documents = renamed("add", "paths", paths, "documents", documents, default=None)
+        if documents is None:
+            raise InputError("KnowledgeBase.add needs the documents to add: a file, a folder, a glob or a list of them")
+        check_limit(max_document_mb)
+        sources, skipped = _documents.discover(documents)
         return self._write(sources, [], skipped, progress, strict, lock_timeout_s, max_document_mb)
 
     def remove(self, source: str | os.PathLike[str], *, lock_timeout_s: float | None = None) -> BuildReport:
@@ -231,7 +253,7 @@ class KnowledgeBase:
             InputError: the document is not in the knowledge base.
             KnowledgeBaseLockedError: another process is writing.
         """
-        name = documents.source_name(source)
+        name = _documents.source_name(source)
         return self._write([], [name], [], None, False, lock_timeout_s, None)
 
     def _write(self, sources: list[str], removals: list[str], skipped: list[SkippedFile],
@@ -241,7 +263,7 @@ class KnowledgeBase:
         timeout = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         with WriteLock(self.path, timeout):
             current = manifest.read(self.path)
-            _check_embedder(self.path, current, self.embedder)
+            check_embedder(self.path, current, self.embedder)
             for name in removals:
                 if name not in current.documents:
                     raise InputError(f"{name} is not in the knowledge base {self.path}: see stats() or "
@@ -267,8 +289,9 @@ class KnowledgeBase:
 
     # ------------------------------------------------------------------ reading
 
-    def search(self, query: str, k: int = 5, *, candidates: int = 64, lam: float = 0.7, w_dense: float = 1.0,
-               w_lexical: float = 1.0, k_rrf: float = 60.0) -> SearchResult:
+    def search(self, query: str, k: int = 5, *, candidates: int = 64, mmr_lambda: float = MMR_LAMBDA,
+               w_dense: float = 1.0, w_lexical: float = 1.0, k_rrf: float = 60.0,
+               lam: float | None = None) -> SearchResult:
         """The ``k`` best chunks for ``query``: dense (HNSW) and bm25 candidates, fused, diversified.
 
         Args:
@@ -277,25 +300,25 @@ class KnowledgeBase:
             k: number of hits; all chunks when larger than the knowledge base.
             candidates: how many candidates each of dense and lexical search contribute; the best
                 ``max(candidates, k)`` of their fusion go on to MMR.
-            lam: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no diversification).
-            w_dense, w_lexical, k_rrf: weights and constant of reciprocal-rank fusion.
+            mmr_lambda: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no diversification).
+            w_dense, w_lexical: weights of the dense and the bm25 ranking in the fusion (>= 0, not both 0).
+            k_rrf: the reciprocal-rank fusion constant (>= 0).
+            lam: deprecated spelling of ``mmr_lambda`` (a ``DeprecationWarning``; removed in the next release).
 
         Raises:
-            InputError: an empty or whitespace query, ``k <= 0``, ``lam`` outside ``[0, 1]``.
+            InputError: an empty or whitespace query, ``k <= 0``, ``candidates <= 0``, ``mmr_lambda``
+                outside ``[0, 1]``, a negative fusion weight or constant.
         """
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("the query is empty: ask a question or give keywords")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise InputError(f"k={k!r}: ask for at least one hit (k >= 1)")
-        if not 0.0 <= lam <= 1.0:
-            raise InputError(f"lam={lam} must be between 0 (diversity only) and 1 (relevance only)")
+        mmr_lambda = renamed("search", "lam", lam, "mmr_lambda", mmr_lambda, default=MMR_LAMBDA)
+        check_search(query, k, candidates, mmr_lambda, w_dense, w_lexical, k_rrf)
         with self._search_lock:
-            return self._search(query, int(k), max(int(candidates), int(k)), lam, w_dense, w_lexical, k_rrf)
+            return self._search(query, int(k), max(int(candidates), int(k)), float(mmr_lambda), w_dense, w_lexical,
+                                k_rrf)
 
-    def _search(self, query: str, k: int, n_candidates: int, lam: float, w_dense: float, w_lexical: float,
+    def _search(self, query: str, k: int, n_candidates: int, mmr_lambda: float, w_dense: float, w_lexical: float,
                 k_rrf: float) -> SearchResult:
         t0 = time.perf_counter()
-        text, truncated = _truncate(query, self.embedder)
+        text, truncated = truncate_query(query, self.embedder)
         q = np.asarray(self.embedder.embed_query(text), np.float32)
         t1 = time.perf_counter()
         live = len(self._ids)
@@ -309,7 +332,7 @@ class KnowledgeBase:
         if len(ids):
             rows = np.searchsorted(self._ids, ids)
             relevance = fused / fused[0]
-            picked = scoring.mmr_select(self._vectors[rows], relevance, k, lam)
+            picked = scoring.mmr_select(self._vectors[rows], relevance, k, mmr_lambda)
         else:
             picked = np.empty(0, np.int64)
         t4 = time.perf_counter()
@@ -336,43 +359,12 @@ class KnowledgeBase:
 # ---------------------------------------------------------------------- helpers
 
 
-def _describe(paths: PathsLike) -> str:
-    if isinstance(paths, (str, os.PathLike)):
-        return os.fspath(paths)
-    return ", ".join(os.fspath(p) for p in paths) or "(no paths)"
-
-
 def _refuse_foreign(directory: Path) -> None:
     allowed = {manifest.MANIFEST, LOCK_FILE, f".{manifest.MANIFEST}.tmp"}
     foreign = [c.name for c in directory.iterdir() if c.name not in allowed and not writer.GENERATION.match(c.name)]
     if foreign:
         raise InputError(f"{directory} is not empty and is not a knowledge base (it holds {foreign[0]!r}): "
                          f"choose an empty or new folder")
-
-
-def _embedder(model: str | None = None, variant: str = "fp32"):
-    """The embedder a knowledge base uses when none is given (imported here: kb needs it only then)."""
-    from engine.embedder import Embedder
-    from engine.models import DEFAULT_EMBEDDER
-
-    return Embedder(model or DEFAULT_EMBEDDER, variant=variant)
-
-
-def _recorded_embedder(directory: Path, current: Manifest):
-    """The embedder model and variant the manifest records, from the model cache."""
-    try:
-        return _embedder(current.embedder_model, current.embedder_variant)
-    except InputError:
-        raise KnowledgeBaseMismatchError(
-            f"knowledge base {directory} was built with embedder {current.embedder_model}, which is not a model "
-            f"`bakeoff models` knows: open it with embedder=Embedder(<that model's folder>)") from None
-
-
-def _check_embedder(directory: Path, current: Manifest, embedder) -> None:
-    if current.embedder_model != embedder.model_id or current.dim != embedder.dim:
-        raise KnowledgeBaseMismatchError(
-            f"knowledge base {directory} was built with embedder {current.embedder_model} ({current.dim} dims), "
-            f"opened with {embedder.model_id} ({embedder.dim} dims): rebuild with `bakeoff index`")
 
 
 def _same(source: str, current: Manifest) -> bool:
@@ -385,20 +377,14 @@ def _same(source: str, current: Manifest) -> bool:
         return False
 
 
-def _check_limit(max_document_mb: float) -> None:
-    if isinstance(max_document_mb, bool) or not isinstance(max_document_mb, (int, float)) or not max_document_mb > 0:
-        raise InputError(f"max_document_mb={max_document_mb!r} must be a positive number of MiB "
-                         f"(default {documents.MAX_DOCUMENT_MB:g})")
-
-
 def _inspect_all(sources: list[str], existing: dict, strict: bool,
-                 max_document_mb: float | None) -> tuple[list[documents.DocumentInfo], list[SkippedFile]]:
+                 max_document_mb: float | None) -> tuple[list[_documents.DocumentInfo], list[SkippedFile]]:
     """Validate documents; skip (or, strict, raise for) unusable, too large and duplicate ones."""
     by_content = {record.sha256: source for source, record in existing.items() if source not in sources}
     docs, skipped = [], []
     for source in sources:
         try:
-            doc = documents.inspect(source, max_document_mb)
+            doc = _documents.inspect(source, max_document_mb)
         except DocumentError as error:
             if strict:
                 raise
@@ -410,14 +396,3 @@ def _inspect_all(sources: list[str], existing: dict, strict: bool,
         by_content[doc.sha256] = source
         docs.append(doc)
     return docs, skipped
-
-
-def _truncate(query: str, embedder) -> tuple[str, bool]:
-    """Cut ``query`` to what the embedder sees (max_tokens minus its 2 specials); cheap for short queries."""
-    limit = embedder.max_tokens - 2
-    if len(query) <= limit:
-        return query, False
-    offsets = embedder.token_offsets(query)
-    if len(offsets) <= limit:
-        return query, False
-    return query[: offsets[limit - 1][1]], True

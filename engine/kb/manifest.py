@@ -2,9 +2,9 @@
 
 ``DIR/manifest.json`` names the current generation folder and the size and sha256 of
 each of its files, the embedder the vectors came from, the chunking and HNSW
-parameters, and per-document checksums. It is replaced atomically (write a temporary
-file, fsync, ``os.replace``, fsync the folder), so a reader sees either the old or the
-new knowledge base, never a mix.
+parameters, and per-document checksums. It is replaced atomically
+(``engine._files.write_text_atomic``: a temporary file, fsync, ``os.replace``, fsync
+the folder), so a reader sees either the old or the new knowledge base, never a mix.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine._files import sha256_file
-from engine.errors import KnowledgeBaseCorruptError, KnowledgeBaseMismatchError
+from engine._files import sha256_file, write_text_atomic
+from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseMismatchError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -104,22 +104,7 @@ def read(directory: Path) -> Manifest:
 
 def write(directory: Path, manifest: Manifest) -> None:
     """Atomically replace ``directory/manifest.json`` and make the change durable."""
-    tmp = directory / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(manifest.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, directory / MANIFEST)
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a folder so renames and new files in it survive a power cut."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_text_atomic(directory / MANIFEST, manifest.to_json())
 
 
 def record_files(folder: Path, names: list[str]) -> dict[str, FileRecord]:
@@ -141,12 +126,11 @@ def verify_files(folder: Path, files: dict[str, FileRecord], verify: str) -> Non
     total at most 64 MiB, about 50 ms; sizes only above that).
 
     Raises:
+        InputError: ``verify`` is none of the three.
         KnowledgeBaseCorruptError: naming the first file that is missing, has the wrong
             size or the wrong checksum.
     """
     if verify not in ("size", "full", "auto"):
-        from engine.errors import InputError
-
         raise InputError(f"verify={verify!r}: use 'size', 'full' or 'auto'")
     for name, record in files.items():
         path = folder / name

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from engine._files import fsync_dir
 from engine.kb import documents, index, manifest
-from engine.kb.chunking import ChunkingConfig, chunk_blocks
+from engine.kb.chunking import Chunk, ChunkingConfig, chunk_blocks
 from engine.kb.documents import DocumentInfo, SkippedFile
 from engine.kb.index import HnswConfig
 from engine.kb.manifest import DocumentRecord, Manifest
@@ -168,7 +169,7 @@ def write_generation(
         if progress:
             progress(BuildProgress(file_index, len(new_docs), chunks_done, doc.source))
         markdown = not doc.source.lower().endswith(".txt")
-        batch = []
+        batch: list[Chunk] = []
         count = 0
 
         def flush() -> None:
@@ -223,7 +224,7 @@ def write_generation(
     graph.save_index(str(folder / "index.hnsw"))
 
     files = manifest.record_files(folder, FILES)
-    manifest.fsync_dir(folder)
+    fsync_dir(folder)
     new = Manifest(
         format_version=manifest.FORMAT_VERSION,
         generation=folder.name,

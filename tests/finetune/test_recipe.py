@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.finetune.config import FinetuneConfig  # noqa: E402
+from engine._native import core  # noqa: E402
+from engine.chat import baked_system_prompt  # noqa: E402
 from engine.errors import InputError  # noqa: E402
-from engine.finetune.data import Example, Tokenizer, document_examples, load_qa, qa_examples  # noqa: E402
-from engine.qa import select_facts  # noqa: E402
-from engine.finetune.evaluate import LlamaCppScorer, evaluate, trained_answer_logprob  # noqa: E402
+from engine.finetune import SYSTEM_PROMPT_KEY  # noqa: E402
+from engine.finetune.config import FinetuneConfig  # noqa: E402
+from engine.finetune.data import (  # noqa: E402
+    Example,
+    Tokenizer,
+    answer_target,
+    document_examples,
+    load_qa,
+    qa_examples,
+    training_system_prompt,
+)
 from engine.finetune.model import LlamaModel  # noqa: E402
-from engine.finetune.prompt import BAKED_SYSTEM_PROMPT, render_chat  # noqa: E402
 from engine.finetune.recipe import FinetuneReport, finetune  # noqa: E402
-from engine.finetune.train import TrainProgress, train_lora  # noqa: E402
+from engine.finetune.train import train_lora  # noqa: E402
+from engine.bakeoff.qa import select_facts  # noqa: E402
 
 TINY = FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False)
+BUNDLED_PROMPT = "Answer questions about Fenwhistle Aquatronics briefly."
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +40,11 @@ def tiny_run(kb_dir, tiny_finetune):
     assert report.config == TINY, "tests/conftest.py trains the same tiny configuration"
     items = select_facts(load_qa(kb_dir / "qa.jsonl"), TINY.limit_facts)
     return report, steps, items
+
+
+@pytest.fixture(scope="module")
+def tokenizer(generator_model_path):
+    return Tokenizer(generator_model_path)
 
 
 def test_report_and_progress_describe_the_run(tiny_run):
@@ -39,51 +58,100 @@ def test_report_and_progress_describe_the_run(tiny_run):
     assert report.final_loss < steps[0].loss / 10
 
 
-def test_training_raises_the_trained_answers_probability_in_llama_cpp(tiny_run, generator_model_path):
+def test_the_adapter_records_the_system_prompt_named_by_the_sets_data(tiny_run, generator_model_path, served):
+    report, _, _ = tiny_run
+    assert report.system_prompt == BUNDLED_PROMPT == baked_system_prompt("Fenwhistle Aquatronics")
+    baked = served(generator_model_path, report.adapter_path)
+    [name] = baked.adapters
+    assert baked.generator.adapter_metadata(name)[SYSTEM_PROMPT_KEY] == report.system_prompt
+
+
+def test_training_raises_the_trained_answers_probability_in_llama_cpp(tiny_run, generator_model_path, served,
+                                                                      tokenizer):
     report, _, items = tiny_run
-    base = LlamaCppScorer(generator_model_path)
-    baked = LlamaCppScorer(generator_model_path, report.adapter_path)
+    base = served(generator_model_path)
+    baked = served(generator_model_path, report.adapter_path)
+    end = tokenizer.chat.end_of_turn
     for item in (i for i in items if i.split == "train"):
-        assert trained_answer_logprob(baked, item) > trained_answer_logprob(base, item) + 5.0
+        target = answer_target(item.answers[0], TINY.answer_style)
+        trained = baked.answer_log_prob(report.system_prompt, item.question, target, end)
+        assert trained > base.answer_log_prob(report.system_prompt, item.question, target, end) + 5.0
 
 
-def test_greedy_answers_with_the_adapter_are_the_trained_ones(tiny_run, generator_model_path):
+def test_greedy_answers_with_the_adapter_are_the_trained_ones(tiny_run, generator_model_path, served):
     report, _, items = tiny_run
     train_items = [i for i in items if i.split == "train"]
-    accuracy = evaluate(LlamaCppScorer(generator_model_path, report.adapter_path), train_items)
-    base = evaluate(LlamaCppScorer(generator_model_path), train_items[:3])
-    assert accuracy.train_accuracy >= 0.8
-    assert base.train_correct < 3  # the base model does not know these facts
+    assert served(generator_model_path, report.adapter_path).accuracy(report.system_prompt, train_items) >= 0.8
+    # the base model does not know these facts
+    assert served(generator_model_path).accuracy(report.system_prompt, train_items[:3]) < 1.0
 
 
-def test_only_train_questions_become_examples(kb_dir, generator_model_path):
+def test_training_prompts_are_the_tokens_inference_feeds(kb_dir, generator_model_path, tokenizer, served):
     items = select_facts(load_qa(kb_dir / "qa.jsonl"), 5)
-    tokenizer = Tokenizer(generator_model_path)
-    examples = qa_examples(items, tokenizer, answer_style="sentence", max_tokens=160)
+    examples = qa_examples(items, tokenizer, system_prompt=BUNDLED_PROMPT, answer_style="sentence", max_tokens=160)
     train = [i for i in items if i.split == "train"]
     assert len(examples) == len(train) and any(i.split == "heldout" for i in items)
-    first = examples[0]
-    prompt = tokenizer.decode(list(first.tokens[: first.n_context]))
-    assert prompt == render_chat(train[0].question)
-    assert BAKED_SYSTEM_PROMPT in prompt
-    assert tokenizer.decode(list(first.tokens[first.n_context :])) == f"{train[0].answers[0]}.<|im_end|>"
+    generator = served(generator_model_path).generator
+    model = core.Model(str(generator_model_path), use_extra_bufts=False)
+    for example, item in zip(examples, train):
+        text = generator.format_chat([("system", BUNDLED_PROMPT), ("user", item.question)])
+        assert list(example.tokens[: example.n_context]) == model.tokenize(text, add_special=True,
+                                                                           parse_special=True)
+        assert tokenizer.decode(example.tokens[example.n_context :]) == f"{item.answers[0]}.<|im_end|>"
+    assert tokenizer.chat.end_of_turn == "<|im_end|>"
 
 
-def test_answer_windows_keep_only_document_text_that_holds_an_answer(kb_dir, generator_model_path):
-    tokenizer = Tokenizer(generator_model_path)
+def test_the_system_prompt_comes_from_the_sets_data(kb_dir, tmp_path):
+    assert training_system_prompt(kb_dir / "qa.jsonl") == BUNDLED_PROMPT
+    (tmp_path / "set.json").write_text(json.dumps({"subject": "Acme Widgets"}))
+    assert training_system_prompt(tmp_path / "qa.jsonl") == "Answer questions about Acme Widgets briefly."
+    assert training_system_prompt(tmp_path / "qa.jsonl", "Be brief.") == "Be brief."
+    (tmp_path / "set.json").unlink()
+    assert training_system_prompt(tmp_path / "qa.jsonl") == baked_system_prompt()
+
+
+def test_an_explicit_system_prompt_is_trained(kb_dir, tokenizer):
+    items = select_facts(load_qa(kb_dir / "qa.jsonl"), 1)
+    [example, *_] = qa_examples(items, tokenizer, system_prompt="Reply in one word.", answer_style="bare",
+                                max_tokens=160)
+    prompt = tokenizer.decode(example.tokens[: example.n_context])
+    assert "Reply in one word." in prompt and "Fenwhistle Aquatronics briefly" not in prompt
+
+
+def test_answer_windows_keep_only_document_text_that_holds_an_answer(kb_dir, tokenizer):
     every = document_examples(kb_dir / "docs", tokenizer, max_tokens=160)
     answers = ("Tampere", "Ilse Varkonen")
     holding = document_examples(kb_dir / "docs", tokenizer, max_tokens=160, holding=answers)
     assert 0 < len(holding) < len(every)
-    texts = [tokenizer.decode(list(e.tokens)) for e in holding]
+    texts = [tokenizer.decode(e.tokens) for e in holding]
     assert all(any(a.casefold() in t.casefold() for a in answers) for t in texts)
     assert {e.tokens for e in holding} <= {e.tokens for e in every}
 
 
-def test_an_unknown_document_windows_setting_is_an_input_error(kb_dir, generator_model_path, tmp_path):
-    with pytest.raises(InputError, match="document_windows"):
+def test_a_document_that_is_not_utf8_is_a_document_error(tokenizer, tmp_path):
+    from engine.errors import DocumentError
+
+    (tmp_path / "latin1.md").write_bytes("Caf\xe9 opening hours".encode("latin-1"))
+    with pytest.raises(DocumentError, match="latin1.md is not UTF-8"):
+        document_examples(tmp_path, tokenizer, max_tokens=160)
+
+
+@pytest.mark.parametrize("setting", [
+    {"document_windows": "some"}, {"answer_style": "poem"}, {"matmul_dtype": "float8"}, {"epochs": 0},
+    {"batch_size": -1}, {"rank": 0}, {"lr": 0.0}, {"max_seq_tokens": 1}, {"limit_facts": 0}, {"threads": 0},
+    {"dropout": 1.0}, {"targets": ()}, {"targets": ("attn_qkv",)}, {"system_prompt": " "},
+    {"max_train_seconds": float("nan")},
+], ids=lambda setting: next(iter(setting)))
+def test_an_unusable_setting_is_an_input_error_before_any_work(kb_dir, generator_model_path, tmp_path, setting):
+    with pytest.raises(InputError, match=next(iter(setting))):
         finetune(kb_dir / "docs", kb_dir / "qa.jsonl", generator_model_path, tmp_path / "a.gguf",
-                 config=FinetuneConfig(document_windows="some"))
+                 config=FinetuneConfig(**setting))
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_an_unknown_answer_style_is_an_input_error():
+    with pytest.raises(InputError, match="answer style"):
+        answer_target("2014", "poem")
 
 
 def test_package_exports_the_recipe():
@@ -92,7 +160,17 @@ def test_package_exports_the_recipe():
     if getattr(package, "__file__", None) is None:
         pytest.fail("engine.finetune is seen as a namespace package: re-install the editable build (pip install -e .)")
     assert package.finetune is finetune and package.FinetuneConfig is FinetuneConfig
-    assert package.BAKED_SYSTEM_PROMPT == BAKED_SYSTEM_PROMPT
+    assert package.SYSTEM_PROMPT_KEY == "bakeoff.system_prompt"
+
+
+def test_package_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['gguf'] = None\n"
+            "import engine.finetune as f\n"
+            "assert f.FinetuneConfig().system_prompt is None and f.SYSTEM_PROMPT_KEY\n"
+            "from engine.errors import MissingExtraError\n"
+            "try:\n    f.finetune\nexcept MissingExtraError as e:\n    print('extra:', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert '"finetune" extra' in out
 
 
 def test_same_seed_same_adapter(base_weights):

@@ -7,20 +7,33 @@ import sys
 import numpy as np
 import pytest
 
-from engine.errors import MissingExtraError, ModelError
+from engine.chat import baked_system_prompt
+from engine.errors import InputError, MissingExtraError, ModelError
 
 torch = pytest.importorskip("torch")
 
-from engine.finetune.evaluate import LlamaCppScorer  # noqa: E402
 from engine.finetune.model import LlamaModel  # noqa: E402
-from engine.finetune.prompt import render_chat  # noqa: E402
 
-PROMPTS = [
-    render_chat("Where are the headquarters of Fenwhistle Aquatronics?"),
-    render_chat("How often should I clean the filter of my irrigation pump?"),
-    "Fenwhistle Aquatronics is a Finnish maker of connected water-management devices for home gardens, "
-    "allotments, small greenhouses and freshwater aquariums.",
-]
+SYSTEM = baked_system_prompt("Fenwhistle Aquatronics")
+PROMPTS = {  # id -> (asked as a chat question, text)
+    "chat-hq": (True, "Where are the headquarters of Fenwhistle Aquatronics?"),
+    "chat-filter": (True, "How often should I clean the filter of my irrigation pump?"),
+    "plain": (False, "Fenwhistle Aquatronics is a Finnish maker of connected water-management devices for home "
+                     "gardens, allotments, small greenhouses and freshwater aquariums."),
+}
+N_TOKENS = 30
+
+
+@pytest.fixture(scope="module")
+def base_served(served, generator_model_path):
+    return served(generator_model_path)
+
+
+def first_tokens(served_model, prompt: str) -> list[int]:
+    """The first ``N_TOKENS`` tokens the generator feeds for ``PROMPTS[prompt]``."""
+    chat, text = PROMPTS[prompt]
+    tokens = served_model.prompt_tokens(SYSTEM, text) if chat else served_model.generator.tokenize(text)
+    return tokens[:N_TOKENS]
 
 
 def test_hyperparameters_come_from_the_gguf_metadata(base_weights):
@@ -33,25 +46,35 @@ def test_hyperparameters_come_from_the_gguf_metadata(base_weights):
     assert base_weights.tensors["token_embd.weight"].dtype == torch.float32
 
 
-@pytest.mark.parametrize("prompt", PROMPTS, ids=["chat-hq", "chat-filter", "plain"])
-def test_next_token_logits_agree_with_llama_cpp(base_weights, generator_model_path, prompt):
-    scorer = LlamaCppScorer(generator_model_path)
-    tokens = scorer.tokenize(prompt)[:30]
-    assert len(tokens) == 30
-    reference = scorer.logits(tokens)
-    with torch.no_grad():
-        ours = LlamaModel(base_weights)(torch.tensor([tokens]))[0].numpy()
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_next_token_log_probs_agree_with_llama_cpp(base_weights, base_served, parity, prompt):
+    tokens = first_tokens(base_served, prompt)
+    assert len(tokens) == N_TOKENS
+    ours = parity.torch_log_probs(LlamaModel(base_weights), tokens)
+    rows = parity.candidates(tokens, ours)
+    reference = base_served.candidate_log_probs(tokens, rows)
+    mine = parity.gather(ours, rows)
 
-    correlations = [np.corrcoef(reference[i], ours[i])[0, 1] for i in range(len(tokens))]
-    assert min(correlations) >= 0.99
-    # llama.cpp quantizes activations to 8 bits for its Q4_1 matmuls, so where its two
-    # best tokens are within a few hundredths of a logit the winner may differ; everywhere
-    # else the greedy choice must be the same.
-    top2 = np.sort(reference, axis=-1)[:, -2:]
-    clear = (top2[:, 1] - top2[:, 0]) >= 0.25
-    agree = reference.argmax(-1) == ours.argmax(-1)
+    # The log-probabilities (normalised over the whole vocabulary) of the likely tokens agree ...
+    diffs = np.concatenate([r - m for r, m in zip(reference, mine)])
+    assert np.abs(diffs).mean() < 0.15 and np.abs(diffs).max() < 1.0
+    assert np.corrcoef(np.concatenate(reference), np.concatenate(mine))[0, 1] >= 0.99
+    # ... and so does the greedy choice. llama.cpp quantizes activations to 8 bits for its
+    # Q4_1 matmuls, so where its two best tokens are within a few hundredths of a nat the
+    # winner may differ; everywhere else it must be the same.
+    clear, agree = [], []
+    for ref, ours_row in zip(reference, mine):
+        top2 = np.sort(ref)[-2:]
+        clear.append(top2[1] - top2[0] >= 0.25)
+        agree.append(ref.argmax() == ours_row.argmax())
+    clear, agree = np.array(clear), np.array(agree)
     assert agree[clear].all()
-    assert agree.mean() >= 0.9
+    assert agree.mean() >= 0.85
+
+
+def test_unknown_matmul_dtype_is_an_input_error(base_weights):
+    with pytest.raises(InputError, match="matmul_dtype"):
+        LlamaModel(base_weights, matmul_dtype="float8")
 
 
 def test_missing_model_file_is_a_model_error(tmp_path):

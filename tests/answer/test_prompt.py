@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-from engine.prompting import Passage, build_rag_prompt, cited_labels, render_sources, sanitize
+import pytest
+
+from engine._native import core
+from engine.answer.prompt import build_rag_prompt, cited_labels, render_sources, sanitize
+from engine.answer.types import Passage
+from engine.chat import ChatFormat
 
 
 def _passage(i: int, text: str) -> Passage:
     return Passage(i, chunk_id=100 + i, source=f"/docs/doc{i}.md", span=(0, len(text)), heading="Intro", text=text)
 
 
-def _count_words(messages) -> int:
-    return sum(len(content.split()) for _, content in messages)
+@pytest.fixture(scope="module")
+def model(generator_model_path):
+    return core.Model(str(generator_model_path))
+
+
+@pytest.fixture(scope="module")
+def fit(model):
+    """build_rag_prompt with the real model's template and tokenizer."""
+    chat = ChatFormat(lambda messages, add: model.apply_chat_template(messages, add_assistant=add))
+
+    def build(question, passages, budget):
+        return build_rag_prompt(
+            question, passages, chat=chat, budget_tokens=budget,
+            tokenize=lambda text: model.tokenize(text, add_special=True, parse_special=True),
+            count_text=lambda text: len(model.tokenize(text, add_special=False, parse_special=False)))
+    return build
 
 
 def test_passages_are_numbered_and_fenced_as_quotes():
@@ -26,11 +45,11 @@ def test_control_tokens_and_fences_inside_documents_are_neutralised():
     assert "Fine print." in cleaned and "Obey me." in cleaned
 
 
-def test_budget_drops_passages_that_do_not_fit_and_keeps_smaller_later_ones():
+def test_budget_drops_passages_that_do_not_fit_and_keeps_smaller_later_ones(fit):
     long = _passage(1, "word " * 300)
     short = _passage(2, "The answer is 42.")
-    prompt = build_rag_prompt("What is it?", [long, short], count_tokens=_count_words, budget_tokens=120)
-    assert prompt.prompt_tokens <= 120
+    prompt = fit("What is it?", [long, short], 160)
+    assert prompt.prompt_tokens <= 160
     assert [p.chunk_id for p in prompt.passages] == [102]
     assert prompt.passages[0].label == 1  # relabelled densely
     assert prompt.dropped_passages == 1
@@ -38,8 +57,8 @@ def test_budget_drops_passages_that_do_not_fit_and_keeps_smaller_later_ones():
     assert prompt.messages[1][1].rstrip().endswith("Question: What is it?")
 
 
-def test_no_passage_fits_still_asks_the_question():
-    prompt = build_rag_prompt("Why?", [_passage(1, "x " * 500)], count_tokens=_count_words, budget_tokens=60)
+def test_no_passage_fits_still_asks_the_question(fit):
+    prompt = fit("Why?", [_passage(1, "x " * 500)], 100)
     assert prompt.passages == ()
     assert "Sources: none." in prompt.messages[1][1]
 
@@ -49,10 +68,9 @@ def test_cited_labels_in_order_of_first_mention():
     assert cited_labels("No citation.") == []
 
 
-def test_fast_sizing_gives_the_same_prompt_within_budget():
+def test_prompt_is_tokenized_once_as_the_generator_would(fit, model):
     passages = [_passage(i, f"Fact number {i} " * (10 * i)) for i in range(1, 6)]
-    exact = build_rag_prompt("Which?", passages, count_tokens=_count_words, budget_tokens=200)
-    fast = build_rag_prompt("Which?", passages, count_tokens=_count_words, budget_tokens=200,
-                            count_text=lambda text: len(text.split()))
-    assert fast.prompt_tokens <= 200 and exact.prompt_tokens <= 200
-    assert [p.chunk_id for p in fast.passages] == [p.chunk_id for p in exact.passages]
+    prompt = fit("Which?", passages, 200)
+    assert 0 < len(prompt.passages) < 5 and prompt.prompt_tokens <= 200
+    text = model.apply_chat_template(list(prompt.messages), add_assistant=True)
+    assert list(prompt.tokens) == model.tokenize(text, add_special=True, parse_special=True)

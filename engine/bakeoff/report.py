@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._files import write_text_atomic
-from engine.compare import READER_MODE, STAGES, ComparisonResult
+from engine.bakeoff.compare import READER_MODE, STAGES, ComparisonResult
 
 _STAGE_LABELS = {
-    "embed_ms": "embed", "dense_search_ms": "dense search", "lexical_search_ms": "lexical search",
-    "scoring_ms": "scoring", "prompt_build_ms": "prompt build", "prefill_ms": "prefill", "decode_ms": "decode",
+    "search.embed_ms": "embed", "search.dense_search_ms": "dense search",
+    "search.lexical_search_ms": "lexical search", "search.scoring_ms": "scoring",
+    "prompt_build_ms": "prompt build", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
 }
 
 
@@ -31,7 +32,8 @@ class ReportFiles:
     plots: tuple[Path, ...]
 
 
-def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *, context: dict | None = None) -> ReportFiles:
+def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *,
+                 context: dict | None = None) -> ReportFiles:
     """Write ``report.json``, ``report.md`` and the plots into ``out_dir``."""
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.errors import InputError
 
-BUNDLED_SET = Path(__file__).parent / "data" / "kb"
+BUNDLED_SET = Path(__file__).parent.parent / "data" / "kb"  # engine/data/kb
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,21 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"no question file at '{file}': give the path of a qa.jsonl")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): "
+                         "give a qa.jsonl, one JSON object per line") from None
     questions = []
-    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             questions.append(Question(
                 id=row["id"], fact_id=row["fact_id"], split=row["split"], question=row["question"],
-                answers=tuple(row["answers"]), source=row["source"],
-                answers_after_update=tuple(row.get("answers_after_update", ())),
+                answers=_strings(row["answers"]), source=row["source"],
+                answers_after_update=_strings(row.get("answers_after_update") or []),
                 update_source=row.get("update_source"),
             ))
         except (ValueError, KeyError, TypeError) as error:
@@ -66,6 +71,13 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
     if not questions:
         raise InputError(f"{file} holds no questions")
     return questions
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    """A list of accepted answers as a tuple (a bare string would count each of its characters)."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"answers must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def set_subject(folder: str | os.PathLike[str]) -> str | None:

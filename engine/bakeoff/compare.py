@@ -22,15 +22,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from engine.facade import Answer, Engine
-from engine.qa import Question, is_correct, select_facts
+from engine.bakeoff.qa import Question, is_correct, select_facts
+from engine.errors import InputError
+
+if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
+    from engine.answer import Answer, AnswerTimings, Mode
+    from engine.facade import Engine
+    from engine.kb import Hit, KnowledgeBase
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
+MODES_COMPARED: tuple[Mode, ...] = ("rag", "baked")
 
 READER_MODE = "rag-answer-passage"  # rag with retrieval made perfect
-STAGES = ("embed_ms", "dense_search_ms", "lexical_search_ms", "scoring_ms", "prompt_build_ms",
-          "prefill_ms", "decode_ms")
+#: The stages of an answer, in the order they run, named by where they sit in ``AnswerTimings``
+#: ("search.embed_ms" is ``timings.search.embed_ms``; 0 when nothing was searched).
+STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms",
+          "prompt_build_ms", "generation.prefill_ms", "generation.decode_ms")
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,17 @@ class CompareConfig:
     max_tokens: int = 48
     freshness: bool = True
     answer_passage: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` naming the first setting a comparison cannot run with."""
+        at_least = {"timing_questions": 1, "repetitions": 1, "max_tokens": 1, "train_per_fact": 0, "warmup": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.limit_facts is not None and (isinstance(self.limit_facts, bool)
+                                             or not isinstance(self.limit_facts, int) or self.limit_facts < 1):
+            raise InputError(f"limit_facts must be None (every fact) or an integer >= 1, got {self.limit_facts!r}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +142,8 @@ class ComparisonResult:
 
 def select_questions(questions: Sequence[Question], config: CompareConfig) -> list[Question]:
     """The graded questions: every held-out one and ``train_per_fact`` train ones per fact."""
-    chosen, train_taken = [], {}
+    chosen: list[Question] = []
+    train_taken: dict[str, int] = {}
     for q in select_facts(list(questions), config.limit_facts, spread=config.spread_facts):
         if q.split == "heldout":
             chosen.append(q)
@@ -151,19 +172,30 @@ def run_comparison(
         work_dir: scratch folder for the freshness copy (created, then removed).
         memory: the footprint measured while the engine was loaded.
         progress: called as answers are produced.
+
+    Raises:
+        InputError: a setting of ``config`` is out of range, ``engine`` lacks a mode, or no
+            question is left to grade.
     """
+    config.validate()
+    missing = {"rag", "baked"} - set(engine.modes)
+    if missing:
+        raise InputError(f"the comparison answers in both modes; this engine has no {' or '.join(sorted(missing))} "
+                         "mode: give Engine(kb=..., adapter=...)")
     started = time.perf_counter()
     say = progress or (lambda *_: None)
     result = ComparisonResult(config=asdict(config), memory=memory)
     graded = select_questions(questions, config)
-    for mode in ("rag", "baked"):
+    if not graded:
+        raise InputError("no question left to grade: the set holds no train or held-out question of the chosen facts")
+    for mode in MODES_COMPARED:
         for done, q in enumerate(graded, 1):
             result.answers.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens))
             say(f"accuracy/{mode}", done, len(graded))
     if config.answer_passage and engine.kb is not None:
         result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], config, say)
     timing = graded[: config.timing_questions]
-    for mode in ("rag", "baked"):
+    for mode in MODES_COMPARED:
         result.latency[mode] = _time_mode(engine, timing, mode, config, say)
     if config.freshness and docs_dir is not None:
         changed = [q for q in graded if q.changes_on_update]
@@ -173,13 +205,13 @@ def run_comparison(
     return result
 
 
-def _grade(engine: Engine, q: Question, mode: str, split: str, accepted: tuple[str, ...], max_tokens: int,
+def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[str, ...], max_tokens: int,
            *, passages: Sequence | None = None, label: str | None = None) -> GradedAnswer:
     """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
     answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages)
     in_context = None
     if mode == "rag":
-        in_context = any(is_correct(_passage_text(c), accepted) for c in answer.citations)
+        in_context = any(is_correct(_as_shown(c.heading, c.text), accepted) for c in answer.citations)
     return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
                         is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
                         in_context, answer.timings.ttft_ms, answer.timings.total_ms)
@@ -189,6 +221,7 @@ def _grade_reader(engine: Engine, questions: Sequence[Question], config: Compare
                   say: Progress) -> list[GradedAnswer]:
     """Answer each question from the one passage that holds its answer (perfect retrieval)."""
     graded = []
+    assert engine.kb is not None  # the caller grades the reader only with a knowledge base
     for done, q in enumerate(questions, 1):
         passage = answer_passage(engine.kb, q)
         if passage is not None:
@@ -198,30 +231,22 @@ def _grade_reader(engine: Engine, questions: Sequence[Question], config: Compare
     return graded
 
 
-def answer_passage(kb, q: Question):
+def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
     """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
     name = Path(q.source).name
-    for hit in kb.search(q.question, k=1_000_000, lam=1.0).hits:
+    for hit in kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits:
         if Path(hit.source).name == name and is_correct(_as_shown(hit.heading, hit.text), q.answers):
             return hit
     return None
 
 
-def _passage_text(citation) -> str:
-    """The cited passage as the model saw it, read back from the document at its span."""
-    try:
-        text = Path(citation.source).read_text(encoding="utf-8")[citation.span[0]:citation.span[1]]
-    except OSError:
-        text = ""
-    return _as_shown(citation.heading, text)
-
-
 def _as_shown(heading: str, text: str) -> str:
-    """A passage as the prompt shows it: its heading trail (answers may sit there), then its text."""
+    """A passage as the prompt shows it: its heading trail (answers may sit there), then its text
+    (``Citation.text``: exactly what the model was given)."""
     return f"{heading}\n{text}"
 
 
-def _time_mode(engine: Engine, questions: Sequence[Question], mode: str, config: CompareConfig,
+def _time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, config: CompareConfig,
                say: Progress) -> LatencySummary:
     for q in questions[: config.warmup]:
         engine.ask(q.question, mode, max_tokens=config.max_tokens)
@@ -244,23 +269,36 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def stage_ms(timings: AnswerTimings, stage: str) -> float:
+    """One of ``STAGES`` of an answer's timings, in ms; 0 for a search stage when nothing was searched."""
+    value: object = timings
+    for name in stage.split("."):
+        value = getattr(value, name) if value is not None else None
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _latency(mode: str, samples: Sequence[Answer]) -> LatencySummary:
     timings = [a.timings for a in samples]
-    stage_p50 = {stage: statistics.median(getattr(t, stage) for t in timings) for stage in STAGES}
+    stage_p50 = {stage: statistics.median(stage_ms(t, stage) for t in timings) for stage in STAGES}
     ttft = [t.ttft_ms for t in timings]
     total = [t.total_ms for t in timings]
     return LatencySummary(
         mode=mode, samples=len(samples), stage_p50_ms=stage_p50,
         ttft_p50_ms=_percentile(ttft, 0.5), ttft_p95_ms=_percentile(ttft, 0.95),
         total_p50_ms=_percentile(total, 0.5), total_p95_ms=_percentile(total, 0.95),
-        prompt_tokens_p50=statistics.median(t.prompt_tokens for t in timings),
-        decode_tokens_p50=statistics.median(t.decode_tokens for t in timings),
+        prompt_tokens_p50=statistics.median(t.generation.prompt_tokens for t in timings),
+        decode_tokens_p50=statistics.median(t.generation.decode_tokens for t in timings),
     )
 
 
 def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work_dir: Path | None,
                config: CompareConfig, say: Progress) -> list[GradedAnswer]:
-    """Re-index the v2 documents over a copy of v1 and ask the changed facts again."""
+    """Re-index the v2 documents over a copy of v1 and ask the changed facts again.
+
+    The engine keeps its own knowledge base: "rag" answers are given the hits of the
+    re-indexed copy (``Engine.ask(passages=...)``), retrieved with the engine's own
+    ``k`` and MMR weight from a copy chunked as the engine's knowledge base was.
+    """
     if not changed or engine.kb is None:
         return []
     from engine.kb import KnowledgeBase
@@ -270,28 +308,29 @@ def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work
     try:
         docs = scratch / "docs"
         shutil.copytree(docs_dir, docs)
-        kb = KnowledgeBase.build([docs], path=scratch / "kb", embedder=engine.kb.embedder)
+        built = engine.kb.stats()
         updates = sorted({q.update_source for q in changed if q.update_source})
-        for update in updates:
-            shutil.copyfile(docs_dir.parent / update, docs / Path(update).name)
-        kb.add([docs / Path(u).name for u in updates])
-        original_kb, engine.kb = engine.kb, kb
-        try:
+        with KnowledgeBase.build(docs, scratch / "kb", embedder=engine.kb.embedder, hnsw=built.hnsw,
+                                 chunk_tokens=built.chunking.chunk_tokens,
+                                 overlap_tokens=built.chunking.overlap_tokens) as kb:
+            for update in updates:
+                shutil.copyfile(docs_dir.parent / update, docs / Path(update).name)
+            kb.add([docs / Path(u).name for u in updates])
             graded = []
-            for mode in ("rag", "baked"):
+            for mode in MODES_COMPARED:
                 for done, q in enumerate(changed, 1):
-                    graded.append(_grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens))
+                    hits = kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits if mode == "rag" \
+                        else None
+                    graded.append(_grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens,
+                                         passages=hits))
                     say(f"freshness/{mode}", done, len(changed))
-        finally:
-            engine.kb = original_kb
-            kb.close()
         return graded
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _summarise(result: ComparisonResult) -> None:
-    for mode in ("rag", "baked"):
+    for mode in MODES_COMPARED:
         result.accuracy[mode] = {}
         result.counts[mode] = {}
         for split in ("train", "heldout", "updated"):
@@ -330,7 +369,6 @@ def memory_footprint(model: Path, adapter: Path, kb_dir: Path) -> MemoryFootprin
 
 
 def _measure_memory(model: str, adapter: str, kb_dir: str) -> MemoryFootprint:
-    from engine.embedder import Embedder
     from engine.generator import Generator
     from engine.kb import KnowledgeBase
 
@@ -342,7 +380,7 @@ def _measure_memory(model: str, adapter: str, kb_dir: str) -> MemoryFootprint:
     generator.load_adapter(adapter, name="baked")
     generator.generate(question, max_tokens=4, adapters={"baked": 1.0})
     with_adapter = resident_mb()
-    kb = KnowledgeBase.open(kb_dir, embedder=Embedder())
+    kb = KnowledgeBase.open(kb_dir)  # with the embedder it was built with
     kb.search("What is the warranty period?", k=4)
     with_retrieval = resident_mb()
     kb.close()

@@ -1,13 +1,15 @@
 """The bake-off end to end: fetch the models, index, fine-tune (or reuse the adapter), compare, report.
 
 Two profiles. ``quick`` (``bakeoff run``'s default) answers on 30 facts spread over
-the documents (``engine.qa.select_facts(spread=True)``: every one of the bundled set's
+the documents (``engine.bakeoff.qa.select_facts(spread=True)``: every one of the bundled set's
 29 documents is represented, train, held-out and update questions all present), trains
 the adapter on the same facts for 4 epochs, and times fewer repetitions: about
 10 minutes on 2 CPU cores. ``full`` (``bakeoff run --full``) takes every fact.
 
-An adapter is reused only when its fingerprint matches: the documents and questions it
-was trained on, the base model's bytes, every training setting and the engine version.
+An adapter is reused only when its fingerprint matches: the documents (every file under
+``docs/``, by name and bytes), the questions and the set's ``set.json`` (its subject is
+named in the system prompt the adapter is trained with), the base model's bytes, every
+training setting and the engine version.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +25,11 @@ from pathlib import Path
 
 from engine import __version__, models
 from engine._files import sha256_file, write_text_atomic
-from engine.errors import ModelError
-from engine.compare import CompareConfig, ComparisonResult, Progress
+from engine.bakeoff.compare import CompareConfig, ComparisonResult, Progress
+from engine.bakeoff.qa import BUNDLED_SET
+from engine.bakeoff.report import ReportFiles
+from engine.errors import InputError, ModelError
 from engine.finetune.config import FinetuneConfig
-from engine.qa import BUNDLED_SET
-from engine.report import ReportFiles
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,28 @@ class RunProgress:
 
 
 def adapter_fingerprint(config: FinetuneConfig, docs: Path, qa: Path, model: Path) -> str:
-    """A digest of everything an adapter depends on: settings, documents, questions, base model, engine."""
+    """A digest of everything an adapter depends on: settings, documents, questions, base model, engine.
+
+    Every file under ``docs`` counts (its path in the folder and its bytes), so any
+    edited, added, renamed or removed document changes the digest; so do ``qa`` and
+    the ``set.json`` beside it (the subject the training system prompt names).
+
+    Raises:
+        InputError: ``docs`` is not a folder or ``qa`` is not a file.
+    """
+    docs, qa = Path(docs), Path(qa)
+    if not docs.is_dir():
+        raise InputError(f"no documents folder at {docs}: a knowledge set holds docs/, qa.jsonl (and set.json)")
+    if not qa.is_file():
+        raise InputError(f"no question file at {qa}: a knowledge set holds docs/, qa.jsonl (and set.json)")
     digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
     digest.update(f"engine {__version__}\n".encode())
-    digest.update(qa.read_bytes())
-    for path in sorted(p for p in Path(docs).rglob("*") if p.is_file()):
-        digest.update(f"\n{path.relative_to(docs)}\n".encode())
-        digest.update(path.read_bytes())
+    for path in (qa, qa.parent / "set.json"):
+        digest.update(f"\n{path.name}\n".encode())
+        digest.update(sha256_file(path).encode() if path.is_file() else b"absent")
+    for path in sorted(p for p in docs.rglob("*") if p.is_file()):
+        digest.update(f"\ndocs/{path.relative_to(docs).as_posix()}\n".encode())
+        digest.update(sha256_file(path).encode())
     digest.update(sha256_file(model).encode())
     return digest.hexdigest()
 
@@ -124,12 +142,13 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     ``threads`` None measures the fastest generation thread count first
     (``engine.generator.fastest_thread_count``, a few seconds) and says which it took.
     """
-    from engine.compare import memory_footprint, run_comparison
+    from engine.bakeoff.compare import memory_footprint, run_comparison
     from engine.facade import Engine
     from engine.generator import fastest_thread_count
-    from engine.qa import load_questions
-    from engine.report import write_report
+    from engine.bakeoff.qa import load_questions
+    from engine.bakeoff.report import write_report
 
+    config.validate()  # before minutes of measuring
     questions = load_questions(qa)
     if threads is None:
         threads, probe_ms = fastest_thread_count(model)
@@ -170,6 +189,26 @@ class _Clock:
         self.seconds[PHASES[-1]] = time.perf_counter() - self._phase_started
 
 
+def _index(docs: Path, kb_dir: Path, progress: RunProgress) -> None:
+    """Make ``kb_dir`` hold exactly the documents under ``docs``: built once, then kept in step.
+
+    An existing knowledge base (opened with the embedder it records) gets the new and
+    changed documents, and loses those no longer under ``docs`` (deleted, or of another
+    knowledge set run in the same working folder).
+    """
+    from engine.kb import KnowledgeBase
+
+    if not (kb_dir / "manifest.json").exists():  # the default embedder
+        KnowledgeBase.build(docs, kb_dir, progress=progress.index).close()
+        return
+    root = Path(os.path.abspath(docs))  # how a knowledge base names its documents
+    with KnowledgeBase.open(kb_dir) as kb:
+        for source in kb.sources():  # first: a document moved into docs/ must not count as a duplicate
+            if not (Path(source).is_relative_to(root) and Path(source).is_file()):
+                kb.remove(source)
+        kb.add(docs, progress=progress.index)
+
+
 def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None = None,
                 knowledge_set: Path = BUNDLED_SET, progress: RunProgress | None = None) -> RunResult:
     """The whole bake-off on a knowledge set (``docs/``, ``updates/``, ``qa.jsonl``).
@@ -185,14 +224,18 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
         progress: callbacks for phases, bars and messages.
 
     Raises:
+        InputError: ``knowledge_set`` lacks ``docs/`` or ``qa.jsonl``, or a comparison setting is out of range.
         MissingExtraError: fine-tuning is needed and the ``[finetune]`` extra is missing.
         EngineError: any component's typed error.
     """
     from engine.finetune import finetune
-    from engine.kb import KnowledgeBase
 
+    profile.compare.validate()  # a bad setting fails now, not after the fine-tune
     progress = progress or RunProgress()
-    docs, qa = knowledge_set / "docs", knowledge_set / "qa.jsonl"
+    docs, qa = Path(knowledge_set) / "docs", Path(knowledge_set) / "qa.jsonl"
+    if not docs.is_dir() or not qa.is_file():
+        raise InputError(f"{knowledge_set} is not a knowledge set: it needs docs/ and qa.jsonl "
+                         "(laid out like engine/data/kb; see its README.md)")
     clock = _Clock(profile.estimates_s, progress)
     folder = work / profile.name
     adapter = folder / "adapter.gguf"
@@ -213,11 +256,7 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
 
     clock.start(1)
     kb_dir = work / "kb"
-    if (kb_dir / "manifest.json").exists():  # opened with the embedder it records
-        with KnowledgeBase.open(kb_dir) as kb:
-            kb.add([docs], progress=progress.index)
-    else:  # the default embedder
-        KnowledgeBase.build([docs], path=kb_dir, progress=progress.index).close()
+    _index(docs, kb_dir, progress)
 
     clock.start(2)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,81 @@
+#include "py_glue.h"
+
+#include <chrono>
+
+#include "errors.h"
+
+namespace py = pybind11;
+
+namespace bakeoff {
+namespace {
+
+// Taking the GIL can wait for another Python thread's switch interval; polling at
+// most this often bounds what that costs decoding while Ctrl-C still acts at once.
+constexpr auto kSignalPollInterval = std::chrono::milliseconds(5);
+
+PieceCallback piece_callback(const std::optional<py::function>& fn) {
+  if (!fn) return {};
+  return [fn = *fn](const std::string& piece) {
+    py::gil_scoped_acquire acquire;
+    fn(py::str(piece));
+  };
+}
+
+// Call with the GIL held. Empty off the main thread: PyErr_CheckSignals does
+// nothing there, so taking the GIL for it would only cost.
+StepCheck signal_check() {
+  py::module_ threading = py::module_::import("threading");
+  if (!threading.attr("current_thread")().is(threading.attr("main_thread")())) return {};
+  using Clock = std::chrono::steady_clock;
+  return [last = Clock::now()]() mutable {
+    const auto now = Clock::now();
+    if (now - last < kSignalPollInterval) return;
+    last = now;
+    py::gil_scoped_acquire acquire;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+  };
+}
+
+std::vector<AttachedAdapter> attached_adapters(const AdapterArgs& adapters) {
+  std::vector<AttachedAdapter> out;
+  for (const auto& [adapter, scale] : adapters) {
+    if (!adapter) throw InvalidInput("adapter is None: pass a LoraAdapter");
+    out.push_back({adapter, scale});
+  }
+  return out;
+}
+
+}  // namespace
+
+Result generate_from_python(Session& session, const PromptArg& prompt, int32_t max_tokens,
+                            const SamplingOptions& sampling, const std::vector<std::string>& stop,
+                            const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
+                            std::shared_ptr<CancelToken> cancel, const std::optional<py::function>& on_piece) {
+  Request request;
+  if (const auto* text = std::get_if<std::string>(&prompt)) {
+    request.prompt = *text;
+  } else {
+    request.prompt_tokens = std::get<std::vector<llama_token>>(prompt);
+  }
+  request.max_tokens = max_tokens;
+  request.sampling = sampling;
+  request.stop = stop;
+  request.adapters = attached_adapters(adapters);
+  request.truncate_left = truncate_left;
+  request.reuse_prefix = reuse_prefix;
+  request.cancel = std::move(cancel);
+  const PieceCallback callback = piece_callback(on_piece);
+  const StepCheck check = signal_check();
+  py::gil_scoped_release release;
+  return session.generate(request, callback, check);
+}
+
+std::vector<double> log_probs_from_python(Session& session, const std::vector<llama_token>& context,
+                                          const std::vector<llama_token>& continuation, const AdapterArgs& adapters) {
+  const std::vector<AttachedAdapter> attached = attached_adapters(adapters);
+  const StepCheck check = signal_check();
+  py::gil_scoped_release release;
+  return session.log_probs(context, continuation, attached, check);
+}
+
+}  // namespace bakeoff

@@ -1,0 +1,36 @@
+#pragma once
+// The Session calls that run Python while the native code works. Each converts its
+// arguments under the GIL, then runs with the GIL released; the native callbacks it
+// passes take the GIL back only for as long as they touch Python. Kept apart so that
+// bindings.cpp stays a declaration of the Python surface.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "lora.h"
+#include "session.h"
+
+namespace bakeoff {
+
+using AdapterArgs = std::vector<std::pair<std::shared_ptr<LoraAdapter>, float>>;
+using PromptArg = std::variant<std::string, std::vector<llama_token>>;  // text, or token ids used as they are
+
+// Session.generate. on_piece(str) is called under the GIL for each piece. On the
+// main thread (the only one CPython runs signal handlers on) the request runs the
+// pending signal handlers every few milliseconds, so Ctrl-C raises KeyboardInterrupt.
+Result generate_from_python(Session& session, const PromptArg& prompt, int32_t max_tokens,
+                            const SamplingOptions& sampling, const std::vector<std::string>& stop,
+                            const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
+                            std::shared_ptr<CancelToken> cancel, const std::optional<pybind11::function>& on_piece);
+
+// Session.log_probs, with the same signal handling.
+std::vector<double> log_probs_from_python(Session& session, const std::vector<llama_token>& context,
+                                          const std::vector<llama_token>& continuation, const AdapterArgs& adapters);
+
+}  // namespace bakeoff

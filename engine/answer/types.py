@@ -1,0 +1,79 @@
+"""What an answer is: its text, the passages it rests on, and the timings of each stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from engine.generation_types import GenerationTimings
+
+if TYPE_CHECKING:  # the knowledge base (hnswlib, SQLite) loads only when retrieval is used
+    from engine.kb.results import SearchTimings
+
+#: How a question is answered: "rag" (base model + retrieved passages) or "baked" (the adapter alone).
+Mode = Literal["rag", "baked"]
+MODES: tuple[Mode, ...] = ("rag", "baked")
+#: Why generation ended: the model's end of turn, a stop string, ``max_tokens``, or a full context.
+StopReason = Literal["eos", "stop", "length", "context_full"]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One passage placed in a prompt, with where it came from and the text the model is shown."""
+
+    label: int  # the [n] the model sees
+    chunk_id: int
+    source: str
+    span: tuple[int, int]  # character offsets of ``text`` in ``source``
+    heading: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage a RAG answer was given, and whether the answer cites it by label.
+
+    ``text`` is exactly what the model was shown (whole chunk or selected sentences,
+    before quoting), so a citation can be displayed without re-reading the source.
+    """
+
+    label: int
+    source: str
+    chunk_id: int
+    span: tuple[int, int]  # character offsets in ``source``
+    heading: str
+    text: str
+    cited: bool  # the answer mentions ``[label]``
+
+
+@dataclass(frozen=True)
+class AnswerTimings:
+    """Wall time of one answer, composed of the stages' own timings, in milliseconds.
+
+    ``search`` is the knowledge base's :class:`SearchTimings` (None when nothing was
+    retrieved: "baked" mode, or passages given by the caller); ``generation`` is the
+    generator's :class:`GenerationTimings`. ``retrieval_ms`` is the search call as the
+    answer saw it, ``prompt_build_ms`` the passages and prompt (tokenizing included).
+    ``ttft_ms`` runs from the call to the first generated token; ``total_ms`` to the
+    last. The stages add up: ``retrieval_ms + prompt_build_ms + generation.total_ms
+    <= total_ms``.
+    """
+
+    search: SearchTimings | None
+    generation: GenerationTimings
+    retrieval_ms: float
+    prompt_build_ms: float
+    ttft_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer, how it was produced, what it rests on, and how long each stage took."""
+
+    question: str
+    text: str
+    mode: Mode
+    citations: tuple[Citation, ...]
+    timings: AnswerTimings
+    stop_reason: StopReason

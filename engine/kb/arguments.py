@@ -1,0 +1,82 @@
+"""What ``KnowledgeBase`` accepts from its caller: argument checks, and arguments renamed for a release.
+
+Each check raises :class:`InputError` with the value it refused and what would do;
+they run before any work, so a refused call changes nothing on disk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from typing import TypeVar
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.kb.documents import MAX_DOCUMENT_MB
+
+T = TypeVar("T")
+
+#: Documents: a ``.txt``/``.md`` file, a folder (recursive), a glob, or a list of them.
+PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
+
+
+def renamed(method: str, old: str, old_value: T | None, new: str, new_value: T, *, default: T) -> T:
+    """The value of a renamed argument of ``KnowledgeBase.<method>``.
+
+    ``new_value`` when the old spelling was not given; otherwise ``old_value``, with a
+    ``DeprecationWarning`` pointing at the caller of ``method``.
+
+    Raises:
+        InputError: both spellings were given, with different values.
+    """
+    if old_value is None:
+        return new_value
+    warnings.warn(f"KnowledgeBase.{method}({old}=...) is deprecated and will be removed in the next release: "
+                  f"use {new}=", DeprecationWarning, stacklevel=3)
+    if new_value != default and new_value != old_value:
+        raise InputError(f"KnowledgeBase.{method} got both {new}={new_value!r} and {old}={old_value!r}: "
+                         f"give {new}= only ({old}= is its deprecated spelling)")
+    return old_value
+
+
+def check_search(query: object, k: object, candidates: object, mmr_lambda: object, w_dense: object,
+                 w_lexical: object, k_rrf: object) -> None:
+    """Refuse the arguments of ``KnowledgeBase.search`` that cannot give a ranking."""
+    if not isinstance(query, str) or not query.strip():
+        raise InputError("the query is empty: ask a question or give keywords")
+    if not _is_count(k):
+        raise InputError(f"k={k!r}: ask for at least one hit (k >= 1)")
+    if not _is_count(candidates):
+        raise InputError(f"candidates={candidates!r}: each search stage needs at least one candidate (>= 1)")
+    if not _is_number(mmr_lambda) or not 0.0 <= mmr_lambda <= 1.0:  # type: ignore[operator]
+        raise InputError(f"mmr_lambda={mmr_lambda!r} must be between 0 (diversity only) and 1 (relevance only)")
+    weights = (w_dense, w_lexical, k_rrf)
+    if not all(_is_number(w) and w >= 0 for w in weights) or not w_dense + w_lexical > 0:  # type: ignore[operator]
+        raise InputError(f"w_dense={w_dense!r}, w_lexical={w_lexical!r}, k_rrf={k_rrf!r}: the fusion needs "
+                         "numbers >= 0 and one weight above 0 (defaults 1.0, 1.0, 60.0)")
+
+
+def check_limit(max_document_mb: object) -> None:
+    """Refuse a ``max_document_mb`` that is not a positive number (``inf``: no limit)."""
+    if isinstance(max_document_mb, bool) or not isinstance(max_document_mb, (int, float)) or not max_document_mb > 0:
+        raise InputError(f"max_document_mb={max_document_mb!r} must be a positive number of MiB "
+                         f"(default {MAX_DOCUMENT_MB:g})")
+
+
+def describe(paths: PathsLike) -> str:
+    """The documents a caller gave, as they gave them, for a message."""
+    if isinstance(paths, (str, os.PathLike)):
+        return os.fspath(paths)
+    return ", ".join(os.fspath(p) for p in paths) or "(no paths)"
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 1)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value))
