@@ -97,7 +97,9 @@ def queries(kb_dir, embedders):
     kb = KnowledgeBase.open(kb_dir, embedder=embedders["fp32"])
     rng = np.random.default_rng(0)
     out = []
-    for chunk in kb._store.get(rng.choice(kb._ids, 400, replace=False)):
+    with kb._live.reading() as generation:  # a sample of the stored chunks, for the queries
+        chunks = generation.store.get(rng.choice(generation.ids, 400, replace=False))
+    for chunk in chunks:
         sentences = [s for s in re.split(r"(?<=[.!?])\s+", chunk.text) if 30 <= len(s) <= 200]
         if sentences:
             out.append((sentences[0], chunk.chunk_id))

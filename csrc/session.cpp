@@ -33,6 +33,17 @@ ggml_type kv_type_from_name(const std::string& name) {
   return it->second;
 }
 
+// llama.cpp aborts the process on a value outside its enum (llama_flash_attn_type_name).
+llama_flash_attn_type flash_attn_from_int(int32_t value) {
+  switch (value) {
+    case -1: return LLAMA_FLASH_ATTN_TYPE_AUTO;
+    case 0: return LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    case 1: return LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    default:
+      throw InvalidInput("flash_attn must be -1 (auto), 0 (off) or 1 (on), got " + std::to_string(value));
+  }
+}
+
 }  // namespace
 
 void ContextDeleter::operator()(llama_context* c) const {
@@ -49,7 +60,7 @@ Session::Session(std::shared_ptr<Model> model, const SessionOptions& options)
   params.n_seq_max = 1;
   params.n_threads = options.n_threads;
   params.n_threads_batch = options.n_threads_batch;
-  params.flash_attn_type = static_cast<llama_flash_attn_type>(options.flash_attn);
+  params.flash_attn_type = flash_attn_from_int(options.flash_attn);
   params.type_k = kv_type_from_name(options.kv_type);
   params.type_v = params.type_k;
   params.no_perf = true;

@@ -8,6 +8,7 @@ output on stdout stays parseable.
 Exit codes: 0 done, 1 the engine refused (its typed error says what to do), 2 a
 usage error (argparse's, or an option that contradicts what is on disk), 130
 interrupted.
+``bakeoff robustness`` also exits 1 when one of its checks failed.
 """
 
 from __future__ import annotations
@@ -142,7 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     hw = command("hardware", commands.hardware, "what llama.cpp and ONNX Runtime can use on this machine")
     _add_json(hw)
+
+    _add_robustness(command("robustness", commands.robustness,
+                            "fuzz, kill and load the engine, and print how it held up (exit 1 if a check failed)"))
     return parser
+
+
+def _add_robustness(parser: argparse.ArgumentParser) -> None:
+    from engine.robustness import RobustnessConfig
+
+    base = RobustnessConfig()
+    parser.add_argument("--seconds", type=float, default=base.seconds,
+                        help=f"time budget of the checks, shared among them (default {base.seconds:.0f}; "
+                             "loading models and building knowledge bases come on top)")
+    parser.add_argument("--kills", type=int, default=base.kills,
+                        help=f"knowledge-base writes to SIGKILL (default {base.kills}; fewer if their time runs out)")
+    parser.add_argument("--asks", type=int, default=base.asks,
+                        help=f"questions asked while memory is watched (default {base.asks})")
+    parser.add_argument("--seed", type=int, default=base.seed, help=f"seed of the cases and kill points "
+                                                                    f"(default {base.seed})")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="an empty folder for the knowledge bases and copies (default: a temporary one)")
+    _add_json(parser)
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:

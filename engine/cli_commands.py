@@ -269,3 +269,16 @@ def run(args: argparse.Namespace) -> int:
     out.emit(args.json, out.comparison_payload(done.result, done.files),
              lambda: out.print_comparison(done.result, done.files))
     return 0
+
+
+# ---- robustness ---------------------------------------------------------------------
+
+
+def robustness(args: argparse.Namespace) -> int:
+    from engine.robustness import RobustnessConfig
+    from engine.robustness import run as run_checks
+
+    config = RobustnessConfig(seconds=args.seconds, kills=args.kills, asks=args.asks, seed=args.seed)
+    report = run_checks(config, work=args.work, progress=out.say)
+    out.emit(args.json, report, lambda: out.print_robustness(report))
+    return 0 if report.failures == 0 else 1

@@ -167,6 +167,36 @@ def print_comparison(result, files) -> None:
     print("plots: " + ", ".join(str(p) for p in files.plots))
 
 
+def print_robustness(report) -> None:
+    """``bakeoff robustness``: one line per check, then the first failures of each."""
+    kb, gguf, kills, faults, threads, memory = (report.kb_fuzz, report.gguf_fuzz, report.kills, report.write_faults,
+                                                report.concurrency, report.memory)
+    typed = sum(n for outcome, n in kb.outcomes.items() if outcome.startswith("typed"))
+    print(f"knowledge-base fuzz: {kb.cases} cases, {kb.runs} opens: {typed} typed errors, "
+          f"{kb.outcomes.get('ok', 0)} searches; {len(kb.failures)} failures")
+    if gguf.skipped:
+        print(f"GGUF fuzz: skipped, {gguf.skipped}")
+    else:
+        outcomes = ", ".join(f"{what} {n}" for what, n in gguf.outcomes.items())
+        print(f"GGUF fuzz: {gguf.cases} cases ({outcomes}); {len(gguf.failures)} failures")
+    print(f"kills: {kills.survived} of {kills.runs} SIGKILLed writes left a whole knowledge base "
+          f"({kills.killed_mid_write} killed mid-write; {kills.old_state} old, {kills.new_state} new state; "
+          f"{clock(kills.seconds)})")
+    errors = ", ".join(f"{name.rsplit('.', 1)[-1]} {n}" for name, n in faults.errors.items()) or "nothing raised"
+    print(f"failed writes: {faults.survived} of {faults.runs} left the previous state or finished ({errors}; "
+          f"{faults.published_then_raised} raised after publishing)")
+    print(f"threads: {threads.threads} x {threads.seconds:.1f} s, {threads.thread_seconds_without_fault:.0f} "
+          f"thread-seconds without fault ({threads.searches} searches, {threads.writes} writes, {threads.asks} "
+          f"answers, {threads.answers_differing} unlike single-threaded)")
+    print(f"memory: {memory.growth_mib:+.2f} MiB over {memory.asks} questions after {memory.warmup_asks} to warm up "
+          f"({memory.rss_after_warmup_mib:.1f} -> {memory.rss_end_mib:.1f} MiB){f'; {memory.fault}' if memory.fault else ''}")
+    print(f"failures: {report.failures} ({clock(report.elapsed_s)})")
+    for name, lines in (("knowledge-base fuzz", kb.failures), ("GGUF fuzz", gguf.failures),
+                        ("kills", kills.failures), ("failed writes", faults.failures), ("threads", threads.faults)):
+        for line in lines[:3]:
+            print(f"  {name}: {line}")
+
+
 def print_run_phases(run) -> None:
     """``bakeoff run``: how long each phase took, on stderr."""
     phases = ", ".join(f"{name} {clock(s)}" for name, s in run.phase_seconds.items())

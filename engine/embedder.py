@@ -76,6 +76,7 @@ class Embedder:
         if not isinstance(max_tokens, int) or not 3 <= max_tokens <= _MAX_POSITIONS:
             raise InputError(f"max_tokens must be an integer in [3, {_MAX_POSITIONS}], not {max_tokens!r}")
         directory = _resolve(model, cache_dir)
+        _verify_cached(directory, (_TOKENIZER, _FILES[variant]))
         self.model_id: str = directory.name
         self.variant: str = variant
         self.max_tokens: int = max_tokens
@@ -105,7 +106,8 @@ class Embedder:
             order of ``texts``.
 
         Raises:
-            InputError: ``texts`` is a single string or holds something other than str.
+            InputError: ``texts`` is a single string or holds something other than str (or a str with a
+                lone surrogate).
         """
         texts = _check_texts(texts)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
@@ -135,11 +137,9 @@ class Embedder:
             ``(dim,)`` float32 of unit L2 norm, equal to ``embed([text])[0]``.
 
         Raises:
-            InputError: ``text`` is not a str.
+            InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, not {type(text).__name__}")
-        token_ids = self._tokenizer.encode(text).ids
+        token_ids = self._tokenizer.encode(_check_text(text, "text")).ids
         n = len(token_ids)
         with self._query_lock:
             self._query_ids[0, :n] = token_ids
@@ -154,21 +154,17 @@ class Embedder:
         token's text (word pieces of one word have adjacent spans).
 
         Raises:
-            InputError: ``text`` is not a str.
+            InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, not {type(text).__name__}")
-        return list(self._counter.encode(text, add_special_tokens=False).offsets)
+        return list(self._counter.encode(_check_text(text, "text"), add_special_tokens=False).offsets)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` without special tokens and without truncation.
 
         Raises:
-            InputError: ``text`` is not a str.
+            InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, not {type(text).__name__}")
-        return len(self._counter.encode(text, add_special_tokens=False).ids)
+        return len(self._counter.encode(_check_text(text, "text"), add_special_tokens=False).ids)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
@@ -247,14 +243,34 @@ def _open_session(path: Path, threads: int | None, providers: list[str]):
     return session
 
 
+def _verify_cached(directory: Path, names: tuple[str, ...]) -> None:
+    """Check the files about to be loaded against their sha256 when ``directory`` is a model-cache folder."""
+    from engine import models
+
+    for name in names:
+        models.verify_file(directory / name)
+
+
+def _check_text(text: object, what: str) -> str:
+    """``text`` if it is a str the tokenizer can encode (UTF-8: no lone surrogates); InputError otherwise."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, not {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid Unicode ({exc.reason} at {exc.start}): remove lone surrogates") from None
+    return text
+
+
 def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, (str, bytes)):
+    if isinstance(texts, str):
         raise InputError("texts must be a sequence of str, not a single string: wrap it in a list")
+    if isinstance(texts, (bytes, bytearray)):
+        raise InputError(f"texts must be a sequence of str, not {type(texts).__name__}: decode it, wrap it in a list")
     try:
         items = list(texts)
     except TypeError as error:
         raise InputError(f"texts must be a sequence of str, not {type(texts).__name__}") from error
     for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise InputError(f"texts[{index}] is {type(item).__name__}, not str")
+        _check_text(item, f"texts[{index}]")
     return items

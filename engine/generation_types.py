@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeGuard, Union
@@ -26,6 +27,9 @@ Prompt = Union[str, Sequence[Message], TokenIds]
 #: Settings of llama.cpp's extra CPU buffer types; engine.hardware resolves "auto".
 EXTRA_BUFFERS = ("auto", "on", "off")
 KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+#: llama.cpp rounds a context up to a multiple of this many tokens (so 256 is also its minimum);
+#: other sizes are refused rather than silently enlarged.
+N_CTX_STEP = 256
 _SEED_MAX = 2**32 - 1
 _INT32 = range(-(2**31), 2**31)  # the native core's integers: larger values are refused here, typed
 
@@ -42,7 +46,8 @@ def _is_int32(value: object) -> TypeGuard[int]:
 class GeneratorConfig:
     """How the model and its context are set up (fixed for a Generator's lifetime).
 
-    ``n_ctx`` and ``n_batch`` are in tokens; ``n_threads`` defaults to half the CPUs
+    ``n_ctx`` and ``n_batch`` are in tokens, ``n_ctx`` a multiple of 256 (what llama.cpp
+    allocates: it rounds other sizes up); ``n_threads`` defaults to half the CPUs
     this process may use (about the physical cores), ``n_threads_batch`` (prefill) to
     ``n_threads``; ``n_gpu_layers`` < 0 offloads every layer; ``flash_attn`` None
     lets llama.cpp decide; ``kv_type`` is the K/V cache element type; ``seed`` seeds
@@ -64,8 +69,12 @@ class GeneratorConfig:
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first unusable field."""
-        if not _is_int32(self.n_ctx) or self.n_ctx < 16:
-            raise InputError(f"n_ctx must be an integer >= 16 tokens, got {self.n_ctx!r}")
+        if not _is_int32(self.n_ctx) or self.n_ctx < N_CTX_STEP or self.n_ctx % N_CTX_STEP:
+            hint = ""
+            if _is_int32(self.n_ctx) and self.n_ctx > 0:
+                hint = f" (llama.cpp would silently make it {-(-self.n_ctx // N_CTX_STEP) * N_CTX_STEP})"
+            raise InputError(f"n_ctx must be a multiple of {N_CTX_STEP} tokens, at least {N_CTX_STEP}: "
+                             f"got {self.n_ctx!r}{hint}")
         if not _is_int32(self.n_batch) or self.n_batch < 1:
             raise InputError(f"n_batch must be an integer >= 1 token, got {self.n_batch!r}")
         for name in ("n_threads", "n_threads_batch"):
@@ -188,8 +197,28 @@ def check_text(text: object, what: str) -> str:
     return text
 
 
-def check_messages(messages: object) -> list[tuple[str, str]]:
-    """Chat messages (mappings with "role" and "content", or pairs) as (role, content) pairs."""
+#: Roles every chat template takes; templates for tool use also take ``tool``.
+CHAT_ROLES = ("system", "user", "assistant")
+_TOOL_ROLE = re.compile(r"""['"]tool['"]""")
+
+
+def chat_roles(template: str) -> tuple[str, ...]:
+    """The message roles a chat template knows: system, user and assistant, and tool when the
+    template names the role ``'tool'``; () for no template.
+
+    llama.cpp renders any role a template does not reject (ChatML writes
+    ``<|im_start|>wizard``), so the roles are checked here instead.
+    """
+    if not template:
+        return ()
+    return CHAT_ROLES + (("tool",) if _TOOL_ROLE.search(template) else ())
+
+
+def check_messages(messages: object, roles: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """Chat messages (mappings with "role" and "content", or pairs) as (role, content) pairs.
+
+    With ``roles``, a message of another role is an InputError listing them.
+    """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...}")
     pairs = []
@@ -200,7 +229,11 @@ def check_messages(messages: object) -> list[tuple[str, str]]:
             role, content = message
         else:
             raise InputError(f"message {i} must be a mapping with 'role' and 'content' or a (role, content) pair")
-        pairs.append((check_text(role, f"message {i} role"), check_text(content, f"message {i} content")))
+        role = check_text(role, f"message {i} role")
+        if roles is not None and role not in roles:
+            raise InputError(f"message {i} has role {role!r}, which the model's chat template does not know: "
+                             f"use one of {', '.join(roles)}")
+        pairs.append((role, check_text(content, f"message {i} content")))
     return pairs
 
 

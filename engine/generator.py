@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+from engine import gguf_check, models
 from engine._native import core
 from engine.errors import AdapterError, InputError, ModelError
 from engine.generation_types import (  # noqa: F401  (re-exported: the public names of this module)
@@ -42,6 +43,7 @@ from engine.generation_types import (  # noqa: F401  (re-exported: the public na
     Prompt,
     SamplingConfig,
     TokenIds,
+    chat_roles,
     check_messages,
     check_request,
     check_text,
@@ -72,9 +74,14 @@ class Generator:
         n_ctx, n_threads, n_batch, n_gpu_layers, flash_attn, kv_type, seed, extra_buffers:
             see :class:`GeneratorConfig`; or pass ``config=`` instead.
 
+    A model of the model cache (``engine.models``) is checked against its sha256
+    first (a ``stat`` when unchanged since the last check); any other file's GGUF
+    header is checked by :func:`engine.gguf_check.check_gguf` before llama.cpp reads it.
+
     Raises:
-        ModelError: the file is missing, not GGUF, truncated, or of an architecture
-            this llama.cpp does not support.
+        ModelError: the file is missing, not GGUF, truncated or damaged (a cached model
+            whose sha256 changed: fetch it again), or of an architecture this llama.cpp
+            does not support.
         InputError: a setting is out of range.
     """
 
@@ -99,6 +106,8 @@ class Generator:
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"no model file at '{path}': check the path, or fetch it with engine.models.fetch()")
+        if not models.verify_file(path):
+            gguf_check.check_gguf(path)
         self.config = config
         self._lock = threading.Lock()  # held for the whole of one request
         # Cancel tokens of the requests submitted and not finished (see cancel()).
@@ -113,9 +122,13 @@ class Generator:
         self._session = core.Session(self._model, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=threads,
                                      n_threads_batch=config.n_threads_batch or threads, flash_attn=flash,
                                      kv_type=config.kv_type)
+        if self._session.n_ctx != config.n_ctx:  # GeneratorConfig refuses the sizes this llama.cpp changes
+            raise InputError(f"llama.cpp made a context of {self._session.n_ctx} tokens for n_ctx={config.n_ctx}: "
+                             f"pass n_ctx={self._session.n_ctx}")
         info = self._model.info
         self.info = ModelInfo(context_length=info.n_ctx_train, **{
             f.name: getattr(info, f.name) for f in fields(ModelInfo) if f.name != "context_length"})
+        self._chat_roles = chat_roles(self.info.chat_template)
         devices = core.backend_devices()
         self._offloaded = info.n_layers_offloaded
         gpus = [d.description or d.name for d in devices if d.type == "gpu"]
@@ -149,9 +162,21 @@ class Generator:
         ids = check_token_ids(tokens, self.info.n_vocab, "tokens")
         return core.sanitize_utf8(self._model.detokenize(ids, render_special=render_special))
 
+    @property
+    def chat_roles(self) -> tuple[str, ...]:
+        """The message roles the model's chat template knows: system, user, assistant (and tool
+        when the template names it); () when the model has no chat template."""
+        return self._chat_roles
+
     def format_chat(self, messages: Sequence[Message], *, add_assistant: bool = True) -> str:
-        """The prompt the model's own chat template makes of ``messages``."""
-        return self._model.apply_chat_template(check_messages(messages), add_assistant=add_assistant)
+        """The prompt the model's own chat template makes of ``messages``.
+
+        Raises:
+            InputError: a message is not a (role, content) of str, or its role is not one
+                of :attr:`chat_roles`; the model has no chat template.
+        """
+        pairs = check_messages(messages, self.chat_roles or None)
+        return self._model.apply_chat_template(pairs, add_assistant=add_assistant)
 
     # LoRA adapters ------------------------------------------------------------
 
@@ -161,8 +186,11 @@ class Generator:
         Loading does not attach it: pass ``adapters={name: scale}`` per request, or
         :meth:`attach` it for every request.
 
+        The file's GGUF header is checked (:func:`engine.gguf_check.check_gguf`) before
+        llama.cpp reads it.
+
         Raises:
-            AdapterError: missing file, not a LoRA GGUF, or made for another model.
+            AdapterError: missing file, not a LoRA GGUF, a damaged header, or made for another model.
         """
         file = Path(path)
         name = file.stem if name is None else name
@@ -172,6 +200,7 @@ class Generator:
             raise AdapterError(f"no adapter file at '{file}': check the path")
         if name in self._adapters:
             raise AdapterError(f"an adapter named {name!r} is already loaded: pass another name=")
+        gguf_check.check_gguf(file, adapter=True)
         self._adapters[name] = core.LoraAdapter(self._model, str(file))
         return name
 

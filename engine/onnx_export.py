@@ -123,7 +123,7 @@ def _load_weights(path: Path, config: BertConfig) -> dict[str, np.ndarray]:
     except (OSError, SafetensorError, ValueError) as error:
         raise ModelError(
             f"cannot read the weights {path} ({error}): the file is missing or corrupted; "
-            f"run `bakeoff models fetch --force`"
+            f"run `bakeoff models fetch`"
         ) from error
     weights = {_strip_prefix(name): tensor for name, tensor in raw.items()}
     h, i = config.hidden_size, config.intermediate_size

@@ -70,7 +70,7 @@ def activation_peaks(model: onnx.ModelProto, tokenizer_path: Path, tensors: Sequ
     try:
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     except Exception as error:  # tokenizers raises a bare Exception for missing or malformed files
-        raise ModelError(f"cannot load {tokenizer_path} ({error}): run `bakeoff models fetch --force`") from error
+        raise ModelError(f"cannot load {tokenizer_path} ({error}): run `bakeoff models fetch`") from error
     tokenizer.no_padding()
     tokenizer.no_truncation()
     names = list(tensors)

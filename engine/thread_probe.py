@@ -44,7 +44,8 @@ def fastest_thread_count(model_path: str | os.PathLike[str], candidates: Sequenc
     if any(not _is_int(n) or n < 1 for n in chosen):
         raise InputError(f"candidates must be integers >= 1, got {candidates!r}")
     counts = sorted(set(chosen))
-    generators = {n: Generator(model_path, n_threads=n, n_ctx=prompt_tokens + 64, **config) for n in counts}
+    n_ctx = -(-(prompt_tokens + 64) // 256) * 256  # llama.cpp sizes contexts in steps of 256 tokens
+    generators = {n: Generator(model_path, n_threads=n, n_ctx=n_ctx, **config) for n in counts}
     probe = list(range(1000, 1000 + prompt_tokens))  # token ids: no tokenizer round trip
     best = {n: math.inf for n in counts}
     greedy = SamplingConfig(ignore_eos=True)

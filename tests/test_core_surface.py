@@ -130,6 +130,8 @@ def test_core_failures_are_engine_errors_not_runtime_errors(model, session, tmp_
         lambda: core.Model(str(tmp_path / "missing.gguf")),
         lambda: core.LoraAdapter(model, str(tmp_path / "missing.gguf")),
         lambda: core.Session(model, kv_type="q3"),
+        # llama.cpp aborts the process on a flash-attention value outside its enum
+        lambda: core.Session(model, n_ctx=256, flash_attn=7),
         lambda: session.generate("", max_tokens=2, sampling=greedy()),
         lambda: session.generate("Hi", max_tokens=0, sampling=greedy()),
         lambda: model.detokenize([-5]),

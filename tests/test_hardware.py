@@ -120,5 +120,5 @@ def test_extra_buffers_on_generates_where_there_is_no_amx(generator_model_path):
 
 
 def test_each_result_reports_the_choice(generator_model_path):
-    gen = Generator(generator_model_path, n_ctx=128, n_threads=1, extra_buffers="off")
+    gen = Generator(generator_model_path, n_ctx=256, n_threads=1, extra_buffers="off")
     assert gen.generate("Hello", max_tokens=2).timings.extra_buffer_types is False

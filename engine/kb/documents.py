@@ -85,6 +85,8 @@ def discover(paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -
                 found[source_name(path)] = None
             else:
                 skipped.append(SkippedFile(source_name(path), f"not a .txt or .md file ({path.suffix or 'no suffix'})"))
+        elif path.exists():  # a FIFO, socket or device: reading it could block or never end
+            skipped.append(SkippedFile(source_name(path), "not a regular file (a pipe, socket or device)"))
         elif glob.has_magic(text):
             for match in sorted(glob.glob(os.path.expanduser(text), recursive=True)):
                 if os.path.isfile(match) and Path(match).suffix.lower() in SUFFIXES:

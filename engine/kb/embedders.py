@@ -36,7 +36,7 @@ def check_embedder(directory: Path, current: Manifest, embedder) -> None:
     if current.embedder_model != embedder.model_id or current.dim != embedder.dim:
         raise KnowledgeBaseMismatchError(
             f"knowledge base {directory} was built with embedder {current.embedder_model} ({current.dim} dims), "
-            f"opened with {embedder.model_id} ({embedder.dim} dims): rebuild with `bakeoff index`")
+            f"opened with {embedder.model_id} ({embedder.dim} dims): rebuild with `bakeoff index --rebuild`")
 
 
 def truncate_query(query: str, embedder) -> tuple[str, bool]:

@@ -14,9 +14,17 @@ Decisions a user can notice:
 - Writers (``build``, ``add``, ``remove``) hold ``DIR/.lock``; a second writer gets
   ``KnowledgeBaseLockedError`` at once, or waits up to ``lock_timeout_s``. Readers take
   no lock and keep reading the generation they opened while a writer publishes a new one.
-- ``open`` checks every file's size against the manifest (a truncated or missing file
-  is ``KnowledgeBaseCorruptError``), and its sha256 too when the files total at most
-  64 MiB (``verify="auto"``; ``"full"`` or ``"size"`` to choose).
+- Every write is atomic, a rebuild over an existing knowledge base too: the published
+  generation stays published, and searchable, until the new one is complete; a failed,
+  interrupted or killed write leaves it as it was (``engine/kb/writer.py``).
+- One object may be searched from many threads at once, also while one of them adds or
+  removes documents: each search sees the generation before the write or the one after,
+  whole (``engine/kb/generation.py``).
+- ``open`` checks sizes and the structure of the index and arrays on every open
+  (``engine/kb/hnsw_file.py``: header against the manifest, link bounds), so a damaged
+  file is ``KnowledgeBaseCorruptError``, never a crash; with ``verify="auto"`` (default)
+  also each file's sha256, cached in ``gen-NNNNNN/.verified.json`` so an unchanged file
+  is hashed once; ``"full"`` always hashes, ``"size"`` never.
 - A document is known by its absolute path. Re-adding it unchanged (same sha256) is a
   no-op; changed, its chunks are replaced. Documents are content-addressed: a file
   whose content is already indexed under another path is skipped and reported as a
@@ -37,7 +45,6 @@ Decisions a user can notice:
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,22 +52,18 @@ from pathlib import Path
 import numpy as np
 
 from engine import scoring
-from engine.errors import (
-    DocumentError,
-    InputError,
-    KnowledgeBaseCorruptError,
-)
+from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
-from engine.kb import index, manifest, writer
+from engine.kb import index, manifest, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
 from engine.kb.embedders import check_embedder, default_embedder, recorded_embedder, truncate_query
+from engine.kb.generation import Generation, LiveGeneration
 from engine.kb.index import HnswConfig
-from engine.kb.locking import LOCK_FILE, WriteLock
+from engine.kb.locking import WriteLock
 from engine.kb.manifest import Manifest
 from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
-from engine.kb.store import ChunkStore
 from engine.kb.writer import BuildProgress, BuildReport
 
 Progress = Callable[[BuildProgress], None]
@@ -79,8 +82,12 @@ class KnowledgeBase:
         self.build_report: BuildReport | None = None
         self._verify = verify
         self._warm_up_s = warm_up_s
-        self._search_lock = threading.Lock()
-        self._load(current)
+        self._live = LiveGeneration(Generation.load(directory, current, verify), directory)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest of the generation this object searches."""
+        return self._live.manifest
 
     # ------------------------------------------------------------------ opening
 
@@ -98,7 +105,9 @@ class KnowledgeBase:
             documents: what to index: a ``.txt``/``.md`` file, a folder (recursive), a glob,
                 or a list of them.
             into: the knowledge base folder; created if missing. An existing knowledge base
-                there is replaced atomically; a non-empty folder that is not one is refused.
+                there is replaced atomically: it stays published until the new one is complete,
+                and a failed or killed build leaves it as it was. A non-empty folder that is
+                not a knowledge base is refused.
             embedder: an ``engine.embedder.Embedder``; None uses the default one
                 (all-MiniLM-L6-v2, fp32, from the model cache).
             chunk_tokens: most tokens per chunk (at most the embedder's ``max_tokens - 2``).
@@ -136,20 +145,18 @@ class KnowledgeBase:
             raise InputError(f"no documents (.txt or .md) found in {describe(documents)}: "
                              "point at files or folders that hold some")
         directory.mkdir(parents=True, exist_ok=True)
-        _refuse_foreign(directory)
+        writer.refuse_foreign(directory)
         started = time.perf_counter()
         with WriteLock(directory, lock_timeout_s):
-            docs, more_skipped = _inspect_all(sources, {}, strict, max_document_mb)
+            docs, more_skipped = selection.inspect_all(sources, {}, strict, max_document_mb)
             skipped += more_skipped
             if not docs:
                 reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:5])
                 raise InputError(f"no usable documents in {describe(documents)} ({reasons}): "
                                  f"give UTF-8 .txt or .md files with text")
             new, n_added, _, empty, indexed = writer.write_generation(
-                directory, None, embedder, chunking, hnsw, docs, [], progress)
-        if not indexed:
-            raise InputError(f"no text to index in {describe(documents)}: "
-                             "the documents hold only headings or whitespace")
+                directory, writer.published(directory), embedder, chunking, hnsw, docs, [], progress, rebuild=True,
+                if_empty=f"no text to index in {describe(documents)}: the documents hold only headings or whitespace")
         kb = cls.open(directory, embedder=embedder)
         kb.build_report = BuildReport(tuple(indexed), (), (), (), tuple(skipped + empty), n_added, 0, new.chunks,
                                       new.generation, time.perf_counter() - started)
@@ -177,7 +184,8 @@ class KnowledgeBase:
         directory = Path(path)
         if not directory.is_dir():
             what = "is a file, not a knowledge base folder" if directory.exists() else "does not exist"
-            raise KnowledgeBaseCorruptError(f"{directory} {what}: build it with `bakeoff index`")
+            raise KnowledgeBaseCorruptError(f"{directory} {what}: build it with "
+                                            f"`bakeoff index DOCS... --kb {directory}`")
         warm = scoring.warm_up()
         for attempt in range(3):
             current = manifest.read(directory)
@@ -192,29 +200,10 @@ class KnowledgeBase:
                     raise
         raise AssertionError("unreachable")
 
-    def _load(self, current: Manifest) -> None:
-        folder = self.path / current.generation
-        manifest.verify_files(folder, current.files, self._verify)
-        store = ChunkStore.open_readonly(folder / "chunks.sqlite")
-        try:
-            ids = np.load(folder / "ids.npy")
-            vectors = np.load(folder / "vectors.npy", mmap_mode="r")
-        except (ValueError, OSError, EOFError) as error:
-            store.close()
-            raise KnowledgeBaseCorruptError(f"{folder}: unreadable vectors ({error}): rebuild with `bakeoff index`") from None
-        if len(ids) != current.chunks or vectors.shape != (current.chunks, current.dim):
-            store.close()
-            raise KnowledgeBaseCorruptError(f"{folder}: vectors disagree with the manifest: rebuild with `bakeoff index`")
-        graph = index.load_graph(folder / "index.hnsw", current.dim, current.graph_elements, current.hnsw_ef)
-        old = getattr(self, "_store", None)
-        self.manifest = current
-        self._store, self._ids, self._vectors, self._graph = store, ids, vectors, graph
-        if old is not None:
-            old.close()
-
     def close(self) -> None:
-        """Release the chunk store (the object must not be used afterwards)."""
-        self._store.close()
+        """Release the chunk store once running searches finish; searching afterwards raises
+        ``KnowledgeBaseError``. Idempotent."""
+        self._live.close()
 
     def __enter__(self) -> KnowledgeBase:
         return self
@@ -260,6 +249,9 @@ class KnowledgeBase:
                progress: Progress | None, strict: bool, lock_timeout_s: float | None,
                max_document_mb: float | None) -> BuildReport:
         started = time.perf_counter()
+        if self._live.closed:
+            raise KnowledgeBaseError(f"the knowledge base {self.path} was closed: open it again with "
+                                     f"KnowledgeBase.open to change it")
         timeout = self.lock_timeout_s if lock_timeout_s is None else lock_timeout_s
         with WriteLock(self.path, timeout):
             current = manifest.read(self.path)
@@ -268,21 +260,24 @@ class KnowledgeBase:
                 if name not in current.documents:
                     raise InputError(f"{name} is not in the knowledge base {self.path}: see stats() or "
                                      f"`bakeoff index --list` for what it holds")
-            unchanged = [s for s in sources if s in current.documents and _same(s, current)]
-            docs, more_skipped = _inspect_all([s for s in sources if s not in unchanged], current.documents, strict,
-                                              max_document_mb)
+            unchanged = [s for s in sources if s in current.documents and selection.unchanged(s, current)]
+            docs, more_skipped = selection.inspect_all([s for s in sources if s not in unchanged], current.documents,
+                                                       strict, max_document_mb)
             skipped = skipped + more_skipped
             replaced = [d.source for d in docs if d.source in current.documents]
             if not docs and not removals:
-                if current.generation != self.manifest.generation:
-                    self._load(current)  # another process published since we opened
+                if current.generation != self.manifest.generation:  # another process published since
+                    self._live.replace(Generation.load(self.path, current, self._verify))
                 return BuildReport((), (), tuple(unchanged), (), tuple(skipped), 0, 0, current.chunks,
                                    current.generation, time.perf_counter() - started)
             chunking = ChunkingConfig(current.chunk_tokens, current.overlap_tokens)
             hnsw = HnswConfig(current.hnsw_M, current.hnsw_ef_construction, current.hnsw_ef)
             new, n_added, n_removed, empty, indexed = writer.write_generation(
                 self.path, current, self.embedder, chunking, hnsw, docs, removals + replaced, progress)
-        self._load(new)
+            # Loaded under the writer lock, so no other writer can prune it first; its files were
+            # checksummed a moment ago by this writer, so their sizes are checked only.
+            fresh = Generation.load(self.path, new, "size")
+        self._live.replace(fresh)
         added = tuple(s for s in indexed if s not in replaced)
         return BuildReport(added, tuple(replaced), tuple(unchanged), tuple(removals), tuple(skipped + empty),
                            n_added, n_removed, new.chunks, new.generation, time.perf_counter() - started)
@@ -305,42 +300,26 @@ class KnowledgeBase:
             k_rrf: the reciprocal-rank fusion constant (>= 0).
             lam: deprecated spelling of ``mmr_lambda`` (a ``DeprecationWarning``; removed in the next release).
 
+        Thread-safe: searches of one object run in parallel, also while another thread
+        adds or removes documents; each sees one generation, whole.
+
         Raises:
-            InputError: an empty or whitespace query, ``k <= 0``, ``candidates <= 0``, ``mmr_lambda``
-                outside ``[0, 1]``, a negative fusion weight or constant.
+            InputError: a query that is not a str, is empty or whitespace, or holds a lone surrogate;
+                ``k <= 0``, ``candidates <= 0``, ``mmr_lambda`` outside ``[0, 1]``; a fusion weight or
+                constant that is negative, NaN or infinite.
+            KnowledgeBaseCorruptError: the chunk store turned out damaged (rebuild the knowledge base).
+            KnowledgeBaseError: the object was closed.
         """
         mmr_lambda = renamed("search", "lam", lam, "mmr_lambda", mmr_lambda, default=MMR_LAMBDA)
         check_search(query, k, candidates, mmr_lambda, w_dense, w_lexical, k_rrf)
-        with self._search_lock:
-            return self._search(query, int(k), max(int(candidates), int(k)), float(mmr_lambda), w_dense, w_lexical,
-                                k_rrf)
-
-    def _search(self, query: str, k: int, n_candidates: int, mmr_lambda: float, w_dense: float, w_lexical: float,
-                k_rrf: float) -> SearchResult:
         t0 = time.perf_counter()
         text, truncated = truncate_query(query, self.embedder)
         q = np.asarray(self.embedder.embed_query(text), np.float32)
         t1 = time.perf_counter()
-        live = len(self._ids)
-        dense_ids, _ = index.search_graph(self._graph, q, n_candidates, live, self.manifest.hnsw_ef)
-        t2 = time.perf_counter()
-        lexical_ids, _ = self._store.lexical_search(query, n_candidates)
-        t3 = time.perf_counter()
-        # MMR only looks at the best n_candidates fused: rank those, not the whole union.
-        ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf,
-                                      top_n=n_candidates)
-        if len(ids):
-            rows = np.searchsorted(self._ids, ids)
-            relevance = fused / fused[0]
-            picked = scoring.mmr_select(self._vectors[rows], relevance, k, mmr_lambda)
-        else:
-            picked = np.empty(0, np.int64)
-        t4 = time.perf_counter()
-        chunks = self._store.get(ids[picked])
-        hits = tuple(Hit(c.chunk_id, c.text, c.source, (c.start_char, c.end_char), c.heading, float(fused[i]))
-                     for c, i in zip(chunks, picked, strict=True))
-        t5 = time.perf_counter()
-        timings = SearchTimings((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3, (t5 - t0) * 1e3)
+        with self._live.reading() as gen:  # the embedding needs no generation: taken after it
+            hits, stages_ms = _rank(gen, query, q, int(k), max(int(candidates), int(k)), float(mmr_lambda),
+                                    float(w_dense), float(w_lexical), float(k_rrf))
+        timings = SearchTimings((t1 - t0) * 1e3, *stages_ms, (time.perf_counter() - t0) * 1e3)
         return SearchResult(query, hits, timings, truncated, q)
 
     def stats(self) -> KnowledgeBaseStats:
@@ -359,40 +338,24 @@ class KnowledgeBase:
 # ---------------------------------------------------------------------- helpers
 
 
-def _refuse_foreign(directory: Path) -> None:
-    allowed = {manifest.MANIFEST, LOCK_FILE, f".{manifest.MANIFEST}.tmp"}
-    foreign = [c.name for c in directory.iterdir() if c.name not in allowed and not writer.GENERATION.match(c.name)]
-    if foreign:
-        raise InputError(f"{directory} is not empty and is not a knowledge base (it holds {foreign[0]!r}): "
-                         f"choose an empty or new folder")
-
-
-def _same(source: str, current: Manifest) -> bool:
-    record = current.documents[source]
-    try:
-        if os.path.getsize(source) != record.size_bytes:
-            return False
-        return manifest.sha256_file(Path(source)) == record.sha256
-    except OSError:
-        return False
-
-
-def _inspect_all(sources: list[str], existing: dict, strict: bool,
-                 max_document_mb: float | None) -> tuple[list[_documents.DocumentInfo], list[SkippedFile]]:
-    """Validate documents; skip (or, strict, raise for) unusable, too large and duplicate ones."""
-    by_content = {record.sha256: source for source, record in existing.items() if source not in sources}
-    docs, skipped = [], []
-    for source in sources:
-        try:
-            doc = _documents.inspect(source, max_document_mb)
-        except DocumentError as error:
-            if strict:
-                raise
-            skipped.append(SkippedFile(source, str(error).removeprefix(f"{source}: ")))
-            continue
-        if doc.sha256 in by_content:
-            skipped.append(SkippedFile(source, f"same content as {by_content[doc.sha256]} (indexed once)"))
-            continue
-        by_content[doc.sha256] = source
-        docs.append(doc)
-    return docs, skipped
+def _rank(gen: Generation, query: str, q: np.ndarray, k: int, n_candidates: int, mmr_lambda: float, w_dense: float,
+          w_lexical: float, k_rrf: float) -> tuple[tuple[Hit, ...], tuple[float, float, float]]:
+    """The hits of one search in ``gen``, and the milliseconds of its dense, lexical and scoring stages."""
+    t1 = time.perf_counter()
+    dense_ids, _ = index.search_graph(gen.graph, q, n_candidates, len(gen.ids), gen.manifest.hnsw_ef)
+    t2 = time.perf_counter()
+    lexical_ids, _ = gen.store.lexical_search(query, n_candidates)
+    t3 = time.perf_counter()
+    # MMR only looks at the best n_candidates fused: rank those, not the whole union.
+    ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf,
+                                  top_n=n_candidates)
+    if len(ids):
+        rows = np.searchsorted(gen.ids, ids)
+        relevance = fused / fused[0] if fused[0] > 0 else np.ones_like(fused)
+        picked = scoring.mmr_select(gen.vectors[rows], relevance, k, mmr_lambda)
+    else:
+        picked = np.empty(0, np.int64)
+    t4 = time.perf_counter()
+    hits = tuple(Hit(c.chunk_id, c.text, c.source, (c.start_char, c.end_char), c.heading, float(fused[i]))
+                 for c, i in zip(gen.store.get(ids[picked]), picked, strict=True))
+    return hits, ((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)

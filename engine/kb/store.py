@@ -4,13 +4,27 @@ One ``chunks.sqlite`` per generation. Writers copy the previous generation's fil
 and apply their changes (``ChunkStore.open_writable``); readers open it read-only
 and immutable (``ChunkStore.open_readonly``), so they take no SQLite locks and never
 see a write in progress. Chunk ids are the hnswlib labels of the same chunks.
+
+A read-only store serves many threads at once from a pool of ``READ_CONNECTIONS``
+connections (one per CPU core, at most 8), all opened with the store: each query
+borrows one that no other thread is using, or waits for one. Queries therefore run
+in parallel (``sqlite3`` releases the GIL while SQLite works), without leaning on
+the ``sqlite3`` module's thread safety for a shared connection, and without a
+connection per thread that would outlive its thread. Opening them all at once
+matters: a writer may delete this generation's folder once two newer ones are
+published, and connections already open keep reading the deleted file, while a
+new one could not be opened. A damaged file found while querying is
+``KnowledgeBaseCorruptError``, as it is when opening.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +51,10 @@ CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
 END;
 """
 _WORD = re.compile(r"\w+")
+#: Connections of a read-only store: queries beyond the CPU cores would only queue for them.
+READ_CONNECTIONS = max(1, min(os.cpu_count() or 1, 8))
+#: What to do about a damaged or missing knowledge base file.
+REBUILD_HINT = "rebuild it with `bakeoff index --rebuild DOCS... --kb KB_DIR`"
 MAX_QUERY_TERMS = 64
 # Words that match most chunks: OR-ing them makes FTS5 score nearly every row (12 ms
 # instead of 1 ms at 10k chunks) while adding almost nothing to bm25's ranking.
@@ -80,9 +98,13 @@ def lexical_query(text: str) -> str:
 class ChunkStore:
     """Chunks of one generation in SQLite. Use ``create``, ``open_writable`` or ``open_readonly``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
-        self._db = connection
+    def __init__(self, connections: list[sqlite3.Connection], path: Path, *, shared: bool = False) -> None:
+        self._db = connections[0]
         self.path = path
+        self._shared = shared  # a read-only store: threads borrow connections from the pool
+        self._returned = threading.Condition(threading.Lock())
+        self._idle = list(connections)
+        self._opened = list(connections)
 
     @classmethod
     def create(cls, path: Path) -> ChunkStore:
@@ -90,34 +112,66 @@ class ChunkStore:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=DELETE")
         db.executescript(_SCHEMA)
-        return cls(db, path)
+        return cls([db], path)
 
     @classmethod
     def open_writable(cls, path: Path) -> ChunkStore:
-        """Open a private copy (a new generation's file) for changes."""
-        return cls(sqlite3.connect(path, isolation_level=None), path)
+        """Open a private copy (a new generation's file) for changes, from one thread."""
+        return cls([sqlite3.connect(path, isolation_level=None)], path)
 
     @classmethod
     def open_readonly(cls, path: Path) -> ChunkStore:
-        """Open a published generation's file: read-only, immutable, no locks.
+        """Open a published generation's file: read-only, immutable, no locks, for any number of threads.
 
         Raises:
             KnowledgeBaseCorruptError: the file is missing or is not a chunk store.
         """
         if not path.is_file():
-            raise KnowledgeBaseCorruptError(f"{path} is missing: rebuild with `bakeoff index`")
+            raise KnowledgeBaseCorruptError(f"{path} is missing: {REBUILD_HINT}")
         uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"
+        opened: list[sqlite3.Connection] = []
         try:
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            db.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'x'").fetchone()
-        except sqlite3.DatabaseError as error:
-            raise KnowledgeBaseCorruptError(f"{path} is not a readable chunk store ({error}): "
-                                            f"rebuild with `bakeoff index`") from None
-        return cls(db, path)
+            for _ in range(READ_CONNECTIONS):
+                # check_same_thread=False: the pool lends a connection to one thread at a time.
+                opened.append(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
+            opened[0].execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'x'").fetchone()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:  # a flipped schema byte decodes badly
+            for db in opened:
+                db.close()
+            raise KnowledgeBaseCorruptError(f"{path} is not a readable chunk store ({error}): {REBUILD_HINT}") from None
+        return cls(opened, path, shared=True)
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._db.close()
+        """Close every connection (idempotent). No query may be running."""
+        with self._returned:
+            opened, self._opened, self._idle = self._opened, [], []
+            self._returned.notify_all()  # a query waiting for a connection fails instead of waiting forever
+        for db in opened:
+            db.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one query, no other thread's; SQLite errors become ``KnowledgeBaseCorruptError``."""
+        if not self._shared:
+            db = self._db  # a writer's store: one thread, one connection
+        else:
+            with self._returned:
+                while not self._idle:
+                    if not self._opened:
+                        raise sqlite3.ProgrammingError(f"{self.path}: the chunk store was closed")
+                    self._returned.wait()
+                db = self._idle.pop()
+        try:
+            yield db
+        except sqlite3.ProgrammingError:
+            raise  # a misuse of the connection (closed, wrong thread): our bug, not the file's
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:  # a flipped schema byte decodes badly
+            raise KnowledgeBaseCorruptError(f"{self.path} cannot be read ({error}): {REBUILD_HINT}") from None
+        finally:
+            if self._shared:
+                with self._returned:
+                    self._idle.append(db)
+                    self._returned.notify()
 
     def insert(self, chunk_ids: Sequence[int], source: str,
                rows: Iterable[tuple[int, int, str, str]]) -> None:
@@ -147,17 +201,19 @@ class ChunkStore:
 
     def count(self) -> int:
         """Number of chunks."""
-        return self._db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        with self._reading() as db:
+            return db.execute("SELECT count(*) FROM chunks").fetchone()[0]
 
     def get(self, chunk_ids: Sequence[int]) -> list[StoredChunk]:
         """Chunks by id, in the order asked (unknown ids are left out)."""
         if not len(chunk_ids):
             return []
         marks = ",".join("?" * len(chunk_ids))
-        rows = self._db.execute(
-            f"SELECT id, source, start_char, end_char, heading, text FROM chunks WHERE id IN ({marks})",
-            [int(c) for c in chunk_ids],
-        ).fetchall()
+        with self._reading() as db:
+            rows = db.execute(
+                f"SELECT id, source, start_char, end_char, heading, text FROM chunks WHERE id IN ({marks})",
+                [int(c) for c in chunk_ids],
+            ).fetchall()
         by_id = {row[0]: StoredChunk(*row) for row in rows}
         return [by_id[int(c)] for c in chunk_ids if int(c) in by_id]
 
@@ -166,9 +222,11 @@ class ChunkStore:
         expression = lexical_query(query)
         if not expression or limit <= 0:
             return [], []
-        rows = self._db.execute(
-            "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
-            "ORDER BY bm25(chunks_fts) LIMIT ?",
-            (expression, limit),
-        ).fetchall()
+        with self._reading() as db:
+            rows = db.execute(
+                "SELECT rowid, -bm25(chunks_fts) AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
+                "ORDER BY bm25(chunks_fts) LIMIT ?",
+                (expression, limit),
+            ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
+
