@@ -20,13 +20,14 @@ and second rounds agreed is reported (``reference_reuse_stable``).
 
 from __future__ import annotations
 
-import multiprocessing
 import random
 import threading
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.robustness.child import run_once
 
 #: Bundled documents of the knowledge base that ``build_qa_kb`` builds (the bundled set's questions ask about them).
 QA_DOCUMENTS = ("warranty-terms.md", "company-overview.md", "office-locations.md", "brookling-b3-manual.md")
@@ -105,23 +106,11 @@ def search_write_ask(kb_dir: Path, extra: Path, *, seconds: float, searchers: in
         model_path: the GGUF model (None: the default generator from the model cache).
         cache_dir: model cache holding the embedder (None: the default cache).
     """
-    context = multiprocessing.get_context("spawn")
-    mine, theirs = context.Pipe()
-    child = context.Process(target=_run, args=(str(kb_dir), str(extra), None if model_path is None else str(model_path),
-                                               None if cache_dir is None else str(cache_dir), seconds, searchers,
-                                               max_tokens, theirs), daemon=True)
-    child.start()
-    theirs.close()
-    try:
-        report = mine.recv() if mine.poll(seconds + 600) else None
-    except EOFError:  # the child died before reporting
-        report = None
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-        child.join(10)
-    if report is None or child.exitcode != 0:
-        fault = f"the child process ended with exit code {child.exitcode}" + ("" if report else " and no report")
+    report, exit_code = run_once(_run, (str(kb_dir), str(extra), None if model_path is None else str(model_path),
+                                        None if cache_dir is None else str(cache_dir), seconds, searchers, max_tokens),
+                                 timeout_s=seconds + 600)
+    if report is None or exit_code != 0:
+        fault = f"the child process ended with exit code {exit_code}" + ("" if report else " and no report")
         return ConcurrencyReport(searchers + 2, seconds, 0, 0, 0, 0, (), False, (fault,), 0.0)
     return ConcurrencyReport(**report)
 

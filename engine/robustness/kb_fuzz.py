@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.robustness.child import stop_worker
+
 FILES = ("manifest.json", "index.hnsw", "vectors.npy", "ids.npy", "chunks.sqlite")
 MODES = ("size", "auto")
 QUERY = "How do I pair the pump with the hub?"
@@ -136,15 +138,7 @@ class Child:
         return self._process.is_alive()
 
     def stop(self) -> None:
-        if self._process.is_alive():
-            try:
-                self._connection.send(None)
-            except OSError:
-                pass
-            self._process.join(5)
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(10)
+        stop_worker(self._process, self._connection, grace_s=5)
 
 
 # ------------------------------------------------------------------ the run

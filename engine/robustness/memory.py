@@ -14,12 +14,13 @@ one in ``repeat`` also prefills a whole new prompt.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.robustness.child import run_once
 
 _MIB = 1 << 20
 #: Distinct questions asked in turn.
@@ -71,23 +72,11 @@ def rss_over_asks(kb_dir: Path, *, asks: int = 1000, seconds: float = 120.0, war
         model_path: the GGUF model (None: the default generator from the model cache).
         cache_dir: model cache holding the embedder (None: the default cache).
     """
-    context = multiprocessing.get_context("spawn")
-    mine, theirs = context.Pipe()
-    child = context.Process(target=_measure, args=(str(kb_dir), None if model_path is None else str(model_path),
-                                                   None if cache_dir is None else str(cache_dir), asks, seconds,
-                                                   warmup_asks, repeat, max_tokens, theirs), daemon=True)
-    child.start()
-    theirs.close()
-    try:
-        report = mine.recv() if mine.poll(seconds + 600) else None
-    except EOFError:  # the child died before reporting
-        report = None
-    child.join(60)
-    if child.is_alive():
-        child.kill()
-        child.join(10)
+    report, exit_code = run_once(_measure, (str(kb_dir), None if model_path is None else str(model_path),
+                                            None if cache_dir is None else str(cache_dir), asks, seconds, warmup_asks,
+                                            repeat, max_tokens), timeout_s=seconds + 600)
     if report is None:
-        return MemoryReport(0, 0, 0.0, 0.0, 0.0, 0.0, (), f"the child process ended with exit code {child.exitcode}")
+        return MemoryReport(0, 0, 0.0, 0.0, 0.0, 0.0, (), f"the child process ended with exit code {exit_code}")
     return MemoryReport(**report)
 
 

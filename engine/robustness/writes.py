@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.robustness.child import stop_worker
+
 #: Write kinds: a first build into a folder without a knowledge base, a build over an existing
 #: one, adding documents, removing one.
 KINDS = ("build", "rebuild", "add", "remove")
@@ -134,15 +136,7 @@ class WriterChild:
 
     def stop(self) -> None:
         """End the child (idempotent)."""
-        if self._process.is_alive():
-            try:
-                self._connection.send(None)
-            except OSError:
-                pass
-            self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join(10)
+        stop_worker(self._process, self._connection, grace_s=10)
 
 
 def _serve(cache_dir: str | None, connection) -> None:
