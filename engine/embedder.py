@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from engine.errors import InputError, ModelError
+from engine.generation_types import check_text  # the one str + UTF-8 check of caller text
 from engine.hardware import physical_cores
 from engine.onnx_export import FP32_NAME, INT8_NAME, OUTPUT_NAME
 
@@ -139,7 +140,7 @@ class Embedder:
         Raises:
             InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        token_ids = self._tokenizer.encode(_check_text(text, "text")).ids
+        token_ids = self._tokenizer.encode(check_text(text, "text")).ids
         n = len(token_ids)
         with self._query_lock:
             self._query_ids[0, :n] = token_ids
@@ -156,7 +157,7 @@ class Embedder:
         Raises:
             InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        return list(self._counter.encode(_check_text(text, "text"), add_special_tokens=False).offsets)
+        return list(self._counter.encode(check_text(text, "text"), add_special_tokens=False).offsets)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens of ``text`` without special tokens and without truncation.
@@ -164,7 +165,7 @@ class Embedder:
         Raises:
             InputError: ``text`` is not a str, or holds a lone surrogate.
         """
-        return len(self._counter.encode(_check_text(text, "text"), add_special_tokens=False).ids)
+        return len(self._counter.encode(check_text(text, "text"), add_special_tokens=False).ids)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
@@ -251,17 +252,6 @@ def _verify_cached(directory: Path, names: tuple[str, ...]) -> None:
         models.verify_file(directory / name)
 
 
-def _check_text(text: object, what: str) -> str:
-    """``text`` if it is a str the tokenizer can encode (UTF-8: no lone surrogates); InputError otherwise."""
-    if not isinstance(text, str):
-        raise InputError(f"{what} must be a str, not {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{what} is not valid Unicode ({exc.reason} at {exc.start}): remove lone surrogates") from None
-    return text
-
-
 def _check_texts(texts: Sequence[str]) -> list[str]:
     if isinstance(texts, str):
         raise InputError("texts must be a sequence of str, not a single string: wrap it in a list")
@@ -272,5 +262,5 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     except TypeError as error:
         raise InputError(f"texts must be a sequence of str, not {type(texts).__name__}") from error
     for index, item in enumerate(items):
-        _check_text(item, f"texts[{index}]")
+        check_text(item, f"texts[{index}]")
     return items
