@@ -137,6 +137,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("prompt_tokens", &Timings::prompt_tokens)
       .def_readonly("truncated_tokens", &Timings::truncated_tokens)
       .def_readonly("reused_tokens", &Timings::reused_tokens)
+      .def_readonly("spliced_tokens", &Timings::spliced_tokens)
+      .def_readonly("splice_ms", &Timings::splice_ms)
       .def_readonly("prefill_ms", &Timings::prefill_ms)
       .def_readonly("prefill_tokens", &Timings::prefill_tokens)
       .def_readonly("prefill_tokens_per_s", &Timings::prefill_tokens_per_s)
@@ -159,23 +161,28 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<Session>(m, "Session")
       .def(py::init([](std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, int32_t n_threads,
-                       int32_t n_threads_batch, int32_t flash_attn, const std::string& kv_type, bool warmup) {
+                       int32_t n_threads_batch, int32_t flash_attn, const std::string& kv_type, bool warmup,
+                       uint32_t splice_slots) {
              py::gil_scoped_release release;
-             SessionOptions options{n_ctx, n_batch, n_threads, n_threads_batch, flash_attn, kv_type, warmup};
+             SessionOptions options{n_ctx, n_batch, n_threads, n_threads_batch, flash_attn, kv_type, warmup,
+                                    splice_slots};
              return std::make_unique<Session>(std::move(model), options);
            }),
            py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512,
            py::arg("n_threads") = 1, py::arg("n_threads_batch") = 1, py::arg("flash_attn") = -1,
-           py::arg("kv_type") = "f16", py::arg("warmup") = true)
+           py::arg("kv_type") = "f16", py::arg("warmup") = true, py::arg("splice_slots") = 0)
       .def("generate", &generate_from_python, py::arg("prompt"), py::kw_only(), py::arg("max_tokens"),
            py::arg("sampling"), py::arg("stop") = std::vector<std::string>{}, py::arg("adapters") = AdapterArgs{},
            py::arg("truncate_left") = false, py::arg("reuse_prefix") = true, py::arg("cancel") = py::none(),
-           py::arg("on_piece") = py::none())
+           py::arg("on_piece") = py::none(), py::arg("splices") = SpliceArgs{})
       .def("log_probs", &log_probs_from_python, py::arg("context"), py::arg("continuation"), py::kw_only(),
+           py::arg("adapters") = AdapterArgs{})
+      .def("chunk_state", &chunk_state_from_python, py::arg("prefix"), py::arg("chunk"), py::kw_only(),
            py::arg("adapters") = AdapterArgs{})
       .def("cancel", &Session::cancel)
       .def("reset", &Session::reset, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("n_ctx", &Session::n_ctx)
       .def_property_readonly("n_batch", &Session::n_batch)
+      .def_property_readonly("splice_slots", [](const Session& s) { return s.options().splice_slots; })
       .def_property_readonly("cached_tokens", &Session::cached_tokens);
 }

@@ -50,7 +50,8 @@ std::vector<AttachedAdapter> attached_adapters(const AdapterArgs& adapters) {
 Result generate_from_python(Session& session, const PromptArg& prompt, int32_t max_tokens,
                             const SamplingOptions& sampling, const std::vector<std::string>& stop,
                             const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
-                            std::shared_ptr<CancelToken> cancel, const std::optional<py::function>& on_piece) {
+                            std::shared_ptr<CancelToken> cancel, const std::optional<py::function>& on_piece,
+                            const SpliceArgs& splices) {
   Request request;
   if (const auto* text = std::get_if<std::string>(&prompt)) {
     request.prompt = *text;
@@ -64,6 +65,9 @@ Result generate_from_python(Session& session, const PromptArg& prompt, int32_t m
   request.truncate_left = truncate_left;
   request.reuse_prefix = reuse_prefix;
   request.cancel = std::move(cancel);
+  for (const auto& [start, state, n_tokens, position] : splices) {
+    request.splices.push_back({start, std::string(state), n_tokens, position});
+  }
   const PieceCallback callback = piece_callback(on_piece);
   const StepCheck check = signal_check();
   py::gil_scoped_release release;
@@ -76,6 +80,18 @@ std::vector<double> log_probs_from_python(Session& session, const std::vector<ll
   const StepCheck check = signal_check();
   py::gil_scoped_release release;
   return session.log_probs(context, continuation, attached, check);
+}
+
+py::bytes chunk_state_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                  const std::vector<llama_token>& chunk, const AdapterArgs& adapters) {
+  const std::vector<AttachedAdapter> attached = attached_adapters(adapters);
+  const StepCheck check = signal_check();
+  std::string state;
+  {
+    py::gil_scoped_release release;
+    state = session.chunk_state(prefix, chunk, attached, check);
+  }
+  return py::bytes(state);
 }
 
 }  // namespace bakeoff

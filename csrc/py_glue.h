@@ -9,6 +9,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -20,6 +21,8 @@ namespace bakeoff {
 
 using AdapterArgs = std::vector<std::pair<std::shared_ptr<LoraAdapter>, float>>;
 using PromptArg = std::variant<std::string, std::vector<llama_token>>;  // text, or token ids used as they are
+// (start, state, n_tokens, position) of each Splice, in prompt order.
+using SpliceArgs = std::vector<std::tuple<size_t, pybind11::bytes, int32_t, int32_t>>;
 
 // Session.generate. on_piece(str) is called under the GIL for each piece. On the
 // main thread (the only one CPython runs signal handlers on) the request runs the
@@ -27,10 +30,15 @@ using PromptArg = std::variant<std::string, std::vector<llama_token>>;  // text,
 Result generate_from_python(Session& session, const PromptArg& prompt, int32_t max_tokens,
                             const SamplingOptions& sampling, const std::vector<std::string>& stop,
                             const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
-                            std::shared_ptr<CancelToken> cancel, const std::optional<pybind11::function>& on_piece);
+                            std::shared_ptr<CancelToken> cancel, const std::optional<pybind11::function>& on_piece,
+                            const SpliceArgs& splices);
 
 // Session.log_probs, with the same signal handling.
 std::vector<double> log_probs_from_python(Session& session, const std::vector<llama_token>& context,
                                           const std::vector<llama_token>& continuation, const AdapterArgs& adapters);
+
+// Session.chunk_state, with the same signal handling; the state comes back as bytes.
+pybind11::bytes chunk_state_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                        const std::vector<llama_token>& chunk, const AdapterArgs& adapters);
 
 }  // namespace bakeoff

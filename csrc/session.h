@@ -26,6 +26,10 @@ struct SessionOptions {
   int32_t flash_attn = -1;  // -1 auto, 0 off, 1 on
   std::string kv_type = "f16";  // K and V cache type: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl
   bool warmup = true;  // evaluate one token at creation so the first request does not pay for page faults
+  // Most chunk states one request may splice (0: splicing off, and the context is made
+  // exactly as before). Each spliced chunk is restored into a scratch sequence of its
+  // own, so the context gets 1 + splice_slots sequences in one unified KV cache.
+  uint32_t splice_slots = 0;
 };
 
 struct SamplingOptions {
@@ -62,6 +66,17 @@ class CancelToken {
 // KeyboardInterrupt through it). The session stays consistent when it does.
 using StepCheck = std::function<void()>;
 
+// A chunk's K/V, computed once by Session::chunk_state and spliced into a prompt:
+// prompt tokens [start, start + n_tokens) take their K/V from `state` (llama.cpp's
+// sequence state) instead of being evaluated. The state was computed at positions
+// [position, position + n_tokens); llama.cpp re-rotates its keys to where it lands.
+struct Splice {
+  size_t start = 0;
+  std::string state;
+  int32_t n_tokens = 0;
+  int32_t position = 0;
+};
+
 struct Request {
   std::string prompt;  // tokenized with BOS and special tokens parsed, unless prompt_tokens is set
   std::optional<std::vector<llama_token>> prompt_tokens;  // the prompt already tokenized: used as is
@@ -72,6 +87,7 @@ struct Request {
   bool truncate_left = false;  // drop the oldest prompt tokens instead of raising ContextOverflow
   bool reuse_prefix = true;
   std::shared_ptr<CancelToken> cancel;  // null: generate() makes one, reachable through Session::cancel()
+  std::vector<Splice> splices;  // in prompt order, not overlapping; the rest of the prompt is evaluated
 };
 
 struct Timings {
@@ -79,6 +95,8 @@ struct Timings {
   int32_t prompt_tokens = 0;     // after truncation
   int32_t truncated_tokens = 0;  // dropped from the left of the prompt
   int32_t reused_tokens = 0;     // taken from the KV cache, not evaluated
+  int32_t spliced_tokens = 0;    // taken from spliced chunk states, not evaluated
+  double splice_ms = 0;          // restoring and shifting the chunk states (the K-shift runs in prefill)
   double prefill_ms = 0;
   int32_t prefill_tokens = 0;
   double prefill_tokens_per_s = 0;
@@ -137,6 +155,13 @@ class Session {
   // released. Throws Busy, ContextOverflow, InvalidInput, GenerationFailure.
   std::vector<double> log_probs(const std::vector<llama_token>& context, const std::vector<llama_token>& continuation,
                                 const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps = {});
+  // llama.cpp's sequence state of `chunk` evaluated after `prefix` (with `adapters`),
+  // to splice later (see Splice): its cells sit at positions [prefix.size(),
+  // prefix.size() + chunk.size()). The cache keeps prefix + chunk, exact, for reuse.
+  // Needs splice_slots >= 1. Call with the GIL released. Throws Busy, ContextOverflow,
+  // InvalidInput, GenerationFailure, Cancelled (between_steps).
+  std::string chunk_state(const std::vector<llama_token>& prefix, const std::vector<llama_token>& chunk,
+                          const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps = {});
   // Cancels the request generate() is running now, if any; safe from any thread.
   void cancel();
   // Forgets the KV cache, so the next request evaluates its whole prompt.
@@ -167,6 +192,10 @@ class Session {
   // it without state_, every other thread (cached_tokens) with it.
   mutable std::mutex state_;
   std::vector<llama_token> cached_;  // tokens whose K/V sit in sequence 0, in order
+  // How many of cached_'s first tokens hold K/V computed exactly (by evaluation with
+  // everything before them): only those are reused. K/V from a splice, and all K/V
+  // evaluated after it, saw less than a full prefill does.
+  size_t exact_ = 0;
   // The running request's token: the abort callback reads it lock-free while
   // llama_decode runs (generate() keeps the token alive); cancel() and generate()'s
   // exit take token_mutex_, so cancel() never touches a token being freed.
@@ -182,7 +211,13 @@ class Session {
   void decode(const llama_token* tokens, size_t n, size_t logits_from, const LogitsSink& on_logits,
               const StepCheck& between_steps);
   void rollback();
-  void set_cached_size(size_t n);  // shrinks cached_ to at most n tokens, under state_
+  // Evaluates prompt[from, end) with the splices' K/V placed where they land; the
+  // last prompt token gets logits. Leaves no scratch sequence behind, also on throw.
+  void prefill_spliced(const std::vector<llama_token>& prompt, size_t from, const std::vector<Splice>& splices,
+                       const StepCheck& between_steps, Timings& timings);
+  void check_splices(const std::vector<Splice>& splices, size_t prompt_size) const;
+  void set_cached_size(size_t n);  // shrinks cached_ (and exact_) to at most n tokens, under state_
+  void append_cached(const llama_token* tokens, size_t n, bool exact);  // under state_
   std::unique_ptr<llama_sampler, SamplerDeleter> make_sampler(const SamplingOptions& s) const;
   static bool abort_requested(void* self);
 };

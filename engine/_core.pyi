@@ -163,6 +163,12 @@ class Timings(metaclass=_pybind11_type):
     def reused_tokens(self) -> int:
         """Prompt tokens whose K/V came from the cache, not evaluated."""
     @property
+    def spliced_tokens(self) -> int:
+        """Prompt tokens whose K/V came from spliced chunk states, not evaluated."""
+    @property
+    def splice_ms(self) -> float:
+        """Restoring, shifting and joining the chunk states (their K-shift runs in prefill)."""
+    @property
     def prefill_ms(self) -> float: ...
     @property
     def prefill_tokens(self) -> int: ...
@@ -226,6 +232,7 @@ class Session(metaclass=_pybind11_type):
         flash_attn: int = -1,
         kv_type: str = "f16",
         warmup: bool = True,
+        splice_slots: int = 0,
     ) -> None:
         """Create the context (flash_attn: -1 auto, 0 off, 1 on). Raises InputError for unusable settings."""
     def generate(
@@ -240,6 +247,7 @@ class Session(metaclass=_pybind11_type):
         reuse_prefix: bool = True,
         cancel: CancelToken | None = None,
         on_piece: Callable[[str], None] | None = None,
+        splices: Sequence[tuple[int, bytes, int, int]] = ...,
     ) -> Result:
         """Generate with the GIL released.
 
@@ -269,6 +277,20 @@ class Session(metaclass=_pybind11_type):
         Raises InputError (empty sequences, ids outside the vocabulary), ContextOverflowError,
         GeneratorBusyError, GenerationError.
         """
+    def chunk_state(
+        self,
+        prefix: Sequence[int],
+        chunk: Sequence[int],
+        *,
+        adapters: Sequence[tuple[LoraAdapter, float]] = ...,
+    ) -> bytes:
+        """llama.cpp's sequence state of ``chunk`` evaluated after ``prefix`` (GIL released).
+
+        Its cells sit at positions ``len(prefix)..``; the cache keeps prefix + chunk. Splice it
+        with ``generate(splices=[(start, state, len(chunk), len(prefix))])``. Needs
+        ``splice_slots >= 1``. Raises InputError, ContextOverflowError, GeneratorBusyError,
+        GenerationError.
+        """
     def cancel(self) -> None:
         """Cancel the request generate() is running now, if any (any thread); it raises CancelledError."""
     def reset(self) -> None:
@@ -277,6 +299,8 @@ class Session(metaclass=_pybind11_type):
     def n_ctx(self) -> int: ...
     @property
     def n_batch(self) -> int: ...
+    @property
+    def splice_slots(self) -> int: ...
     @property
     def cached_tokens(self) -> list[int]:
         """A snapshot of the tokens whose K/V are in the cache, in order (safe while generating)."""

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--rebuild", action="store_true",
                        help="replace the knowledge base at --kb with one built from DOCS alone "
                             "(default: add DOCS to it, chunked as it was built)")
+    index.add_argument("--kv-cache", action="store_true",
+                       help="also precompute every chunk's K/V state for splicing (into KB/kv; about 23 KB per "
+                            "token with SmolLM2-135M), and delete the states of chunks no longer indexed")
+    index.add_argument("--model", type=Path, default=None,
+                       help="GGUF generator the chunk states are for (default: the model cache's)")
     _add_json(index)
 
     search = command("search", commands.search, "retrieve the chunks that answer a question")

@@ -109,9 +109,24 @@ def index(args: argparse.Namespace) -> int:
     kb, report = index_into(args.kb, args.docs, _embedder(args), rebuild=args.rebuild, chunking=chunking)
     with kb:
         stats = kb.stats()
-    out.emit(args.json, {"kb": str(args.kb), "report": report, "stats": stats},
-             lambda: out.print_index(args.kb, stats, report))
+        kv = _precompute_chunk_states(kb, args.model) if args.kv_cache else None
+    payload = {"kb": str(args.kb), "report": report, "stats": stats}
+    if kv is not None:
+        payload["kv_cache"] = kv
+    out.emit(args.json, payload, lambda: out.print_index(args.kb, stats, report, kv))
     return 0
+
+
+def _precompute_chunk_states(kb, model: Path | None):
+    """Fill ``KB/kv`` with the chunk state of every chunk (for ``Engine(kv_cache=True)``)."""
+    from engine.facade import Engine
+
+    bar = out.CountBar("chunk states", "chunk")
+    try:
+        with Engine(model, kb=kb, kv_cache=True) as engine:
+            return engine.precompute_chunk_states(bar)
+    finally:
+        bar.close()
 
 
 def search(args: argparse.Namespace) -> int:

@@ -84,13 +84,16 @@ def print_model_rows(rows: Iterable[dict]) -> None:
         print(f"{row['name']:30s} {row['role']:9s} {row['license']:11s} {where}")
 
 
-def print_index(kb_dir: Path, stats, report) -> None:
+def print_index(kb_dir: Path, stats, report, kv=None) -> None:
     """``bakeoff index``: what the knowledge base holds, and what this run changed."""
     chunking = stats.chunking
     print(f"knowledge base {kb_dir}: {stats.documents} documents, {stats.chunks} chunks ({stats.generation}), "
           f"embedder {stats.embedder_model} {stats.embedder_variant} ({stats.dim} dims), "
           f"chunks of {chunking.chunk_tokens} tokens overlapping {chunking.overlap_tokens}, "
           f"{stats.size_bytes / 1e6:.1f} MB")
+    if kv is not None:
+        print(f"chunk states: {kv.states} in {kb_dir / 'kv'} ({kv.disk_bytes / 1e6:.0f} MB on disk), "
+              f"{kv.stored} computed now, {kv.ram_hits + kv.disk_hits} already there")
     if report is None:
         return
     print(f"added {len(report.added)}, replaced {len(report.replaced)}, unchanged {len(report.unchanged)}, "
@@ -225,6 +228,23 @@ class IndexBar:
             self._bar.total = progress.files_total
         self._bar.set_postfix(chunks=progress.chunks_done)
         self._bar.update(progress.files_done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class CountBar:
+    """A tqdm bar fed ``(done, total)`` callbacks, with tqdm's ETA."""
+
+    def __init__(self, description: str, unit: str) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar.total != total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
         self._bar.close()

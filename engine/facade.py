@@ -13,17 +13,21 @@ composed timings) of the generation.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import models
 from engine.answer import CONTEXTS, MODES, Answer, AnswerLayer, Context, Mode, PreparedAnswer
+from engine.answer.types import SPLICE_MODES, SpliceMode
 from engine.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
 from engine.generator import Generator
+from engine.kv_cache import ChunkKvCache, KvCacheStats
+from engine.splice import Splice
 from engine.text_stream import TextStream
 
 if TYPE_CHECKING:
@@ -57,6 +61,12 @@ class Engine:
             default of 0.7).
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
+        kv_cache: precomputed chunk states for RAG (see :mod:`engine.kv_cache`): a
+            :class:`ChunkKvCache`, a folder for one, True for ``KB_DIR/kv`` (filled by
+            ``bakeoff index --kv-cache``, or on first use), or None/False for none. With a
+            cache, ``ask(splice="on")`` is the default: only the question is evaluated, the
+            passages' K/V are spliced in; a spliced passage does not attend to the passages
+            before it, which costs accuracy (``bakeoff compare`` measures how much).
 
     Raises:
         ModelError, AdapterError, KnowledgeBaseError: a part cannot be loaded.
@@ -81,6 +91,7 @@ class Engine:
         context_tokens: int = 96,
         mmr_lambda: float = 0.9,
         prompt_budget_tokens: int | None = None,
+        kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
@@ -95,7 +106,8 @@ class Engine:
                                                  or prompt_budget_tokens < 1):
             raise InputError(f"prompt_budget_tokens must be None or an integer >= 1, got {prompt_budget_tokens!r}")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
-        self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads)
+        self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads,
+                                   splice_slots=k if kv_cache not in (None, False) else 0)
         self.adapter_path = Path(adapter) if adapter is not None else None
         self._baked_system_prompt = baked_system_prompt(None)
         if self.adapter_path is not None:
@@ -115,7 +127,15 @@ class Engine:
             tokenize=lambda text: generator.tokenize(text, add_special=True, parse_special=True),
             count_text=lambda text: len(generator.tokenize(text, add_special=False)),
             context=context, context_tokens=context_tokens, mmr_lambda=self.mmr_lambda,
-            embedder=kb_embedder if context == "sentences" else None)
+            embedder=kb_embedder if context == "sentences" else None,
+            tokenize_part=lambda text, first: generator.tokenize(text, add_special=first, parse_special=True))
+        self.kv_cache = _kv_cache(kv_cache, self.kb)
+        self._states = None
+        if self.kv_cache is not None:
+            from engine.chunk_states import ChunkStates
+
+            adapters = {_ADAPTER_NAME: str(self.adapter_path)} if self.adapter_path is not None else {}
+            self._states = ChunkStates(self.generator, self.kv_cache, adapters)
 
     def close(self) -> None:
         """Release the knowledge base (the model is freed with the object)."""
@@ -139,8 +159,29 @@ class Engine:
         """What of the retrieved chunks goes into a RAG prompt ("chunks" or "sentences")."""
         return self._layer.context
 
+    def precompute_chunk_states(self, progress: Callable[[int, int], None] | None = None) -> KvCacheStats:
+        """Compute and keep the chunk state of every chunk of the knowledge base, for splicing.
+
+        States already cached are kept; states of chunks the knowledge base no longer
+        holds (changed or removed documents) are deleted. ``progress(done, total)`` is
+        called after each chunk. About 0.6 s per 200-token chunk on one core.
+
+        Raises:
+            InputError: the engine has no knowledge base or no ``kv_cache``.
+        """
+        if self.kb is None or self._states is None:
+            raise InputError("precomputing chunk states needs Engine(kb=..., kv_cache=True) (or a cache folder)")
+        prefix, blocks = self._layer.chunk_blocks(self.kb.chunks())
+        for done, block in enumerate(blocks, 1):
+            self._states.fetch(prefix, [block], {})
+            if progress is not None:
+                progress(done, len(blocks))
+        assert self.kv_cache is not None  # set together with _states
+        self.kv_cache.prune(self._states.key(prefix, {}), [b.text for b in blocks])
+        return self.kv_cache.stats()
+
     def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
-            passages: Sequence[Hit] | None = None) -> Answer:
+            passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None) -> Answer:
         """Answer ``question`` in ``mode`` ("rag" or "baked"), greedily.
 
         Args:
@@ -150,6 +191,10 @@ class Engine:
             passages: "rag" only: answer from these hits (best first; e.g. your own
                 ``KnowledgeBase.search`` results) instead of retrieving; the answer's
                 ``timings.search`` is then None.
+            splice: "rag" only: how the passages' K/V are made (see :data:`SpliceMode`):
+                "off" (whole prompt evaluated), "on" (precomputed chunk states spliced in;
+                needs ``kv_cache``), "prefill" (the spliced layout's tokens, all evaluated).
+                None: "on" with a ``kv_cache``, else "off".
 
         Raises:
             InputError: empty question, unknown mode, or a mode this engine lacks a part for.
@@ -157,13 +202,13 @@ class Engine:
             ContextOverflowError: the question alone does not fit the context window.
         """
         started = time.perf_counter()
-        prepared = self._prepare(question, mode, max_tokens, passages)
+        prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
         generation = self.generator.generate(list(prepared.tokens), max_tokens=max_tokens,
-                                             adapters=prepared.adapters, stop=self._layer.stop)
+                                             adapters=prepared.adapters, stop=self._layer.stop, splices=splices)
         return self._layer.answer(prepared, generation, started)
 
     def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
-               passages: Sequence[Hit] | None = None) -> AnswerStream:
+               passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None) -> AnswerStream:
         """Like :meth:`ask`, but yields the answer's text pieces as they are generated.
 
         Retrieval and the prompt are done here (errors raise here); the stream's
@@ -172,35 +217,55 @@ class Engine:
         and holds nothing: the next question runs straight away.
         """
         started = time.perf_counter()
-        prepared = self._prepare(question, mode, max_tokens, passages)
+        prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
         pieces = self.generator.stream(list(prepared.tokens), max_tokens=max_tokens,
-                                       adapters=prepared.adapters, stop=self._layer.stop)
+                                       adapters=prepared.adapters, stop=self._layer.stop, splices=splices)
         return AnswerStream(self._layer, prepared, pieces, started)
 
-    def _prepare(self, question: str, mode: str, max_tokens: int,
-                 passages: Sequence[Hit] | None = None) -> PreparedAnswer:
+    def _prepare(self, question: str, mode: str, max_tokens: int, passages: Sequence[Hit] | None = None,
+                 splice: SpliceMode | None = None) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: ask something")
         if mode not in MODES:
             raise InputError(f"mode must be 'rag' or 'baked', got {mode!r}")
         if passages is not None and mode != "rag":
             raise InputError("passages= is for mode='rag': the baked mode answers without sources")
+        if splice is None:
+            splice = "on" if self._states is not None and mode == "rag" else "off"
+        if splice not in SPLICE_MODES:
+            raise InputError(f"splice must be one of {', '.join(SPLICE_MODES)} or None, got {splice!r}")
+        if splice != "off" and mode != "rag":
+            raise InputError(f"splice={splice!r} is for mode='rag': the baked mode has no passages to splice")
+        if splice == "on" and self._states is None:
+            raise InputError("splice='on' needs precomputed chunk states: Engine(kv_cache=True) (or a folder)")
         if mode == "baked":
             if self.adapter_path is None:
                 raise AdapterError("mode='baked' needs a fine-tuned adapter: Engine(adapter=...) "
                                    "(make one with `bakeoff finetune`)")
             return self._layer.baked(question, system_prompt=self._baked_system_prompt,
-                                     adapters={_ADAPTER_NAME: 1.0})
+                                     adapters={_ADAPTER_NAME: 1.0}), ()
         budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
         if passages is not None:
-            return self._layer.rag(question, _given_hits(passages), budget_tokens=budget)
-        if self.kb is None:
+            hits, search, retrieval_ms, query_embedding = _given_hits(passages), None, 0.0, None
+        elif self.kb is None:
             raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
-        searched = time.perf_counter()
-        result = self.kb.search(question, k=self.k, mmr_lambda=self.mmr_lambda)
-        retrieval_ms = (time.perf_counter() - searched) * 1000.0
-        return self._layer.rag(question, result.hits, budget_tokens=budget, query_embedding=result.query_embedding,
-                               search=result.timings, retrieval_ms=retrieval_ms)
+        else:
+            searched = time.perf_counter()
+            result = self.kb.search(question, k=self.k, mmr_lambda=self.mmr_lambda)
+            retrieval_ms = (time.perf_counter() - searched) * 1000.0
+            hits, search, query_embedding = result.hits, result.timings, result.query_embedding
+        if splice == "off":
+            return self._layer.rag(question, hits, budget_tokens=budget, query_embedding=query_embedding,
+                                   search=search, retrieval_ms=retrieval_ms), ()
+        prepared = self._layer.rag_spliced(question, hits, budget_tokens=budget, search=search,
+                                           retrieval_ms=retrieval_ms)
+        if splice == "prefill" or self._states is None:
+            return prepared, ()
+        if len(prepared.blocks) > self.generator.config.splice_slots:
+            raise InputError(f"{len(prepared.blocks)} passages but the generator splices at most "
+                             f"{self.generator.config.splice_slots}: pass fewer passages")
+        fetched = self._states.fetch(prepared.prefix, prepared.blocks, prepared.adapters)
+        return dataclasses.replace(prepared, kv_ms=fetched.ms, kv_computed=fetched.computed), fetched.splices
 
 
 class AnswerStream:
@@ -241,6 +306,22 @@ def _open_kb(kb: str | os.PathLike[str] | KnowledgeBase,
 
     opened = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb, embedder=embedder)
     return opened, opened.embedder
+
+
+def _kv_cache(kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None,
+              kb: KnowledgeBase | None) -> ChunkKvCache | None:
+    if kv_cache is None or kv_cache is False:
+        return None
+    if isinstance(kv_cache, ChunkKvCache):
+        return kv_cache
+    if kv_cache is True:
+        if kb is None:
+            raise InputError("kv_cache=True keeps chunk states next to the knowledge base: give kb= too, "
+                             "or pass a folder")
+        return ChunkKvCache(kb.path / "kv")
+    if isinstance(kv_cache, (str, os.PathLike)):
+        return ChunkKvCache(kv_cache)
+    raise InputError(f"kv_cache must be a ChunkKvCache, a folder, True, False or None, got {type(kv_cache).__name__}")
 
 
 def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:

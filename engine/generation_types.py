@@ -30,6 +30,9 @@ KV_TYPES = ("f16", "bf16", "f32", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_n
 #: llama.cpp rounds a context up to a multiple of this many tokens (so 256 is also its minimum);
 #: other sizes are refused rather than silently enlarged.
 N_CTX_STEP = 256
+#: Most chunk states one request may splice (llama.cpp allows 256 sequences; a prompt
+#: holds far fewer passages).
+MAX_SPLICE_SLOTS = 64
 _SEED_MAX = 2**32 - 1
 _INT32 = range(-(2**31), 2**31)  # the native core's integers: larger values are refused here, typed
 
@@ -54,6 +57,9 @@ class GeneratorConfig:
     sampling at temperature > 0; ``extra_buffers`` is llama.cpp's extra CPU buffer
     types (weight repacking, AMX): "on", "off", or "auto" (off when the CPU backend
     has AMX, whose multi-token matmul crashes in the llama.cpp we link; on otherwise).
+    ``splice_slots`` is how many precomputed chunk states (:meth:`Generator.chunk_state`)
+    one request may splice; 0 (the default) makes the context exactly as without
+    splicing, any other value a unified KV cache with one scratch sequence per slot.
     """
 
     n_ctx: int = 2048
@@ -66,6 +72,7 @@ class GeneratorConfig:
     seed: int = 0
     use_mmap: bool = True
     extra_buffers: str = "auto"
+    splice_slots: int = 0
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first unusable field."""
@@ -89,6 +96,8 @@ class GeneratorConfig:
             raise InputError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
         if not _is_int(self.seed) or not 0 <= self.seed <= _SEED_MAX:
             raise InputError(f"seed must be an integer in [0, 2**32 - 1], got {self.seed!r}")
+        if not _is_int32(self.splice_slots) or not 0 <= self.splice_slots <= MAX_SPLICE_SLOTS:
+            raise InputError(f"splice_slots must be an integer in [0, {MAX_SPLICE_SLOTS}], got {self.splice_slots!r}")
         if self.extra_buffers not in EXTRA_BUFFERS:
             raise InputError(f"extra_buffers must be one of {', '.join(EXTRA_BUFFERS)}, got {self.extra_buffers!r}")
 
@@ -168,6 +177,8 @@ class GenerationTimings:
     devices: tuple[str, ...]  # every ggml device llama.cpp sees
     n_gpu_layers_offloaded: int
     extra_buffer_types: bool  # llama.cpp's extra CPU buffer types (repacking, AMX) in use
+    spliced_tokens: int = 0  # prompt tokens whose K/V came from spliced chunk states
+    splice_ms: float = 0.0  # restoring, shifting and joining the chunk states (their K-shift runs in prefill)
 
 
 @dataclass(frozen=True)

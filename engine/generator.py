@@ -51,6 +51,7 @@ from engine.generation_types import (  # noqa: F401  (re-exported: the public na
     is_token_ids,
 )
 from engine.hardware import default_threads, use_extra_buffer_types
+from engine.splice import Splice
 from engine.text_stream import TextStream
 from engine.thread_probe import fastest_thread_count
 
@@ -64,6 +65,7 @@ class _Request:
     adapters: list[tuple[core.LoraAdapter, float]]
     truncate_left: bool
     reuse_prefix: bool = True
+    splices: tuple[Splice, ...] = ()
 
 
 class Generator:
@@ -71,7 +73,7 @@ class Generator:
 
     Args:
         model_path: a ``.gguf`` model (a merged fine-tune works like any model).
-        n_ctx, n_threads, n_batch, n_gpu_layers, flash_attn, kv_type, seed, extra_buffers:
+        n_ctx, n_threads, n_batch, n_gpu_layers, flash_attn, kv_type, seed, extra_buffers, splice_slots:
             see :class:`GeneratorConfig`; or pass ``config=`` instead.
 
     A model of the model cache (``engine.models``) is checked against its sha256
@@ -97,11 +99,13 @@ class Generator:
         kv_type: str = "f16",
         seed: int = 0,
         extra_buffers: str = "auto",
+        splice_slots: int = 0,
         config: GeneratorConfig | None = None,
     ) -> None:
         if config is None:
             config = GeneratorConfig(n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_gpu_layers=n_gpu_layers,
-                                     flash_attn=flash_attn, kv_type=kv_type, seed=seed, extra_buffers=extra_buffers)
+                                     flash_attn=flash_attn, kv_type=kv_type, seed=seed, extra_buffers=extra_buffers,
+                                     splice_slots=splice_slots)
         config.validate()
         path = Path(model_path)
         if not path.is_file():
@@ -121,7 +125,7 @@ class Generator:
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
         self._session = core.Session(self._model, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=threads,
                                      n_threads_batch=config.n_threads_batch or threads, flash_attn=flash,
-                                     kv_type=config.kv_type)
+                                     kv_type=config.kv_type, splice_slots=config.splice_slots)
         if self._session.n_ctx != config.n_ctx:  # GeneratorConfig refuses the sizes this llama.cpp changes
             raise InputError(f"llama.cpp made a context of {self._session.n_ctx} tokens for n_ctx={config.n_ctx}: "
                              f"pass n_ctx={self._session.n_ctx}")
@@ -269,6 +273,7 @@ class Generator:
         adapters: Mapping[str, float] | None = None,
         truncate: Literal["error", "left"] = "error",
         reuse_prefix: bool = True,
+        splices: Sequence[Splice] = (),
     ) -> Generation:
         """Generate a completion of ``prompt``: a string, chat messages formatted with the
         model's own template, or token ids.
@@ -292,6 +297,9 @@ class Generator:
                 float rounding can differ in the last bits from a full prefill, so a greedy
                 answer at a near-tie may differ from the one without reuse; pass False for
                 runs that must reproduce each other bit for bit.
+            splices: chunk states (:meth:`chunk_state`) whose K/V stand in for their prompt
+                tokens, in prompt order, at most ``splice_slots``; the prompt must be token ids.
+                Only the tokens around them are evaluated. Prefix reuse stops at the first.
 
         Raises:
             InputError, ContextOverflowError, AdapterError, GenerationError.
@@ -299,7 +307,7 @@ class Generator:
             KeyboardInterrupt: Ctrl-C while generating on the main thread.
         """
         request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
-                                sampling, adapters, truncate, reuse_prefix)
+                                sampling, adapters, truncate, reuse_prefix, splices)
         return self._run(request, self._submit(), None)
 
     def stream(
@@ -317,6 +325,7 @@ class Generator:
         adapters: Mapping[str, float] | None = None,
         truncate: Literal["error", "left"] = "error",
         reuse_prefix: bool = True,
+        splices: Sequence[Splice] = (),
     ) -> TextStream:
         """Like :meth:`generate`, but yields text pieces (valid UTF-8) as they are produced.
 
@@ -326,7 +335,7 @@ class Generator:
         the request counts as submitted from this call (see :meth:`cancel`).
         """
         request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
-                                sampling, adapters, truncate, reuse_prefix)
+                                sampling, adapters, truncate, reuse_prefix, splices)
         token = self._submit()
         return TextStream(functools.partial(self._run, request, token), functools.partial(self._withdraw, token))
 
@@ -360,6 +369,27 @@ class Generator:
         with self._lock:
             return math.fsum(self._session.log_probs(ctx, cont, adapters=resolved))
 
+    def chunk_state(self, prefix: TokenIds, chunk: TokenIds, *,
+                    adapters: Mapping[str, float] | None = None) -> bytes:
+        """llama.cpp's K/V state of ``chunk`` evaluated after ``prefix``, to splice later.
+
+        Pass it to :meth:`generate` as ``Splice(start, state, len(chunk), len(prefix))``.
+        The state belongs to this model, these adapters (a LoRA on the K/V projections
+        changes K/V), this ``kv_type`` and ``flash_attn`` and this llama.cpp build; the
+        cache keeps ``prefix + chunk``, so states computed one after another reuse the
+        prefix. Needs ``splice_slots >= 1``. About 22.5 KiB per token for SmolLM2-135M at f16.
+
+        Raises:
+            InputError: empty or out-of-vocabulary ids, or a Generator without splice slots.
+            ContextOverflowError: prefix and chunk do not fit ``n_ctx``.
+            AdapterError: an adapter name is not loaded.
+        """
+        ctx = check_token_ids(prefix, self.info.n_vocab, "prefix")
+        body = check_token_ids(chunk, self.info.n_vocab, "chunk")
+        resolved = self._resolve_adapters(adapters)
+        with self._lock:
+            return self._session.chunk_state(ctx, body, adapters=resolved)
+
     def cancel(self) -> None:
         """Cancel every request submitted before this call that has not finished.
 
@@ -392,7 +422,7 @@ class Generator:
             self._pending.discard(token)
 
     def _request(self, prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar, sampling,
-                 adapters, truncate, reuse_prefix) -> _Request:
+                 adapters, truncate, reuse_prefix, splices=()) -> _Request:
         if sampling is None:
             sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                                       repeat_penalty=repeat_penalty)
@@ -409,8 +439,12 @@ class Generator:
                 setattr(options, f.name, getattr(sampling, f.name))
         options.seed = self.config.seed if sampling.seed is None else sampling.seed
         options.grammar = grammar or ""
+        splices = tuple(splices)
+        if splices and (isinstance(native_prompt, str) or not all(isinstance(s, Splice) for s in splices)):
+            raise InputError("splices= takes engine.Splice values and a prompt of token ids (the splices name "
+                             "token positions)")
         return _Request(native_prompt, max_tokens, options, stops, self._resolve_adapters(adapters), truncate == "left",
-                        bool(reuse_prefix))
+                        bool(reuse_prefix), splices)
 
     def _run(self, request: _Request, token: core.CancelToken,
              on_piece: Callable[[str], None] | None) -> Generation:
@@ -420,7 +454,8 @@ class Generator:
                 result = self._session.generate(
                     request.prompt, max_tokens=request.max_tokens, sampling=request.sampling, stop=request.stop,
                     adapters=request.adapters, truncate_left=request.truncate_left,
-                    reuse_prefix=request.reuse_prefix, cancel=token, on_piece=on_piece)
+                    reuse_prefix=request.reuse_prefix, cancel=token, on_piece=on_piece,
+                    splices=[s.native() for s in request.splices])
         finally:
             with self._pending_lock:
                 self._pending.discard(token)

@@ -235,7 +235,7 @@ def test_knowledge_base_of_another_embedder_is_refused(engine, embedder, tmp_pat
 def test_baked_questions_use_the_system_prompt_the_adapter_was_trained_with(generator_model_path, tiny_finetune):
     report, _ = tiny_finetune
     with Engine(generator_model_path, adapter=report.adapter_path, n_ctx=512) as engine:
-        prepared = engine._prepare("When was the company founded?", "baked", 16)
+        prepared, _ = engine._prepare("When was the company founded?", "baked", 16)
         shown = engine.generator.detokenize(prepared.tokens, render_special=True)
         assert engine.generator.adapter_metadata("baked")["bakeoff.system_prompt"] in shown
     # The bundled set names its subject in data (set.json), and training wrote it into the adapter.

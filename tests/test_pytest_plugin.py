@@ -31,7 +31,7 @@ _TIMEOUT_S = 600
 _QUIET = ("-p", "no:cacheprovider")
 
 #: The names record_answer_timings fills: the answer's own, the search's and the generator's measured fields.
-_EXPECTED_NAMES = ({"retrieval_ms", "prompt_build_ms", "ttft_ms", "total_ms"}
+_EXPECTED_NAMES = ({"retrieval_ms", "prompt_build_ms", "ttft_ms", "total_ms", "kv_ms"}
                    | {f"search.{f.name}" for f in fields(SearchTimings)}
                    | {f"generation.{f.name}" for f in fields(GenerationTimings)
                       if f.name.endswith(("_ms", "_tokens", "_per_s"))})

@@ -13,6 +13,12 @@ if TYPE_CHECKING:  # the knowledge base (hnswlib, SQLite) loads only when retrie
 #: How a question is answered: "rag" (base model + retrieved passages) or "baked" (the adapter alone).
 Mode = Literal["rag", "baked"]
 MODES: tuple[Mode, ...] = ("rag", "baked")
+#: How a RAG prompt's passages get their K/V: "off" (the prompt tokenized whole and
+#: evaluated), "on" (each passage's precomputed chunk state spliced in, only the
+#: question evaluated), "prefill" (the exact tokens "on" uses, all evaluated: the
+#: baseline that isolates the splice's accuracy price).
+SpliceMode = Literal["off", "on", "prefill"]
+SPLICE_MODES: tuple[SpliceMode, ...] = ("off", "on", "prefill")
 #: Why generation ended: the model's end of turn, a stop string, ``max_tokens``, or a full context.
 StopReason = Literal["eos", "stop", "length", "context_full"]
 
@@ -56,7 +62,9 @@ class AnswerTimings:
     answer saw it, ``prompt_build_ms`` the passages and prompt (tokenizing included).
     ``ttft_ms`` runs from the call to the first generated token; ``total_ms`` to the
     last. The stages add up: ``retrieval_ms + prompt_build_ms + generation.total_ms
-    <= total_ms``.
+    <= total_ms``. ``kv_ms`` is getting the passages' chunk states (splice "on": cache
+    lookups, plus computing the ``kv_computed`` states that were not cached); the
+    splice itself is ``generation.splice_ms``.
     """
 
     search: SearchTimings | None
@@ -65,6 +73,8 @@ class AnswerTimings:
     prompt_build_ms: float
     ttft_ms: float
     total_ms: float
+    kv_ms: float = 0.0
+    kv_computed: int = 0
 
 
 @dataclass(frozen=True)

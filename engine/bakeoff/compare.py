@@ -11,6 +11,13 @@ To tell retrieval misses from reading misses, the held-out questions are also
 answered in "rag" mode with retrieval made perfect: the generator is given only the
 passage of the question's source document that holds an accepted answer (mode
 ``rag-answer-passage`` in the answers; ``reader_accuracy`` in the summary).
+
+With an engine that has a chunk-KV cache (``Engine(kv_cache=...)``), RAG is also run
+in the spliced layout, on the same retrieved passages, both ways: ``rag-prefill``
+(every token evaluated) and ``rag-spliced`` (the passages' precomputed chunk states
+spliced in): their accuracy difference is the splice's price alone. Their latency is
+timed warm (states cached: ``rag-spliced``) and cold (the cache emptied before every
+question, so states are computed on the fly: ``rag-spliced-cold``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.answer.types import SpliceMode
 from engine.bakeoff.qa import Question, is_correct, select_facts
 from engine.errors import InputError
 
@@ -36,10 +44,13 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 MODES_COMPARED: tuple[Mode, ...] = ("rag", "baked")
 
 READER_MODE = "rag-answer-passage"  # rag with retrieval made perfect
+#: rag in the spliced layout: every token evaluated, and the chunk states spliced in
+SPLICE_VARIANTS: dict[str, SpliceMode] = {"rag-prefill": "prefill", "rag-spliced": "on"}
+SPLICED_COLD = "rag-spliced-cold"
 #: The stages of an answer, in the order they run, named by where they sit in ``AnswerTimings``
 #: ("search.embed_ms" is ``timings.search.embed_ms``; 0 when nothing was searched).
 STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms",
-          "prompt_build_ms", "generation.prefill_ms", "generation.decode_ms")
+          "prompt_build_ms", "kv_ms", "generation.splice_ms", "generation.prefill_ms", "generation.decode_ms")
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,9 @@ class CompareConfig:
     ``spread_facts``, N spread over the documents (``select_facts``); ``timing_questions``
     questions are timed ``repetitions`` times per mode after ``warmup`` untimed answers;
     ``answer_passage`` also answers the held-out questions from the passage that holds
-    the answer (perfect retrieval), which measures the reader alone.
+    the answer (perfect retrieval), which measures the reader alone; ``splice`` also
+    grades and times RAG with spliced chunk states when the engine has a chunk-KV cache,
+    on the first ``splice_questions`` graded questions (None: all).
     """
 
     train_per_fact: int = 1
@@ -63,6 +76,8 @@ class CompareConfig:
     max_tokens: int = 48
     freshness: bool = True
     answer_passage: bool = True
+    splice: bool = True
+    splice_questions: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first setting a comparison cannot run with."""
@@ -71,6 +86,10 @@ class CompareConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.splice_questions is not None and (isinstance(self.splice_questions, bool)
+                                                  or not isinstance(self.splice_questions, int)
+                                                  or self.splice_questions < 1):
+            raise InputError(f"splice_questions must be None (all) or an integer >= 1, got {self.splice_questions!r}")
         if self.limit_facts is not None and (isinstance(self.limit_facts, bool)
                                              or not isinstance(self.limit_facts, int) or self.limit_facts < 1):
             raise InputError(f"limit_facts must be None (every fact) or an integer >= 1, got {self.limit_facts!r}")
@@ -134,6 +153,9 @@ class ComparisonResult:
     reader_accuracy: dict[str, float] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ttft_ratio_rag_over_baked: float | None = None
+    ttft_ratio_spliced_over_baked: float | None = None  # warm chunk-KV cache
+    # chunk-KV cache over the spliced accuracy pass: hit_rate, states, bytes_per_state, bytes_per_token
+    kv_cache: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -194,9 +216,17 @@ def run_comparison(
             say(f"accuracy/{mode}", done, len(graded))
     if config.answer_passage and engine.kb is not None:
         result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], config, say)
+    splicing = config.splice and engine.kv_cache is not None
+    if splicing:
+        result.answers += _grade_spliced(engine, graded[: config.splice_questions], config, say, result.kv_cache)
     timing = graded[: config.timing_questions]
     for mode in MODES_COMPARED:
         result.latency[mode] = _time_mode(engine, timing, mode, config, say)
+    if splicing:
+        result.latency["rag-spliced"] = _time_mode(engine, timing, "rag", config, say, splice="on",
+                                                   label="rag-spliced")
+        result.latency[SPLICED_COLD] = _time_mode(engine, timing, "rag", config, say, splice="on",
+                                                  label=SPLICED_COLD, cold=True)
     if config.freshness and docs_dir is not None:
         changed = [q for q in graded if q.changes_on_update]
         result.answers += _freshness(engine, changed, docs_dir, work_dir, config, say)
@@ -206,9 +236,10 @@ def run_comparison(
 
 
 def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[str, ...], max_tokens: int,
-           *, passages: Sequence | None = None, label: str | None = None) -> GradedAnswer:
+           *, passages: Sequence | None = None, label: str | None = None, splice: SpliceMode = "off") -> GradedAnswer:
     """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
-    answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages)
+    answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
+                        splice=splice if mode == "rag" else None)
     in_context = None
     if mode == "rag":
         in_context = any(is_correct(_as_shown(c.heading, c.text), accepted) for c in answer.citations)
@@ -231,6 +262,27 @@ def _grade_reader(engine: Engine, questions: Sequence[Question], config: Compare
     return graded
 
 
+def _grade_spliced(engine: Engine, questions: Sequence[Question], config: CompareConfig, say: Progress,
+                   kv_summary: dict[str, float]) -> list[GradedAnswer]:
+    """Each question in the spliced layout, prefilled and spliced, on the same retrieved passages."""
+    assert engine.kb is not None and engine.kv_cache is not None  # the caller checks
+    graded = []
+    for label, splice in SPLICE_VARIANTS.items():
+        before = engine.kv_cache.stats()
+        for done, q in enumerate(questions, 1):
+            hits = engine.kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits
+            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens, passages=hits,
+                                 label=label, splice=splice))
+            say(f"accuracy/{label}", done, len(questions))
+        if splice == "on":
+            after = engine.kv_cache.stats()
+            hits_ = (after.ram_hits + after.disk_hits) - (before.ram_hits + before.disk_hits)
+            lookups = hits_ + after.misses - before.misses
+            kv_summary["hit_rate"] = hits_ / lookups if lookups else 0.0
+            kv_summary.update(after.state_sizes())
+    return graded
+
+
 def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
     """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
     name = Path(q.source).name
@@ -247,16 +299,21 @@ def _as_shown(heading: str, text: str) -> str:
 
 
 def _time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, config: CompareConfig,
-               say: Progress) -> LatencySummary:
+               say: Progress, *, splice: SpliceMode | None = None, label: str | None = None,
+               cold: bool = False) -> LatencySummary:
+    """Latency of ``mode`` (``splice`` for rag) after a warm-up; ``cold`` empties the chunk-KV cache before each."""
+    label = label or mode
     for q in questions[: config.warmup]:
-        engine.ask(q.question, mode, max_tokens=config.max_tokens)
+        engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice)
     samples: list[Answer] = []
     total = len(questions) * config.repetitions
     for _ in range(config.repetitions):
         for q in questions:
-            samples.append(engine.ask(q.question, mode, max_tokens=config.max_tokens))
-            say(f"latency/{mode}", len(samples), total)
-    return _latency(mode, samples)
+            if cold and engine.kv_cache is not None:
+                engine.kv_cache.clear()
+            samples.append(engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice))
+            say(f"latency/{label}", len(samples), total)
+    return _latency(label, samples)
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -330,7 +387,7 @@ def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work
 
 
 def _summarise(result: ComparisonResult) -> None:
-    for mode in MODES_COMPARED:
+    for mode in (*MODES_COMPARED, *SPLICE_VARIANTS):
         result.accuracy[mode] = {}
         result.counts[mode] = {}
         for split in ("train", "heldout", "updated"):
@@ -348,6 +405,9 @@ def _summarise(result: ComparisonResult) -> None:
     rag, baked = result.latency.get("rag"), result.latency.get("baked")
     if rag and baked and baked.ttft_p50_ms > 0:
         result.ttft_ratio_rag_over_baked = rag.ttft_p50_ms / baked.ttft_p50_ms
+    spliced = result.latency.get("rag-spliced")
+    if spliced and baked and baked.ttft_p50_ms > 0:
+        result.ttft_ratio_spliced_over_baked = spliced.ttft_p50_ms / baked.ttft_p50_ms
 
 
 def resident_mb() -> float:

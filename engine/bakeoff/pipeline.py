@@ -57,7 +57,8 @@ QUICK = RunProfile(
     "quick",
     FinetuneConfig(limit_facts=_QUICK_FACTS, spread_facts=True, document_windows="answers", epochs=4,
                    max_train_seconds=420.0),
-    CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=10, repetitions=2),
+    CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=10, repetitions=2,
+                  splice_questions=30),
     estimates_s=(45.0, 5.0, 195.0, 180.0),
 )
 #: Every fact of the set, the recipe's default fine-tune, 20 questions x 3 timed.
@@ -145,6 +146,7 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     from engine.bakeoff.compare import memory_footprint, run_comparison
     from engine.facade import Engine
     from engine.generator import fastest_thread_count
+    from engine.kv_cache import ChunkKvCache
     from engine.bakeoff.qa import load_questions
     from engine.bakeoff.report import write_report
 
@@ -157,7 +159,8 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
         how = f"{threads}, as given"
     (say or (lambda _: None))(f"generation threads: {how}")
     memory = memory_footprint(model, adapter, kb)
-    with Engine(model, adapter=adapter, kb=kb, n_threads=threads) as engine:
+    # Chunk states in RAM only: the comparison measures a warm cache and, emptying it, a cold one.
+    with Engine(model, adapter=adapter, kb=kb, n_threads=threads, kv_cache=ChunkKvCache(None)) as engine:
         result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
                                 memory=memory, progress=progress)
     context = {"model": model.name, "adapter": str(adapter), "knowledge base": str(kb), "questions": str(qa),

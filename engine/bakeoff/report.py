@@ -18,8 +18,11 @@ from engine.bakeoff.compare import READER_MODE, STAGES, ComparisonResult
 _STAGE_LABELS = {
     "search.embed_ms": "embed", "search.dense_search_ms": "dense search",
     "search.lexical_search_ms": "lexical search", "search.scoring_ms": "scoring",
-    "prompt_build_ms": "prompt build", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
+    "prompt_build_ms": "prompt build", "kv_ms": "chunk states (lookup/compute)",
+    "generation.splice_ms": "KV restore + shift", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
 }
+#: Rows of the summary, in order; a row is shown when the result has it.
+_ROWS = ("rag", "baked", "rag-prefill", "rag-spliced", "rag-spliced-cold")
 
 
 @dataclass(frozen=True)
@@ -51,13 +54,13 @@ def summary_table(result: ComparisonResult) -> str:
     lines = ["| mode | accuracy train | accuracy held-out | accuracy after update | TTFT p50 / p95 (ms) "
              "| total p50 / p95 (ms) | prompt tokens p50 |",
              "|---|---|---|---|---|---|---|"]
-    for mode in ("rag", "baked"):
+    for mode in [m for m in _ROWS if m in result.accuracy or m in result.latency]:
         acc = result.accuracy.get(mode, {})
         counts = result.counts.get(mode, {})
         lat = result.latency.get(mode)
 
         def cell(split: str) -> str:
-            if split not in acc:
+            if split not in acc or not counts.get(split):
                 return "n/a"
             return f"{acc[split] * 100:.1f}% ({round(acc[split] * counts[split])}/{counts[split]})"
 
@@ -67,6 +70,16 @@ def summary_table(result: ComparisonResult) -> str:
     if result.ttft_ratio_rag_over_baked is not None:
         lines.append("")
         lines.append(f"Measured TTFT ratio RAG / baked (p50): **{result.ttft_ratio_rag_over_baked:.2f}**")
+    if result.ttft_ratio_spliced_over_baked is not None:
+        lines.append("")
+        lines.append(f"Measured TTFT ratio RAG with spliced chunk states (warm cache) / baked (p50): "
+                     f"**{result.ttft_ratio_spliced_over_baked:.2f}**")
+    if result.kv_cache:
+        kv = result.kv_cache
+        lines.append("")
+        lines.append(f"Chunk-KV cache over the spliced pass: hit rate {kv.get('hit_rate', 0) * 100:.1f}%, "
+                     f"{kv.get('states', 0):.0f} states, {kv.get('bytes_per_state', 0) / 1e6:.2f} MB per state, "
+                     f"{kv.get('bytes_per_token', 0):.0f} bytes per token.")
     return "\n".join(lines)
 
 
@@ -99,10 +112,18 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
               "(case-insensitive). Held-out questions were never used for fine-tuning. "
               "'After update' asks the facts that the v2 documents changed, after re-indexing them; "
               "the adapter was not retrained.", ""]
-    parts += ["## Latency per stage (p50, ms)", "", "| stage | rag | baked |", "|---|---|---|"]
+    if "rag-spliced" in result.accuracy:
+        parts += ["'rag-prefill' and 'rag-spliced' answer the same retrieved passages in the spliced layout "
+                  "(labels are chunk ids, each passage tokenized on its own): 'rag-prefill' evaluates every token, "
+                  "'rag-spliced' splices each passage's precomputed K/V, where a passage does not attend to the "
+                  "passages before it; their difference is the splice's accuracy price. 'rag-spliced-cold' empties "
+                  "the cache before each timed question, so the states are computed on the fly.", ""]
+    timed = [m for m in _ROWS if m in result.latency]
+    parts += ["## Latency per stage (p50, ms)", "", "| stage | " + " | ".join(timed) + " |",
+              "|---|" + "---|" * len(timed)]
     for stage in STAGES:
-        values = [result.latency[m].stage_p50_ms[stage] if m in result.latency else 0.0 for m in ("rag", "baked")]
-        parts.append(f"| {_STAGE_LABELS[stage]} | {values[0]:.2f} | {values[1]:.2f} |")
+        values = [result.latency[m].stage_p50_ms.get(stage, 0.0) for m in timed]
+        parts.append(f"| {_STAGE_LABELS[stage]} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
     parts.append("")
     if result.memory:
         m = result.memory

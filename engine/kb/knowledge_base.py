@@ -322,6 +322,16 @@ class KnowledgeBase:
         timings = SearchTimings((t1 - t0) * 1e3, *stages_ms, (time.perf_counter() - t0) * 1e3)
         return SearchResult(query, hits, timings, truncated, q)
 
+    def chunks(self) -> list[Hit]:
+        """Every chunk of the generation this object reads, in id order, as hits of score 0.
+
+        For work over the whole knowledge base, such as precomputing chunk states
+        (``bakeoff index --kv-cache``).
+        """
+        with self._live.reading() as gen:
+            stored = gen.store.get([int(i) for i in gen.ids])
+        return [Hit(c.chunk_id, c.text, c.source, (c.start_char, c.end_char), c.heading, 0.0) for c in stored]
+
     def stats(self) -> KnowledgeBaseStats:
         """Counts, parameters and on-disk size of the published generation this object reads."""
         m = self.manifest

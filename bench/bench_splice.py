@@ -1,0 +1,118 @@
+"""Chunk-KV splicing: time to first token against a full prefill of the same tokens and
+against the question alone, by passages per prompt (k) and by chunk size; KV restore
+and shift time; bytes per chunk state.
+
+All three are measured in the same run, interleaved question by question, on the
+bundled documents and held-out questions, with the real SmolLM2-135M and MiniLM:
+
+- "spliced": ``Engine.ask(splice="on")`` with every state cached (warm), so only the
+  question is evaluated;
+- "prefill": the same tokens, all evaluated (``splice="prefill"``);
+- "question alone": the RAG system prompt and the question with no passage, through
+  the same generator: what a prompt with nothing retrieved costs (the floor).
+
+Ratios are printed against "question alone" and "prefill"; absolute times on a shared
+2-core machine are indications only. The retrieval step is left out (the passages are
+given), so the ratios are about generation.
+
+Run: ``.venv/bin/python -m pytest bench/bench_splice.py -o python_files='bench_*.py' -s``
+(``BAKEOFF_BENCH_QUESTIONS``, default 8; ``BAKEOFF_BENCH_THREADS``, default the engine's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from engine import Engine
+from engine.bakeoff.qa import load_questions
+from engine.chat import RAG_SYSTEM_PROMPT
+from engine.embedder import Embedder
+from engine.hardware import default_threads
+from engine.kb import KnowledgeBase
+from engine.kv_cache import ChunkKvCache
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "engine" / "data" / "kb" / "docs"
+QA = ROOT / "engine" / "data" / "kb" / "qa.jsonl"
+QUESTIONS = int(os.environ.get("BAKEOFF_BENCH_QUESTIONS", "8"))
+THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(default_threads())))
+KS = (1, 2, 3, 4, 6, 8)
+CHUNK_TOKENS = (100, 200, 400)
+RESULTS = ROOT / "bench" / "results" / "splice.json"
+
+
+def _questions() -> list[str]:
+    return [q.question for q in load_questions(QA) if q.split == "heldout"][:QUESTIONS]
+
+
+def _measure(engine: Engine, kb: KnowledgeBase, k: int) -> dict[str, float]:
+    """p50 TTFT (ms) of the three ways for ``k`` passages, plus splice and state figures."""
+    spliced, prefill, alone, splice_ms, tail_ms, state_tokens = [], [], [], [], [], []
+    generator = engine.generator
+    for question in _questions():
+        hits = kb.search(question, k=k).hits
+        engine.ask(question, passages=hits, splice="on", max_tokens=1)  # computes the states once: warm after
+        ask = engine.ask(question, passages=hits, splice="on", max_tokens=1)
+        full = engine.ask(question, passages=hits, splice="prefill", max_tokens=1, )
+        floor = generator.generate([("system", RAG_SYSTEM_PROMPT), ("user", f"Question: {question}")], max_tokens=1)
+        spliced.append(ask.timings.generation.ttft_ms + ask.timings.kv_ms + ask.timings.prompt_build_ms)
+        prefill.append(full.timings.generation.ttft_ms + full.timings.prompt_build_ms)
+        alone.append(floor.timings.ttft_ms)
+        splice_ms.append(ask.timings.generation.splice_ms)
+        tail_ms.append(ask.timings.generation.prefill_ms)
+        state_tokens.append(ask.timings.generation.spliced_tokens)
+    p50 = statistics.median
+    return {"k": k, "spliced_ms": p50(spliced), "prefill_ms": p50(prefill), "alone_ms": p50(alone),
+            "spliced_over_alone": p50(spliced) / p50(alone), "spliced_over_prefill": p50(spliced) / p50(prefill),
+            "restore_shift_ms": p50(splice_ms), "tail_prefill_ms": p50(tail_ms),
+            "spliced_tokens": p50(state_tokens)}
+
+
+@pytest.fixture(scope="module")
+def embedder(embedder_dir) -> Embedder:
+    return Embedder(embedder_dir)
+
+
+def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_factory):
+    rows_k, rows_size, sizes = [], [], {}
+    for chunk_tokens in CHUNK_TOKENS:
+        folder = tmp_path_factory.mktemp(f"kb{chunk_tokens}") / "kb"
+        kb = KnowledgeBase.build(DOCS, folder, embedder=embedder, chunk_tokens=chunk_tokens,
+                                 overlap_tokens=chunk_tokens // 5)
+        cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
+        with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=max(KS), kv_cache=cache) as engine:
+            for k in (KS if chunk_tokens == 200 else (3,)):
+                row = _measure(engine, kb, k)
+                (rows_k if chunk_tokens == 200 else rows_size).append(row)
+                if chunk_tokens == 200 and k == 3:
+                    rows_size.append(row)
+                row["chunk_tokens"] = chunk_tokens
+            stats = cache.stats()
+            sizes[chunk_tokens] = stats.state_sizes()
+    rows_size.sort(key=lambda r: r["chunk_tokens"])
+
+    print(f"\nchunk-KV splicing, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 TTFT (ms), retrieval "
+          "excluded")
+    header = "| k | spliced (warm) | full prefill | question alone | spliced / alone | spliced / prefill " \
+             "| restore+shift | tail prefill |"
+    print("\nby passages per prompt (200-token chunks)\n" + header + "\n|---|---|---|---|---|---|---|---|")
+    for r in rows_k:
+        print(f"| {r['k']} | {r['spliced_ms']:.0f} | {r['prefill_ms']:.0f} | {r['alone_ms']:.0f} "
+              f"| {r['spliced_over_alone']:.2f} | {r['spliced_over_prefill']:.3f} | {r['restore_shift_ms']:.1f} "
+              f"| {r['tail_prefill_ms']:.0f} |")
+    print("\nby chunk size (k = 3)\n| chunk tokens | spliced | full prefill | spliced / alone | spliced / prefill "
+          "| MB per state | bytes per token | GB per 1k chunks |\n|---|---|---|---|---|---|---|---|")
+    for r in rows_size:
+        size = sizes[r["chunk_tokens"]]
+        print(f"| {r['chunk_tokens']} | {r['spliced_ms']:.0f} | {r['prefill_ms']:.0f} | {r['spliced_over_alone']:.2f} "
+              f"| {r['spliced_over_prefill']:.3f} | {size['bytes_per_state'] / 1e6:.2f} "
+              f"| {size['bytes_per_token']:.0f} | {size['bytes_per_state'] * 1000 / 1e9:.2f} |")
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, "by_k": rows_k,
+                                   "by_chunk_tokens": rows_size, "state_sizes": sizes}, indent=2))
+    assert all(r["spliced_tokens"] > 0 for r in rows_k)
