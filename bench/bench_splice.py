@@ -42,7 +42,7 @@ QA = ROOT / "engine" / "data" / "kb" / "qa.jsonl"
 QUESTIONS = int(os.environ.get("BAKEOFF_BENCH_QUESTIONS", "8"))
 THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(default_threads())))
 KS = (1, 2, 3, 4, 6, 8)
-CHUNK_TOKENS = (100, 200, 400)
+CHUNK_TOKENS = (64, 128, 200, 254)  # the embedder reads at most 254 tokens per chunk
 RESULTS = ROOT / "bench" / "results" / "splice.json"
 
 
@@ -73,6 +73,26 @@ def _measure(engine: Engine, kb: KnowledgeBase, k: int) -> dict[str, float]:
             "spliced_tokens": p50(state_tokens)}
 
 
+def _k_shift_ms(engine: Engine, kb: KnowledgeBase, k: int = 3) -> dict[str, float]:
+    """Tail prefill with the states shifted into place against states computed where they land (no shift)."""
+    from engine.splice import Splice
+
+    shifted, in_place = [], []
+    generator = engine.generator
+    for question in _questions():
+        hits = kb.search(question, k=k).hits
+        prepared, splices = engine._prepare(question, "rag", 1, hits, "on")
+        tokens = list(prepared.tokens)
+        exact = [Splice(s.start, generator.chunk_state(tokens[:s.start], tokens[s.start:s.start + s.n_tokens]),
+                        s.n_tokens, s.start) for s in splices]
+        for chosen, into in ((splices, shifted), (exact, in_place)):
+            generator.generate(tokens, max_tokens=1, splices=chosen)  # same cache state before each timed call
+            into.append(generator.generate(tokens, max_tokens=1, splices=chosen).timings.prefill_ms)
+    p50 = statistics.median
+    return {"shifted_tail_ms": p50(shifted), "in_place_tail_ms": p50(in_place),
+            "k_shift_ms": p50(shifted) - p50(in_place)}
+
+
 @pytest.fixture(scope="module")
 def embedder(embedder_dir) -> Embedder:
     return Embedder(embedder_dir)
@@ -86,8 +106,12 @@ def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_facto
                                  overlap_tokens=chunk_tokens // 5)
         cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
         with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=max(KS), kv_cache=cache) as engine:
+            if chunk_tokens == 200:
+                shift = _k_shift_ms(engine, kb)
+                print(f"\nK-shift, k=3: {shift}", flush=True)
             for k in (KS if chunk_tokens == 200 else (3,)):
                 row = _measure(engine, kb, k)
+                print(f"\n{chunk_tokens}-token chunks, k={k}: {row}", flush=True)
                 (rows_k if chunk_tokens == 200 else rows_size).append(row)
                 if chunk_tokens == 200 and k == 3:
                     rows_size.append(row)
@@ -95,6 +119,14 @@ def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_facto
             stats = cache.stats()
             sizes[chunk_tokens] = stats.state_sizes()
     rows_size.sort(key=lambda r: r["chunk_tokens"])
+    # q8_0 K and V (flash attention on, as a quantized V cache needs): the same k = 3, 200-token chunks.
+    folder = tmp_path_factory.mktemp("kbq8") / "kb"
+    kb = KnowledgeBase.build(DOCS, folder, embedder=embedder)
+    cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
+    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache,
+                kv_type="q8_0") as engine:
+        q8 = _measure(engine, kb, 3)
+        q8.update(cache.stats().state_sizes())
 
     print(f"\nchunk-KV splicing, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 TTFT (ms), retrieval "
           "excluded")
@@ -112,7 +144,14 @@ def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_facto
         print(f"| {r['chunk_tokens']} | {r['spliced_ms']:.0f} | {r['prefill_ms']:.0f} | {r['spliced_over_alone']:.2f} "
               f"| {r['spliced_over_prefill']:.3f} | {size['bytes_per_state'] / 1e6:.2f} "
               f"| {size['bytes_per_token']:.0f} | {size['bytes_per_state'] * 1000 / 1e9:.2f} |")
+    print(f"\nK-shift (k = 3, n_ctx 2048): tail prefill {shift['shifted_tail_ms']:.0f} ms with the states shifted "
+          f"into place, {shift['in_place_tail_ms']:.0f} ms with states computed where they land: the shift costs "
+          f"{shift['k_shift_ms']:.1f} ms")
+    print(f"\nq8_0 K/V, k = 3: spliced {q8['spliced_ms']:.0f} ms, prefill {q8['prefill_ms']:.0f} ms, "
+          f"spliced / alone {q8['spliced_over_alone']:.2f}, {q8['bytes_per_token']:.0f} bytes per token "
+          f"({q8['bytes_per_token'] / sizes[200]['bytes_per_token']:.2f}x f16)")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, "by_k": rows_k,
-                                   "by_chunk_tokens": rows_size, "state_sizes": sizes}, indent=2))
+                                   "by_chunk_tokens": rows_size, "state_sizes": sizes,
+                                   "q8_0": q8, "k_shift": shift}, indent=2))
     assert all(r["spliced_tokens"] > 0 for r in rows_k)

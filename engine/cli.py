@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("-k", type=int, default=4, help="passages to retrieve")
     ask.add_argument("--max-tokens", type=int, default=48)
     ask.add_argument("--threads", type=int, default=None)
+    ask.add_argument("--splice", choices=["off", "on", "prefill"], default="off",
+                     help="rag: 'on' splices each passage's precomputed K/V from KB/kv (made by `bakeoff index "
+                          "--kv-cache`, or now) so only the question is evaluated; 'prefill' evaluates the same "
+                          "tokens; default 'off' (the whole prompt evaluated)")
     _add_json(ask)
 
     tune = command("finetune", commands.finetune, "bake a knowledge set into a GGUF LoRA adapter (needs [finetune])")

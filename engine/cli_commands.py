@@ -202,12 +202,14 @@ def generate(args: argparse.Namespace) -> int:
 def ask(args: argparse.Namespace) -> int:
     from engine.facade import Engine
 
-    with Engine(args.model, adapter=args.adapter, kb=args.kb, n_threads=args.threads, k=args.k) as engine:
+    splice = args.splice if args.mode == "rag" else None
+    with Engine(args.model, adapter=args.adapter, kb=args.kb, n_threads=args.threads, k=args.k,
+                kv_cache=splice == "on") as engine:
         if args.json:
-            answer = engine.ask(args.question, args.mode, max_tokens=args.max_tokens)
+            answer = engine.ask(args.question, args.mode, max_tokens=args.max_tokens, splice=splice)
             print(json.dumps(out.to_jsonable(answer), indent=2))
             return 0
-        with engine.stream(args.question, args.mode, max_tokens=args.max_tokens) as stream:
+        with engine.stream(args.question, args.mode, max_tokens=args.max_tokens, splice=splice) as stream:
             for piece in stream:
                 print(piece, end="", flush=True)
         out.print_answer_sources(stream.answer)

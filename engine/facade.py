@@ -67,6 +67,8 @@ class Engine:
             cache, ``ask(splice="on")`` is the default: only the question is evaluated, the
             passages' K/V are spliced in; a spliced passage does not attend to the passages
             before it, which costs accuracy (``bakeoff compare`` measures how much).
+        kv_type: the generator's K/V cache type ("f16"; "q8_0" halves chunk states, and
+            turns flash attention on, which a quantized V cache needs).
 
     Raises:
         ModelError, AdapterError, KnowledgeBaseError: a part cannot be loaded.
@@ -92,6 +94,7 @@ class Engine:
         mmr_lambda: float = 0.9,
         prompt_budget_tokens: int | None = None,
         kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None = None,
+        kv_type: str = "f16",
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
@@ -106,7 +109,8 @@ class Engine:
                                                  or prompt_budget_tokens < 1):
             raise InputError(f"prompt_budget_tokens must be None or an integer >= 1, got {prompt_budget_tokens!r}")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
-        self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads,
+        self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type,
+                                   flash_attn=True if kv_type != "f16" else None,
                                    splice_slots=k if kv_cache not in (None, False) else 0)
         self.adapter_path = Path(adapter) if adapter is not None else None
         self._baked_system_prompt = baked_system_prompt(None)

@@ -157,6 +157,21 @@ def test_ask_prints_the_passages_it_was_given_and_the_composed_timings(capsys, g
     assert answer["timings"]["generation"]["prompt_tokens"] > 0 and answer["timings"]["search"]["embed_ms"] > 0
 
 
+def test_index_kv_cache_precomputes_every_chunk_state_and_ask_splices_them(capsys, generator_model_path,
+                                                                           embedder_dir, tmp_path):
+    kb = tmp_path / "kb"
+    assert _index(capsys, kb)[0] == 0
+    code, out, _ = _run(capsys, "index", str(DOCS / "warranty-terms.md"), "--kb", str(kb), "--kv-cache", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["kv_cache"]["states"] == report["stats"]["chunks"] > 0
+    assert len(list((kb / "kv").glob("*/*.kv"))) == report["stats"]["chunks"]
+    code, out, _ = _run(capsys, "ask", "How long is the warranty?", "--kb", str(kb), "-k", "2",
+                        "--max-tokens", "8", "--splice", "on", "--json")
+    answer = json.loads(out)
+    assert code == 0 and answer["timings"]["kv_computed"] == 0
+    assert answer["timings"]["generation"]["spliced_tokens"] > 0
+
+
 def test_the_parser_loads_no_engine_part():
     """``bakeoff --help`` must start in a blink: no native core, ONNX Runtime or model loaded to print it."""
     code = ("import sys; from engine import cli; cli.build_parser(); "

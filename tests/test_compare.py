@@ -13,6 +13,7 @@ from engine.bakeoff.compare import (READER_MODE, STAGES, CompareConfig, answer_p
 from engine.embedder import Embedder
 from engine.errors import InputError
 from engine.facade import Engine
+from engine.kv_cache import ChunkKvCache
 from engine.kb import KnowledgeBase
 from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions
 from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
@@ -49,9 +50,11 @@ def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_facto
                              embedder=Embedder(embedder_dir), chunk_tokens=160, overlap_tokens=24)
     # Two trained facts and one fact the v2 documents change (the Brookling B3 price).
     subset = [q for q in QUESTIONS if q.fact_id in ("F001", "F002", "F071")]
-    config = CompareConfig(train_per_fact=1, timing_questions=2, repetitions=2, warmup=1, max_tokens=24)
+    config = CompareConfig(train_per_fact=1, timing_questions=2, repetitions=2, warmup=1, max_tokens=24,
+                           splice_questions=2)
     phases = []
-    with Engine(generator_model_path, adapter=report.adapter_path, kb=kb, n_ctx=1024) as engine:
+    with Engine(generator_model_path, adapter=report.adapter_path, kb=kb, n_ctx=1024,
+                kv_cache=ChunkKvCache(None)) as engine:
         engine.__class__ = _KbFixed
         result = run_comparison(engine, subset, config=config, docs_dir=BUNDLED_SET / "docs",
                                 work_dir=tmp_path_factory.mktemp("fresh") / "work",
@@ -90,6 +93,26 @@ def test_latency_is_summarised_per_mode(comparison):
     assert result.latency["rag"].prompt_tokens_p50 > result.latency["baked"].prompt_tokens_p50
     assert result.ttft_ratio_rag_over_baked == pytest.approx(
         result.latency["rag"].ttft_p50_ms / result.latency["baked"].ttft_p50_ms)
+
+
+def test_splicing_is_graded_on_the_same_passages_and_timed_warm_and_cold_beside_full_prefill(comparison):
+    result, phases, _ = comparison
+    assert {"accuracy/rag-prefill", "accuracy/rag-spliced", "latency/rag-spliced", "latency/rag-spliced-cold"} \
+        <= set(phases)
+    for label in ("rag-prefill", "rag-spliced"):
+        assert sum(result.counts[label].values()) == 2
+    prefill = {a.question_id: a for a in result.answers if a.mode == "rag-prefill"}
+    spliced = {a.question_id: a for a in result.answers if a.mode == "rag-spliced"}
+    assert prefill.keys() == spliced.keys()
+    assert all(prefill[q].cited_sources == spliced[q].cited_sources for q in prefill), "the same passages"
+    # The rag row is full prefill even though the engine has a chunk-KV cache.
+    assert result.latency["rag"].stage_p50_ms["generation.splice_ms"] == 0
+    assert result.latency["rag"].stage_p50_ms["kv_ms"] == 0
+    assert result.latency["rag-spliced"].stage_p50_ms["generation.splice_ms"] > 0
+    assert result.latency["rag-spliced-cold"].stage_p50_ms["kv_ms"] > 0
+    assert 0 <= result.kv_cache["hit_rate"] <= 1 and result.kv_cache["bytes_per_token"] > 0
+    assert result.ttft_ratio_spliced_over_baked == pytest.approx(
+        result.latency["rag-spliced"].ttft_p50_ms / result.latency["baked"].ttft_p50_ms)
 
 
 def test_report_files(comparison):

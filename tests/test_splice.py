@@ -79,6 +79,15 @@ def test_splice_slots_do_not_change_what_a_plain_prompt_generates(generator_mode
         plain.generate(question, max_tokens=24, reuse_prefix=False).tokens
 
 
+def test_q8_0_states_take_about_half_the_bytes_and_still_splice(generator_model_path, gen):
+    q8 = Generator(generator_model_path, n_ctx=512, n_threads=1, splice_slots=1, kv_type="q8_0", flash_attn=True)
+    prefix, chunk, tail = _parts(q8)
+    small = q8.chunk_state(prefix, chunk)
+    assert len(small) < 0.6 * len(gen.chunk_state(prefix, chunk))
+    out = q8.generate(prefix + chunk + tail, max_tokens=24, splices=[Splice(len(prefix), small, len(chunk), len(prefix))])
+    assert "4721" in out.text
+
+
 def test_bad_splices_are_typed_errors_and_leave_the_generator_usable(gen):
     prefix, chunk, tail = _parts(gen)
     state = gen.chunk_state(prefix, chunk)

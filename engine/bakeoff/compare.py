@@ -303,6 +303,8 @@ def _time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, config
                cold: bool = False) -> LatencySummary:
     """Latency of ``mode`` (``splice`` for rag) after a warm-up; ``cold`` empties the chunk-KV cache before each."""
     label = label or mode
+    if mode == "rag" and splice is None:
+        splice = "off"  # the engine's default may be "on" (it has a chunk-KV cache): the rag row is full prefill
     for q in questions[: config.warmup]:
         engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice)
     samples: list[Answer] = []
