@@ -59,10 +59,10 @@ QUICK = RunProfile(
                    max_train_seconds=420.0),
     CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=10, repetitions=2,
                   splice_questions=30),
-    estimates_s=(45.0, 5.0, 195.0, 180.0),
+    estimates_s=(45.0, 5.0, 195.0, 270.0),
 )
 #: Every fact of the set, the recipe's default fine-tune, 20 questions x 3 timed.
-FULL = RunProfile("full", FinetuneConfig(), CompareConfig(), estimates_s=(45.0, 5.0, 760.0, 700.0))
+FULL = RunProfile("full", FinetuneConfig(), CompareConfig(), estimates_s=(45.0, 5.0, 760.0, 1200.0))
 PROFILES = {p.name: p for p in (QUICK, FULL)}
 PHASES = ("fetch models", "index", "fine-tune", "compare")
 
