@@ -4,7 +4,9 @@ The public surface is small: ``Engine`` (ask in "rag" or "baked" mode) and its
 ``Answer``/``AnswerStream``, ``Generator`` (GGUF generation with LoRA adapters) with its
 ``GeneratorConfig``/``SamplingConfig`` and ``TextStream``, ``Embedder`` (ONNX Runtime sentence embeddings), ``KnowledgeBase`` (HNSW + SQLite
 FTS5 retrieval with Numba scoring), their result types, ``hardware()``, the
-``models`` cache and the ``errors`` hierarchy.
+``models`` cache and the ``errors`` hierarchy. ``ChunkKvCache`` keeps the precomputed
+chunk states ``Engine(kv_cache=...)`` splices into RAG prompts (``Splice`` at the
+``Generator`` level).
 
 Heavy modules (ONNX Runtime, Numba, the native core) are imported on first use,
 so ``import engine`` and the CLI start fast.
@@ -28,6 +30,10 @@ _LAZY = {
     "Citation": "engine.answer",
     "Mode": "engine.answer",
     "StopReason": "engine.answer",
+    "SpliceMode": "engine.answer.types",
+    "ChunkKvCache": "engine.kv_cache",
+    "KvCacheStats": "engine.kv_cache",
+    "Splice": "engine.splice",
     "Generator": "engine.generator",
     "GeneratorConfig": "engine.generation_types",
     "SamplingConfig": "engine.generation_types",
@@ -50,6 +56,9 @@ __all__ = sorted([*_LAZY, "errors", "models", "__version__"])
 
 if TYPE_CHECKING:
     from engine.answer import Answer, AnswerTimings, Citation, Mode, StopReason
+    from engine.answer.types import SpliceMode
+    from engine.kv_cache import ChunkKvCache, KvCacheStats
+    from engine.splice import Splice
     from engine.embedder import Embedder
     from engine.facade import AnswerStream, Engine
     from engine.generation_types import (Generation, GenerationTimings, GeneratorConfig, ModelInfo,
