@@ -108,6 +108,14 @@ std::vector<llama_token> Session::cached_tokens() const {
   return cached_;
 }
 
+std::unique_lock<std::mutex> Session::claim() {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
+  }
+  return lock;
+}
+
 void Session::set_cached_size(size_t n) {
   std::lock_guard<std::mutex> guard(state_);
   cached_.resize(std::min(n, cached_.size()));
@@ -243,10 +251,7 @@ std::unique_ptr<llama_sampler, SamplerDeleter> Session::make_sampler(const Sampl
 }
 
 Result Session::generate(const Request& request, const PieceCallback& on_piece, const StepCheck& between_steps) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
-  }
+  const std::unique_lock<std::mutex> lock = claim();
   const std::shared_ptr<CancelToken> token = request.cancel ? request.cancel : std::make_shared<CancelToken>();
   {
     std::lock_guard<std::mutex> guard(token_mutex_);
@@ -441,10 +446,7 @@ void Session::prefill_spliced(const std::vector<llama_token>& prompt, size_t fro
 
 std::string Session::chunk_state(const std::vector<llama_token>& prefix, const std::vector<llama_token>& chunk,
                                  const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
-  }
+  const std::unique_lock<std::mutex> lock = claim();
   if (options_.splice_slots == 0) {
     throw InvalidInput("this context was made without splice slots: create the Generator with splice_slots >= 1");
   }
@@ -484,10 +486,7 @@ std::string Session::chunk_state(const std::vector<llama_token>& prefix, const s
 std::vector<double> Session::log_probs(const std::vector<llama_token>& context,
                                        const std::vector<llama_token>& continuation,
                                        const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps) {
-  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    throw Busy("this session is already generating on another thread: wait for it, or use one Generator per thread");
-  }
+  const std::unique_lock<std::mutex> lock = claim();
   if (context.empty()) throw InvalidInput("the context is empty: give at least one token (e.g. BOS)");
   if (continuation.empty()) throw InvalidInput("the continuation is empty: give at least one token");
   model_->check_tokens(context, "context token");

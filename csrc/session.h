@@ -202,6 +202,8 @@ class Session {
   std::mutex token_mutex_;
   std::atomic<CancelToken*> running_{nullptr};
 
+  // Takes busy_ for one request, or throws Busy when another request holds it.
+  std::unique_lock<std::mutex> claim();
   void attach(const std::vector<AttachedAdapter>& adapters);
   // Keeps the cached K/V of the longest common prefix of the cache and `tokens`, at
   // most `limit` tokens, and drops the rest; returns the prefix length.
