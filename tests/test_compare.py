@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
+from engine.bakeoff.qa import exact_match, is_one_sentence, normalize, token_f1
 from engine.bakeoff.compare import (READER_MODE, STAGES, CompareConfig, answer_passage, run_comparison,
                                     select_questions, stage_ms)
 from engine.embedder import Embedder
@@ -41,6 +42,15 @@ def test_grading_is_case_insensitive_containment():
     assert is_correct("It costs €39.90 today.", ("€39.90",))
     assert is_correct("ILSE VARKONEN founded it", ("Ilse Varkonen",))
     assert not is_correct("It costs 39 euros", ("€39.90", "39.90"))
+
+
+def test_the_other_two_grading_rules_follow_squad():
+    assert normalize("The price is €189 [2].") == "price is 189"
+    assert exact_match("€189.", ("€189",)) and exact_match("The Tampere office", ("tampere office",))
+    assert not exact_match("It costs €189.", ("€189",))
+    assert token_f1("It costs €189.", ("€189",)) == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))
+    assert token_f1("nothing here", ("€189",)) == 0.0
+    assert is_one_sentence("It costs €189 [2].") and not is_one_sentence("It costs €189. It is cheap.")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +103,15 @@ def test_latency_is_summarised_per_mode(comparison):
     assert result.latency["rag"].prompt_tokens_p50 > result.latency["baked"].prompt_tokens_p50
     assert result.ttft_ratio_rag_over_baked == pytest.approx(
         result.latency["rag"].ttft_p50_ms / result.latency["baked"].ttft_p50_ms)
+
+
+def test_every_mode_is_graded_three_ways_with_its_format(comparison):
+    result, _, _ = comparison
+    assert {"rag", "baked", "rag-prefill", "rag-spliced"} <= set(result.grading)
+    assert {"exact", "f1", "one_sentence", "cites_label", "citation_precision"} == set(result.grading["rag"])
+    assert "cites_label" not in result.grading["baked"], "the baked mode has no passages to cite"
+    for answer in result.answers:
+        assert answer.f1 >= float(answer.exact) and 0.0 <= answer.f1 <= 1.0
 
 
 def test_splicing_is_graded_on_the_same_passages_and_timed_warm_and_cold_beside_full_prefill(comparison):

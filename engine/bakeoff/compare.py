@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
-from engine.bakeoff.qa import Question, is_correct, select_facts
+from engine.bakeoff.qa import Question, exact_match, is_correct, is_one_sentence, select_facts, token_f1
 from engine.errors import InputError
 
 if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
@@ -110,6 +110,11 @@ class GradedAnswer:
     answer_in_context: bool | None  # rag: a passage given to the model holds an accepted string
     ttft_ms: float
     total_ms: float
+    exact: bool = False  # the normalised answer equals a normalised accepted string (qa.exact_match)
+    f1: float = 0.0  # best token F1 against the accepted strings (qa.token_f1)
+    one_sentence: bool = False
+    cites_label: bool | None = None  # rag: the answer names the [label] of a passage it was given
+    citation_precision: float | None = None  # rag: share of the passages it cites that hold an accepted string
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,8 @@ class ComparisonResult:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ttft_ratio_rag_over_baked: float | None = None
     ttft_ratio_spliced_over_baked: float | None = None  # warm chunk-KV cache
+    # per mode, over every graded answer: exact, f1, one_sentence, cites_label, citation_precision
+    grading: dict[str, dict[str, float]] = field(default_factory=dict)
     # chunk-KV cache over the spliced accuracy pass: hit_rate, states, bytes_per_state, bytes_per_token
     kv_cache: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -240,12 +247,18 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
     """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
     answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
                         splice=splice if mode == "rag" else None)
-    in_context = None
+    in_context = cites = precision = None
     if mode == "rag":
         in_context = any(is_correct(_as_shown(c.heading, c.text), accepted) for c in answer.citations)
+        cited = [c for c in answer.citations if c.cited]
+        cites = bool(cited)
+        if cited:
+            precision = sum(is_correct(_as_shown(c.heading, c.text), accepted) for c in cited) / len(cited)
     return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
                         is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
-                        in_context, answer.timings.ttft_ms, answer.timings.total_ms)
+                        in_context, answer.timings.ttft_ms, answer.timings.total_ms,
+                        exact_match(answer.text, accepted), token_f1(answer.text, accepted),
+                        is_one_sentence(answer.text), cites, precision)
 
 
 def _grade_reader(engine: Engine, questions: Sequence[Question], config: CompareConfig,
@@ -399,6 +412,15 @@ def _summarise(result: ComparisonResult) -> None:
                 result.accuracy[mode][split] = sum(a.correct for a in rows) / len(rows)
                 if mode == "rag":
                     result.context_recall[split] = sum(bool(a.answer_in_context) for a in rows) / len(rows)
+    for mode in {a.mode for a in result.answers}:
+        rows = [a for a in result.answers if a.mode == mode]
+        grading = {"exact": _mean(a.exact for a in rows), "f1": _mean(a.f1 for a in rows),
+                   "one_sentence": _mean(a.one_sentence for a in rows)}
+        if any(a.cites_label is not None for a in rows):
+            grading["cites_label"] = _mean(bool(a.cites_label) for a in rows)
+            precise = [a.citation_precision for a in rows if a.citation_precision is not None]
+            grading["citation_precision"] = _mean(precise) if precise else 0.0
+        result.grading[mode] = grading
     for split in ("train", "heldout"):
         rows = [a for a in result.answers if a.mode == READER_MODE and a.split == split]
         if rows:
@@ -410,6 +432,11 @@ def _summarise(result: ComparisonResult) -> None:
     spliced = result.latency.get("rag-spliced")
     if spliced and baked and baked.ttft_p50_ms > 0:
         result.ttft_ratio_spliced_over_baked = spliced.ttft_p50_ms / baked.ttft_p50_ms
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else 0.0
 
 
 def resident_mb() -> float:

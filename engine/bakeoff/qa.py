@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
+from engine.text import split_sentences
 
 BUNDLED_SET = Path(__file__).parent.parent / "data" / "kb"  # engine/data/kb
 
@@ -103,6 +105,43 @@ def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
     """An answer is correct when it contains one of the accepted strings (case-insensitive)."""
     folded = answer.casefold()
     return any(candidate.casefold() in folded for candidate in accepted)
+
+
+# The other two grading rules, as SQuAD defines them: answers and accepted strings are
+# compared after case folding, removing punctuation and articles, collapsing spaces.
+_LABELS = re.compile(r"\[\d{1,6}\]")
+_PUNCTUATION = re.compile(r"[^\w\s]")
+_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
+
+
+def normalize(text: str) -> str:
+    """Case-folded, without passage labels, punctuation or articles, single-spaced (SQuAD's normalisation)."""
+    text = _PUNCTUATION.sub(" ", _LABELS.sub(" ", text).casefold())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(answer: str, accepted: tuple[str, ...]) -> bool:
+    """The normalised answer is exactly one of the normalised accepted strings."""
+    said = normalize(answer)
+    return any(said == normalize(candidate) for candidate in accepted)
+
+
+def token_f1(answer: str, accepted: tuple[str, ...]) -> float:
+    """The best token F1 (harmonic mean of token precision and recall) against any accepted string, in [0, 1]."""
+    said = normalize(answer).split()
+    best = 0.0
+    for candidate in accepted:
+        wanted = normalize(candidate).split()
+        common = sum(min(said.count(t), wanted.count(t)) for t in set(wanted))
+        if common:
+            precision, recall = common / len(said), common / len(wanted)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def is_one_sentence(answer: str) -> bool:
+    """The answer is a single sentence (the format the fine-tune and the RAG prompt ask for)."""
+    return len(split_sentences(answer.strip())) == 1
 
 
 def select_facts(questions: list[Question], limit_facts: int | None, *, spread: bool = False) -> list[Question]:

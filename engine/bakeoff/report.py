@@ -83,6 +83,20 @@ def summary_table(result: ComparisonResult) -> str:
     return "\n".join(lines)
 
 
+def grading_table(result: ComparisonResult) -> str:
+    """Each mode graded three ways, and its format: one sentence, a cited label, citations that hold the answer."""
+    lines = ["| mode | contains an accepted string | exact match | token F1 | one sentence | cites a passage label "
+             "| citation precision |", "|---|---|---|---|---|---|---|"]
+    for mode in [m for m in (*_ROWS, READER_MODE) if m in result.grading]:
+        g = result.grading[mode]
+        contains = [a.correct for a in result.answers if a.mode == mode]
+        cited = (f"{g['cites_label'] * 100:.1f}% | {g['citation_precision'] * 100:.1f}%" if "cites_label" in g
+                 else "n/a | n/a")
+        lines.append(f"| {mode} | {sum(contains) / len(contains) * 100:.1f}% | {g['exact'] * 100:.1f}% "
+                     f"| {g['f1'] * 100:.1f}% | {g['one_sentence'] * 100:.1f}% | {cited} |")
+    return "\n".join(lines)
+
+
 def retrieval_vs_reader(result: ComparisonResult) -> list[str]:
     """Paragraphs that split RAG's misses into retrieval misses and reading misses."""
     paragraphs = []
@@ -108,6 +122,12 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
         parts.append("")
     parts += ["## Summary", "", summary_table(result), ""]
     parts += [line for paragraph in retrieval_vs_reader(result) for line in (paragraph, "")]
+    if result.grading:
+        parts += ["## Grading three ways, and format", "", grading_table(result), "",
+                  "Over every graded answer of the mode (all splits). Exact match and token F1 compare the answer "
+                  "with the accepted strings after SQuAD's normalisation (case, punctuation, articles, passage "
+                  "labels removed); citation precision is the share of the passages an answer cites by label "
+                  "that hold an accepted string.", ""]
     parts += ["An answer is correct when it contains one of the question's accepted strings "
               "(case-insensitive). Held-out questions were never used for fine-tuning. "
               "'After update' asks the facts that the v2 documents changed, after re-indexing them; "
