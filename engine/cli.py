@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = command("ask", commands.ask, "answer a question from the knowledge base (rag) or the adapter (baked)")
     ask.add_argument("question")
-    ask.add_argument("--mode", choices=["rag", "baked"], default="rag")
+    ask.add_argument("--mode", choices=["rag", "baked", "hybrid"], default="rag",
+                     help="hybrid: the adapter reading the retrieved passages (needs --kb and --adapter)")
     ask.add_argument("--kb", type=Path, default=None, help="knowledge base folder (rag)")
     ask.add_argument("--adapter", type=Path, default=None, help="fine-tuned LoRA adapter (baked)")
     ask.add_argument("--model", type=Path, default=None, help="base GGUF model")

@@ -202,7 +202,7 @@ def generate(args: argparse.Namespace) -> int:
 def ask(args: argparse.Namespace) -> int:
     from engine.facade import Engine
 
-    splice = args.splice if args.mode == "rag" else None
+    splice = args.splice if args.mode != "baked" else None
     with Engine(args.model, adapter=args.adapter, kb=args.kb, n_threads=args.threads, k=args.k,
                 kv_cache=splice == "on") as engine:
         if args.json:

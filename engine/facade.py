@@ -1,9 +1,11 @@
 """``Engine``: one question, answered from baked-in knowledge or from retrieval.
 
-Both modes share one loaded base model. "baked" attaches the fine-tuned LoRA
+All modes share one loaded base model. "baked" attaches the fine-tuned LoRA
 adapter and asks the question alone, with the system prompt the adapter was
 trained on; "rag" runs the retrieval step (embed -> HNSW + FTS5 -> Numba
-scoring), quotes the passages in the prompt and asks the base model.
+scoring), quotes the passages in the prompt and asks the base model; "hybrid"
+asks the same prompt as "rag" with the adapter attached (the fine-tuned model
+reading what was retrieved).
 
 A question goes one way down: ``Engine`` validates it and retrieves, the answer
 layer (:mod:`engine.answer`) turns hits into one tokenized prompt, the
@@ -156,6 +158,7 @@ class Engine:
     def modes(self) -> tuple[Mode, ...]:
         """The modes this engine can answer in, given what it was built with."""
         return tuple(m for m in MODES if (m == "rag" and self.kb is not None)
+                     or (m == "hybrid" and self.kb is not None and self.adapter_path is not None)
                      or (m == "baked" and self.adapter_path is not None))
 
     @property
@@ -186,23 +189,25 @@ class Engine:
 
     def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
             passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None) -> Answer:
-        """Answer ``question`` in ``mode`` ("rag" or "baked"), greedily.
+        """Answer ``question`` in ``mode`` ("rag", "baked" or "hybrid"), greedily.
 
         Args:
             question: the user's question.
-            mode: "rag" (retrieve, quote, answer with the base model) or "baked" (the adapter).
+            mode: "rag" (retrieve, quote, answer with the base model), "baked" (the adapter), or
+                "hybrid" (retrieve, quote, answer with the adapter: it needs both parts).
             max_tokens: most tokens of the answer.
-            passages: "rag" only: answer from these hits (best first; e.g. your own
+            passages: "rag" and "hybrid": answer from these hits (best first; e.g. your own
                 ``KnowledgeBase.search`` results) instead of retrieving; the answer's
                 ``timings.search`` is then None.
-            splice: "rag" only: how the passages' K/V are made (see :data:`SpliceMode`):
+            splice: "rag" and "hybrid": how the passages' K/V are made (see :data:`SpliceMode`):
                 "off" (whole prompt evaluated), "on" (precomputed chunk states spliced in;
                 needs ``kv_cache``), "prefill" (the spliced layout's tokens, all evaluated).
                 None: "on" with a ``kv_cache``, else "off".
 
         Raises:
-            InputError: empty question, unknown mode, or a mode this engine lacks a part for.
-            AdapterError: mode "baked" without an adapter.
+            InputError: empty question, unknown mode, or a mode this engine lacks a part for
+                ("rag"/"hybrid" without a knowledge base or ``passages``).
+            AdapterError: mode "baked" or "hybrid" without an adapter.
             ContextOverflowError: the question alone does not fit the context window.
         """
         started = time.perf_counter()
@@ -231,28 +236,30 @@ class Engine:
         if not isinstance(question, str) or not question.strip():
             raise InputError("the question is empty: ask something")
         if mode not in MODES:
-            raise InputError(f"mode must be 'rag' or 'baked', got {mode!r}")
-        if passages is not None and mode != "rag":
-            raise InputError("passages= is for mode='rag': the baked mode answers without sources")
+            raise InputError(f"mode must be 'rag', 'baked' or 'hybrid', got {mode!r}")
+        if passages is not None and mode == "baked":
+            raise InputError("passages= is for mode='rag' or 'hybrid': the baked mode answers without sources")
         if splice is None:
-            splice = "on" if self._states is not None and mode == "rag" else "off"
+            splice = "on" if self._states is not None and mode != "baked" else "off"
         if splice not in SPLICE_MODES:
             raise InputError(f"splice must be one of {', '.join(SPLICE_MODES)} or None, got {splice!r}")
-        if splice != "off" and mode != "rag":
-            raise InputError(f"splice={splice!r} is for mode='rag': the baked mode has no passages to splice")
+        if splice != "off" and mode == "baked":
+            raise InputError(f"splice={splice!r} is for mode='rag' or 'hybrid': the baked mode has no passages "
+                             "to splice")
         if splice == "on" and self._states is None:
             raise InputError("splice='on' needs precomputed chunk states: Engine(kv_cache=True) (or a folder)")
+        if mode != "rag" and self.adapter_path is None:
+            raise AdapterError(f"mode={mode!r} needs a fine-tuned adapter: Engine(adapter=...) "
+                               "(make one with `bakeoff finetune`)")
+        adapters = {_ADAPTER_NAME: 1.0} if mode != "rag" else {}
         if mode == "baked":
-            if self.adapter_path is None:
-                raise AdapterError("mode='baked' needs a fine-tuned adapter: Engine(adapter=...) "
-                                   "(make one with `bakeoff finetune`)")
-            return self._layer.baked(question, system_prompt=self._baked_system_prompt,
-                                     adapters={_ADAPTER_NAME: 1.0}), ()
+            return self._layer.baked(question, system_prompt=self._baked_system_prompt, adapters=adapters), ()
         budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
         if passages is not None:
             hits, search, retrieval_ms, query_embedding = _given_hits(passages), None, 0.0, None
         elif self.kb is None:
-            raise InputError("mode='rag' needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`)")
+            raise InputError(f"mode={mode!r} needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`), "
+                             "or pass passages=")
         else:
             searched = time.perf_counter()
             result = self.kb.search(question, k=self.k, mmr_lambda=self.mmr_lambda)
@@ -260,9 +267,9 @@ class Engine:
             hits, search, query_embedding = result.hits, result.timings, result.query_embedding
         if splice == "off":
             return self._layer.rag(question, hits, budget_tokens=budget, query_embedding=query_embedding,
-                                   search=search, retrieval_ms=retrieval_ms), ()
+                                   search=search, retrieval_ms=retrieval_ms, mode=mode, adapters=adapters), ()
         prepared = self._layer.rag_spliced(question, hits, budget_tokens=budget, search=search,
-                                           retrieval_ms=retrieval_ms)
+                                           retrieval_ms=retrieval_ms, mode=mode, adapters=adapters)
         if splice == "prefill" or self._states is None:
             return prepared, ()
         if len(prepared.blocks) > self.generator.config.splice_slots:

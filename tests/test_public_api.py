@@ -16,7 +16,7 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_modes_and_stop_reasons_are_literals():
-    assert typing.get_args(engine.Mode) == ("rag", "baked")
+    assert typing.get_args(engine.Mode) == ("rag", "baked", "hybrid")
     assert typing.get_args(engine.SpliceMode) == ("off", "on", "prefill")
     assert set(typing.get_args(engine.StopReason)) == {"eos", "stop", "length", "context_full"}
 

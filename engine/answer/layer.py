@@ -91,8 +91,12 @@ class AnswerLayer:
 
     def rag(self, question: str, hits: Sequence[Hit], *, budget_tokens: int,
             query_embedding: np.ndarray | None = None, search: SearchTimings | None = None,
-            retrieval_ms: float = 0.0) -> PreparedAnswer:
-        """The question with as many of ``hits`` (best first) as fit ``budget_tokens``."""
+            retrieval_ms: float = 0.0, mode: Mode = "rag",
+            adapters: Mapping[str, float] | None = None) -> PreparedAnswer:
+        """The question with as many of ``hits`` (best first) as fit ``budget_tokens``.
+
+        ``mode`` "hybrid" asks the same prompt with ``adapters`` (the fine-tuned reader) attached.
+        """
         started = time.perf_counter()
         if self.context == "sentences":
             assert self._embedder is not None  # checked in __init__
@@ -102,11 +106,12 @@ class AnswerLayer:
             candidates = chunk_passages(hits)
         prompt = build_rag_prompt(question, candidates, chat=self.chat, tokenize=self._tokenize,
                                   count_text=self._count_text, budget_tokens=budget_tokens)
-        return PreparedAnswer(question, "rag", prompt.tokens, {}, prompt.passages, search, retrieval_ms,
-                              _ms(started))
+        return PreparedAnswer(question, mode, prompt.tokens, dict(adapters or {}), prompt.passages, search,
+                              retrieval_ms, _ms(started))
 
     def rag_spliced(self, question: str, hits: Sequence[Hit], *, budget_tokens: int,
-                    search: SearchTimings | None = None, retrieval_ms: float = 0.0) -> PreparedAnswer:
+                    search: SearchTimings | None = None, retrieval_ms: float = 0.0, mode: Mode = "rag",
+                    adapters: Mapping[str, float] | None = None) -> PreparedAnswer:
         """The question with whole chunks of ``hits`` in the spliced layout (labels are chunk ids).
 
         Raises:
@@ -115,8 +120,8 @@ class AnswerLayer:
         """
         started = time.perf_counter()
         prompt = self._layout().build(question, chunk_passages(hits), budget_tokens=budget_tokens)
-        return PreparedAnswer(question, "rag", prompt.tokens, {}, prompt.passages, search, retrieval_ms,
-                              _ms(started), prompt.prefix, prompt.blocks)
+        return PreparedAnswer(question, mode, prompt.tokens, dict(adapters or {}), prompt.passages, search,
+                              retrieval_ms, _ms(started), prompt.prefix, prompt.blocks)
 
     def chunk_blocks(self, hits: Sequence[Hit]) -> tuple[tuple[int, ...], tuple[ChunkBlock, ...]]:
         """The shared prefix, and each hit's block as if it were the first passage (to precompute its state)."""

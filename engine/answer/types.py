@@ -10,9 +10,10 @@ from engine.generation_types import GenerationTimings
 if TYPE_CHECKING:  # the knowledge base (hnswlib, SQLite) loads only when retrieval is used
     from engine.kb.results import SearchTimings
 
-#: How a question is answered: "rag" (base model + retrieved passages) or "baked" (the adapter alone).
-Mode = Literal["rag", "baked"]
-MODES: tuple[Mode, ...] = ("rag", "baked")
+#: How a question is answered: "rag" (base model + retrieved passages), "baked" (the adapter
+#: alone) or "hybrid" (the adapter reading the retrieved passages).
+Mode = Literal["rag", "baked", "hybrid"]
+MODES: tuple[Mode, ...] = ("rag", "baked", "hybrid")
 #: How a RAG prompt's passages get their K/V: "off" (the prompt tokenized whole and
 #: evaluated), "on" (each passage's precomputed chunk state spliced in, only the
 #: question evaluated), "prefill" (the exact tokens "on" uses, all evaluated: the

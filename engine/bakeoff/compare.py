@@ -248,7 +248,7 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
     answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
                         splice=splice if mode == "rag" else None)
     in_context = cites = precision = None
-    if mode == "rag":
+    if mode != "baked":
         in_context = any(is_correct(_as_shown(c.heading, c.text), accepted) for c in answer.citations)
         cited = [c for c in answer.citations if c.cited]
         cites = bool(cited)
