@@ -223,3 +223,17 @@ def test_splice_arguments_are_checked(engine, generator_model_path, kb):
         Engine(generator_model_path, kv_cache=True)
     with pytest.raises(ContextOverflowError):
         engine.ask("why " * 1200, splice="on")
+
+
+def test_hybrid_states_are_kept_apart_from_the_base_models(generator_model_path, tiny_finetune, kb, tmp_path):
+    """A LoRA on the K/V projections changes K/V: the adapter's chunk states have a key of their own."""
+    report, _ = tiny_finetune
+    cache = ChunkKvCache(tmp_path / "kv")
+    question = "Where is the head office of Fenwhistle Aquatronics?"
+    with Engine(generator_model_path, adapter=report.adapter_path, kb=kb.path, n_ctx=1024, n_threads=1, k=2,
+                kv_cache=cache) as engine:
+        rag = engine.ask(question, "rag", splice="on")
+        hybrid = engine.ask(question, "hybrid", splice="on")
+        assert rag.timings.kv_computed == len(rag.citations) and hybrid.timings.kv_computed == len(hybrid.citations)
+        assert engine.ask(question, "hybrid", splice="on").timings.kv_computed == 0
+    assert len({f.parent.name for f in (tmp_path / "kv").glob("*/*.kv")}) == 2
