@@ -2,6 +2,10 @@
 
 Run: ``.venv/bin/python -m pytest bench/bench_embed.py -o python_files='bench_*.py'``
 
+``test_sporadic_query_latency`` times one query after idle gaps of 0.1, 1 and 10 s against
+back-to-back queries, for the default embedder (an intra-op pool of one thread per physical
+core) and for one intra-op thread, interleaved in one loop.
+
 The corpus is real English prose: sentences of the docstrings of Python's own standard
 library, read with ``ast`` (no module is imported), sampled with a fixed seed.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import random
+import time
 import re
 import sysconfig
 from pathlib import Path
@@ -109,3 +114,49 @@ def test_int8_parity_and_recall(embedders, sentences, claims) -> None:
     claims.add("embed", f"int8 recall 1@{K} loss (fp32 top-1 in int8 top-{K})", 100 * (1 - top1_in_k), "points",
                "<= 1")
     assert cosine.mean() > 0.99
+
+
+SPORADIC_GAPS_S = {0.1: 30, 1.0: 15, 10.0: 6}  # idle gap -> queries timed after it, per configuration
+BACK_TO_BACK = 5  # queries right after each sporadic one: the back-to-back time under the same load
+
+
+def test_sporadic_query_latency(embedder_dir: Path, claims) -> None:
+    """A query after idle time against back-to-back queries: the default embedder and ``threads=1``,
+    each configuration idle for the gap before its query.
+
+    Each sporadic query is followed at once by ``BACK_TO_BACK`` more, whose median is its
+    back-to-back reference: both are taken under the same background load, and the ratio
+    reported is the median of those per-query ratios.
+    """
+    configs = {"default (pool of physical cores)": Embedder(embedder_dir),
+               "threads=1": Embedder(embedder_dir, threads=1)}
+
+    def timed(embedder: Embedder) -> float:
+        start = time.perf_counter()
+        embedder.embed_query(QUERY)
+        return (time.perf_counter() - start) * 1e3
+
+    for embedder in configs.values():
+        for _ in range(50):  # burn-in: allocator, caches
+            embedder.embed_query(QUERY)
+    sporadic: dict[tuple[str, float], list[float]] = {}
+    warm: dict[tuple[str, float], list[float]] = {}
+    for gap, reps in SPORADIC_GAPS_S.items():
+        for _ in range(reps):
+            for name, embedder in configs.items():
+                time.sleep(gap)
+                sporadic.setdefault((name, gap), []).append(timed(embedder))
+                warm.setdefault((name, gap), []).append(float(np.median([timed(embedder) for _ in range(BACK_TO_BACK)])))
+    for name in configs:
+        claims.add("embed-sporadic", f"query p50 back-to-back, {name}",
+                   float(np.median(sum((warm[name, g] for g in SPORADIC_GAPS_S), []))), "ms")
+        for gap in SPORADIC_GAPS_S:
+            ratio = float(np.median(np.divide(sporadic[name, gap], warm[name, gap])))
+            claims.add("embed-sporadic", f"query p50 after {gap:g} s idle, {name}",
+                       float(np.median(sporadic[name, gap])), "ms")
+            claims.add("embed-sporadic", f"after {gap:g} s idle / back-to-back, {name}", ratio, "x",
+                       target="<= 1.5" if "default" in name else None)
+    default, single = configs
+    for gap in SPORADIC_GAPS_S:
+        ratio = float(np.median(np.divide(sporadic[single, gap], warm[default, gap])))
+        claims.add("embed-sporadic", f"threads=1 after {gap:g} s idle / default back-to-back", ratio, "x")

@@ -58,9 +58,9 @@ class Engine:
             ``context_tokens``, chosen by the Numba budget kernel: shorter prompts).
         context_tokens: embedder tokens of source text kept with ``context="sentences"``.
         mmr_lambda: relevance against diversity of the retrieved passages (and of the
-            sentences kept), in ``[0, 1]``; 0.9 measured best on the bundled set
-            (recall@3 of the answer 84% against 75% at the knowledge base's general
-            default of 0.7).
+            sentences kept), in ``[0, 1]``; None takes the knowledge base's default
+            (``engine.kb.knowledge_base.MMR_LAMBDA``, 1.0: no diversification, measured best
+            for question answering on the bundled set, see ``bench/bench_retrieval.py``).
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
         kv_cache: precomputed chunk states for RAG (see :mod:`engine.kv_cache`): a
@@ -93,7 +93,7 @@ class Engine:
         k: int = 3,
         context: Context = "chunks",
         context_tokens: int = 96,
-        mmr_lambda: float = 0.9,
+        mmr_lambda: float | None = None,
         prompt_budget_tokens: int | None = None,
         kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None = None,
         kv_type: str = "f16",
@@ -104,6 +104,10 @@ class Engine:
             raise InputError(f"context must be 'sentences' or 'chunks', got {context!r}")
         if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 8:
             raise InputError(f"context_tokens must be an integer >= 8, got {context_tokens!r}")
+        if mmr_lambda is None:
+            from engine.kb.knowledge_base import MMR_LAMBDA
+
+            mmr_lambda = MMR_LAMBDA
         if isinstance(mmr_lambda, bool) or not isinstance(mmr_lambda, (int, float)) or not 0 <= mmr_lambda <= 1:
             raise InputError(f"mmr_lambda must be a number in [0, 1], got {mmr_lambda!r}")
         if prompt_budget_tokens is not None and (isinstance(prompt_budget_tokens, bool)

@@ -68,7 +68,11 @@ def test_timings_add_up(engine):
 
 def test_stream_yields_the_same_answer_as_ask(engine):
     question = "Where is the headquarters of Fenwhistle Aquatronics?"
+    # Each from an empty cache: a prompt evaluated after a reused prefix can round differently in its
+    # last bits (Generator.generate's reuse_prefix), and this compares streaming with asking, not that.
+    engine.generator.reset()
     expected = engine.ask(question)
+    engine.generator.reset()
     stream = engine.stream(question)
     pieces = list(stream)
     assert "".join(pieces).strip() == expected.text
@@ -170,7 +174,9 @@ def test_updated_document_changes_the_rag_answer_at_once(engine, docs_copy):
     shutil.copyfile(UPDATES / "price-list-2025.md", docs_copy / "price-list-2025.md")
     report = engine.kb.add([docs_copy / "price-list-2025.md"])
     assert report is not None
-    after = engine.ask(question)
+    # With the manual's introduction retrieved beside the new price list, the 135M reader
+    # restates the introduction before the price: room for both.
+    after = engine.ask(question, max_tokens=96)
     assert any("€209" in _cited_text(c) for c in after.citations)
     assert not any("€189" in _cited_text(c) for c in after.citations)
     assert "209" in after.text
@@ -186,7 +192,7 @@ def test_instructions_inside_a_document_are_not_followed(generator_model_path, e
     kb = KnowledgeBase.build(docs, tmp_path / "kb", embedder=embedder)
     with Engine(generator_model_path, kb=kb, n_ctx=1024, context="chunks") as engine:
         answer = engine.ask("When does the Tampere shop open on weekdays?")
-        prepared = engine._prepare("When does the Tampere shop open on weekdays?", "rag", 32)
+        prepared, _ = engine._prepare("When does the Tampere shop open on weekdays?", "rag", 32)
     assert "banana" not in answer.text.lower()
     shown = engine.generator.detokenize(prepared.tokens, render_special=True)
     # Exactly the template's own turns (system, user, assistant): none smuggled in by the document.

@@ -249,11 +249,11 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
                         splice=splice if mode == "rag" else None)
     in_context = cites = precision = None
     if mode != "baked":
-        in_context = any(is_correct(_as_shown(c.heading, c.text), accepted) for c in answer.citations)
+        in_context = any(is_correct(as_shown(c.heading, c.text), accepted) for c in answer.citations)
         cited = [c for c in answer.citations if c.cited]
         cites = bool(cited)
         if cited:
-            precision = sum(is_correct(_as_shown(c.heading, c.text), accepted) for c in cited) / len(cited)
+            precision = sum(is_correct(as_shown(c.heading, c.text), accepted) for c in cited) / len(cited)
     return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
                         is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
                         in_context, answer.timings.ttft_ms, answer.timings.total_ms,
@@ -300,12 +300,12 @@ def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
     """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
     name = Path(q.source).name
     for hit in kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits:
-        if Path(hit.source).name == name and is_correct(_as_shown(hit.heading, hit.text), q.answers):
+        if Path(hit.source).name == name and is_correct(as_shown(hit.heading, hit.text), q.answers):
             return hit
     return None
 
 
-def _as_shown(heading: str, text: str) -> str:
+def as_shown(heading: str, text: str) -> str:
     """A passage as the prompt shows it: its heading trail (answers may sit there), then its text
     (``Citation.text``: exactly what the model was given)."""
     return f"{heading}\n{text}"

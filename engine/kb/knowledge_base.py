@@ -54,7 +54,7 @@ import numpy as np
 from engine import scoring
 from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
-from engine.kb import index, manifest, selection, writer
+from engine.kb import index, lexical, manifest, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
@@ -67,8 +67,24 @@ from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimin
 from engine.kb.writer import BuildProgress, BuildReport
 
 Progress = Callable[[BuildProgress], None]
-#: MMR weight of relevance against redundancy that ``search`` uses unless given another.
-MMR_LAMBDA = 0.7
+# The search defaults are the best measured on the bundled questions (bench/bench_retrieval.py,
+# ``test_bundled_qa_defaults``): tuned on half of the facts, reported on the other half.
+#: MMR weight of relevance against redundancy that ``search`` uses unless given another. 1.0 (no
+#: diversification): every lower value lost recall@4 on single-fact questions (0.7 cost ~2 points, 0.5 ~6).
+MMR_LAMBDA = 1.0
+#: Weight of the dense ranking in the reciprocal-rank fusion.
+W_DENSE = 1.0
+#: Weight of the bm25 ranking: bm25 alone finds fewer answers than dense search, but fused at
+#: 0.75 it adds the exact names and numbers that dense search ranks too low.
+W_LEXICAL = 0.75
+#: Weight of the bm25 ranking for a query that names a code identifier (``lexical.names_identifier``):
+#: recall@4 of questions naming a NumPy API 87 % with it against 80 % at ``W_LEXICAL`` (96 % against
+#: 86 % on the identifier questions of the APIs it was not tuned on); the bundled questions' recall
+#: did not change (bench/bench_retrieval.py ``test_technical_corpus_identifiers``). On the tuning half
+#: 1.5, 2.0 and 3.0 tie (97.3 %) one question below 5.0, which would leave dense search almost no say.
+W_LEXICAL_IDENTIFIER = 2.0
+#: The fusion constant: 10 rewards the first ranks of each list more than the paper's 60.
+K_RRF = 10.0
 
 
 class KnowledgeBase:
@@ -285,7 +301,7 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ reading
 
     def search(self, query: str, k: int = 5, *, candidates: int = 64, mmr_lambda: float = MMR_LAMBDA,
-               w_dense: float = 1.0, w_lexical: float = 1.0, k_rrf: float = 60.0,
+               w_dense: float = W_DENSE, w_lexical: float | None = None, k_rrf: float = K_RRF,
                lam: float | None = None) -> SearchResult:
         """The ``k`` best chunks for ``query``: dense (HNSW) and bm25 candidates, fused, diversified.
 
@@ -295,9 +311,11 @@ class KnowledgeBase:
             k: number of hits; all chunks when larger than the knowledge base.
             candidates: how many candidates each of dense and lexical search contribute; the best
                 ``max(candidates, k)`` of their fusion go on to MMR.
-            mmr_lambda: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no diversification).
-            w_dense, w_lexical: weights of the dense and the bm25 ranking in the fusion (>= 0, not both 0).
-            k_rrf: the reciprocal-rank fusion constant (>= 0).
+            mmr_lambda: MMR weight of relevance against redundancy, in ``[0, 1]`` (1 = no
+                diversification, the default: best measured for question answering, see ``MMR_LAMBDA``).
+            w_dense, w_lexical: weights of the dense and the bm25 ranking in the fusion (>= 0, not both 0;
+                defaults ``W_DENSE`` and ``lexical_weight(query)``, tuned on held-out questions).
+            k_rrf: the reciprocal-rank fusion constant (>= 0; default ``K_RRF``).
             lam: deprecated spelling of ``mmr_lambda`` (a ``DeprecationWarning``; removed in the next release).
 
         Thread-safe: searches of one object run in parallel, also while another thread
@@ -311,6 +329,8 @@ class KnowledgeBase:
             KnowledgeBaseError: the object was closed.
         """
         mmr_lambda = renamed("search", "lam", lam, "mmr_lambda", mmr_lambda, default=MMR_LAMBDA)
+        if w_lexical is None:
+            w_lexical = lexical_weight(query) if isinstance(query, str) else W_LEXICAL  # check_search refuses the rest
         check_search(query, k, candidates, mmr_lambda, w_dense, w_lexical, k_rrf)
         t0 = time.perf_counter()
         text, truncated = truncate_query(query, self.embedder)
@@ -346,6 +366,12 @@ class KnowledgeBase:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def lexical_weight(query: str) -> float:
+    """The default bm25 weight of ``query``'s fusion: ``W_LEXICAL_IDENTIFIER`` when it names a code
+    identifier, else ``W_LEXICAL``."""
+    return W_LEXICAL_IDENTIFIER if lexical.names_identifier(query) else W_LEXICAL
 
 
 def _rank(gen: Generation, query: str, q: np.ndarray, k: int, n_candidates: int, mmr_lambda: float, w_dense: float,

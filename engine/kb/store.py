@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,40 +28,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import KnowledgeBaseCorruptError
+from engine.kb.lexical import document_terms, query_expression
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE chunks(
     id INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
     start_char INTEGER NOT NULL,
     end_char INTEGER NOT NULL,
     heading TEXT NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    terms TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX chunks_by_source ON chunks(source);
+"""
+# The heading trail is a column of its own, so bm25 counts it as part of the chunk (the prompt shows
+# it above the text, and the embedder sees it too) without stretching the text column's length.
+# ``terms`` holds the chunk's CamelCase words split (engine/kb/lexical.py).
+_FTS = """
 CREATE VIRTUAL TABLE chunks_fts USING fts5(
-    text, heading, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
+    text, heading, terms, content='chunks', content_rowid='id', tokenize='unicode61 remove_diacritics 2'
 );
 CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
-    INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+    INSERT INTO chunks_fts(rowid, text, heading, terms) VALUES (new.id, new.text, new.heading, new.terms);
 END;
 CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
-    INSERT INTO chunks_fts(chunks_fts, rowid, text, heading) VALUES ('delete', old.id, old.text, old.heading);
+    INSERT INTO chunks_fts(chunks_fts, rowid, text, heading, terms)
+    VALUES ('delete', old.id, old.text, old.heading, old.terms);
 END;
 """
-_WORD = re.compile(r"\w+")
+#: Words in more than this fraction of a store's chunks (and in more than ``FREQUENT_MIN_CHUNKS``)
+#: are left out of bm25 queries: at 10k chunks of docstrings, 2 % (117 words) cut the bm25 stage's
+#: p50 to 0.34x, with the same end-to-end recall@5 (bench/bench_retrieval.py
+#: ``test_bm25_stage_frequent_words_left_out``).
+FREQUENT_FRACTION = 0.02
+FREQUENT_MIN_CHUNKS = 200
 #: Connections of a read-only store: queries beyond the CPU cores would only queue for them.
 READ_CONNECTIONS = max(1, min(os.cpu_count() or 1, 8))
 #: What to do about a damaged or missing knowledge base file.
 REBUILD_HINT = "rebuild it with `bakeoff index --rebuild DOCS... --kb KB_DIR`"
-MAX_QUERY_TERMS = 64
-# Words that match most chunks: OR-ing them makes FTS5 score nearly every row (12 ms
-# instead of 1 ms at 10k chunks) while adding almost nothing to bm25's ranking.
-STOPWORDS = frozenset("""
-a an and are as at be by can do does for from has have how i if in into is it its of on or
-that the their them then there these this to was what when where which who why will with
-you your
-""".split())
 
 
 @dataclass(frozen=True)
@@ -77,24 +81,6 @@ class StoredChunk:
     text: str
 
 
-def lexical_query(text: str) -> str:
-    """An FTS5 MATCH expression for free text: its distinct words, quoted, OR-ed.
-
-    Quoting makes FTS5 syntax in the user's text (``AND``, ``*``, ``"``, ``:``) literal.
-    Common English words (``STOPWORDS``) are left out unless the query has nothing else.
-    At most ``MAX_QUERY_TERMS`` words are kept, so a 10,000-character query stays fast.
-    Returns ``""`` when the text has no words.
-    """
-    terms: dict[str, None] = {}
-    words = _WORD.findall(text.lower())
-    content = [w for w in words if w not in STOPWORDS]
-    for word in content or words:
-        terms.setdefault(word, None)
-        if len(terms) == MAX_QUERY_TERMS:
-            break
-    return " OR ".join(f'"{term}"' for term in terms)
-
-
 class ChunkStore:
     """Chunks of one generation in SQLite. Use ``create``, ``open_writable`` or ``open_readonly``."""
 
@@ -105,19 +91,27 @@ class ChunkStore:
         self._returned = threading.Condition(threading.Lock())
         self._idle = list(connections)
         self._opened = list(connections)
+        self._frequent: frozenset[str] = frozenset()
 
     @classmethod
     def create(cls, path: Path) -> ChunkStore:
         """A new, empty store at ``path`` (which must not exist)."""
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=DELETE")
-        db.executescript(_SCHEMA)
+        db.executescript(_TABLE + _FTS)
         return cls([db], path)
 
     @classmethod
     def open_writable(cls, path: Path) -> ChunkStore:
-        """Open a private copy (a new generation's file) for changes, from one thread."""
-        return cls([sqlite3.connect(path, isolation_level=None)], path)
+        """Open a private copy (a new generation's file) for changes, from one thread.
+
+        A file written before the ``terms`` column existed gets it here, and its FTS index
+        is rebuilt with it, so every chunk of the new generation is indexed alike.
+        """
+        db = sqlite3.connect(path, isolation_level=None)
+        if "terms" not in {row[1] for row in db.execute("PRAGMA table_info(chunks)")}:
+            _add_terms(db)
+        return cls([db], path)
 
     @classmethod
     def open_readonly(cls, path: Path) -> ChunkStore:
@@ -135,11 +129,14 @@ class ChunkStore:
                 # check_same_thread=False: the pool lends a connection to one thread at a time.
                 opened.append(sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False))
             opened[0].execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'x'").fetchone()
+            frequent = _read_frequent(opened[0])
         except (sqlite3.DatabaseError, UnicodeDecodeError) as error:  # a flipped schema byte decodes badly
             for db in opened:
                 db.close()
             raise KnowledgeBaseCorruptError(f"{path} is not a readable chunk store ({error}): {REBUILD_HINT}") from None
-        return cls(opened, path, shared=True)
+        store = cls(opened, path, shared=True)
+        store._frequent = frequent
+        return store
 
     def close(self) -> None:
         """Close every connection (idempotent). No query may be running."""
@@ -177,8 +174,8 @@ class ChunkStore:
                rows: Iterable[tuple[int, int, str, str]]) -> None:
         """Insert chunks of one source: ``rows`` are ``(start_char, end_char, heading, text)``."""
         self._db.executemany(
-            "INSERT INTO chunks(id, source, start_char, end_char, heading, text) VALUES (?, ?, ?, ?, ?, ?)",
-            ((cid, source, a, b, h, t) for cid, (a, b, h, t) in zip(chunk_ids, rows, strict=True)),
+            "INSERT INTO chunks(id, source, start_char, end_char, heading, text, terms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ((cid, source, a, b, h, t, document_terms(h, t)) for cid, (a, b, h, t) in zip(chunk_ids, rows, strict=True)),
         )
 
     def begin(self) -> None:
@@ -186,7 +183,8 @@ class ChunkStore:
         self._db.execute("BEGIN")
 
     def commit(self) -> None:
-        """Commit the transaction and make the file durable."""
+        """Record the store's frequent terms (``FREQUENT_FRACTION``), commit, and make the file durable."""
+        _write_frequent(self._db)
         self._db.execute("COMMIT")
 
     def delete_source(self, source: str) -> list[int]:
@@ -218,8 +216,14 @@ class ChunkStore:
         return [by_id[int(c)] for c in chunk_ids if int(c) in by_id]
 
     def lexical_search(self, query: str, limit: int) -> tuple[list[int], list[float]]:
-        """bm25 search: ``(chunk_ids, scores)`` best first; scores are -bm25 (higher is better)."""
-        expression = lexical_query(query)
+        """bm25 search: ``(chunk_ids, scores)`` best first; scores are -bm25 (higher is better).
+
+        Words of the query found in more than ``FREQUENT_FRACTION`` of the chunks are left
+        out (unless nothing else is left): FTS5 scores every chunk that holds any query
+        term, so one such word makes the query several times slower, while its low idf
+        moves bm25's ranking little and the dense ranking is fused with it anyway.
+        """
+        expression = query_expression(query, drop=self._frequent)
         if not expression or limit <= 0:
             return [], []
         with self._reading() as db:
@@ -230,3 +234,38 @@ class ChunkStore:
             ).fetchall()
         return [r[0] for r in rows], [r[1] for r in rows]
 
+
+def _add_terms(db: sqlite3.Connection) -> None:
+    """Give a store written before the ``terms`` column that column, and rebuild its FTS index with it.
+
+    Not one transaction (``executescript`` commits first): the file is a writer's private copy,
+    which a failed write discards whole.
+    """
+    db.execute("ALTER TABLE chunks ADD COLUMN terms TEXT NOT NULL DEFAULT ''")
+    rows = db.execute("SELECT id, heading, text FROM chunks").fetchall()
+    db.execute("BEGIN")
+    db.executemany("UPDATE chunks SET terms = ? WHERE id = ?", ((document_terms(h, t), i) for i, h, t in rows))
+    db.execute("COMMIT")
+    db.executescript("DROP TRIGGER chunks_ai; DROP TRIGGER chunks_ad; DROP TABLE chunks_fts;" + _FTS
+                     + "INSERT INTO chunks_fts(chunks_fts) VALUES ('rebuild');")
+
+
+def _write_frequent(db: sqlite3.Connection) -> None:
+    """Store the words more frequent than ``FREQUENT_FRACTION`` in ``lexical_frequent`` (in the open
+    transaction). ``fts5vocab`` counts every word's chunks in one pass over the index: ~10 ms at 10k chunks."""
+    db.execute("CREATE TABLE IF NOT EXISTS lexical_frequent(term TEXT PRIMARY KEY, chunks INTEGER NOT NULL)")
+    db.execute("DELETE FROM lexical_frequent")
+    db.execute("CREATE VIRTUAL TABLE temp.chunks_vocab USING fts5vocab(main, chunks_fts, 'row')")
+    try:
+        total = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
+        cut = max(FREQUENT_MIN_CHUNKS, FREQUENT_FRACTION * total)
+        db.execute("INSERT INTO lexical_frequent SELECT term, doc FROM temp.chunks_vocab WHERE doc > ?", (cut,))
+    finally:
+        db.execute("DROP TABLE temp.chunks_vocab")
+
+
+def _read_frequent(db: sqlite3.Connection) -> frozenset[str]:
+    """The frequent words ``_write_frequent`` stored; none in a file written before it existed."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'lexical_frequent'").fetchone():
+        return frozenset()
+    return frozenset(row[0] for row in db.execute("SELECT term FROM lexical_frequent"))

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import KnowledgeBaseCorruptError
-from engine.kb.store import MAX_QUERY_TERMS, ChunkStore, lexical_query
+from engine.kb.lexical import MAX_QUERY_TERMS, query_expression
+from engine.kb.store import ChunkStore
 
 ROWS = [
     (0, 40, "Pumps > Install", "Place the pump on a level surface near the barrel."),
@@ -58,9 +59,9 @@ def test_fts5_syntax_in_a_query_is_taken_literally(store_path, query):
 
 
 def test_a_long_query_keeps_a_bounded_number_of_terms():
-    expression = lexical_query(" ".join(f"w{i}" for i in range(5000)))
+    expression = query_expression(" ".join(f"w{i}" for i in range(5000)))
     assert expression.count(" OR ") == MAX_QUERY_TERMS - 1
-    assert lexical_query("  ... !!! ") == ""
+    assert query_expression("  ... !!! ") == ""
 
 
 def test_deleting_a_source_removes_its_chunks_from_fts_too(tmp_path, store_path):
@@ -88,5 +89,5 @@ def test_a_missing_or_garbage_file_is_a_corrupt_knowledge_base(tmp_path):
 
 
 def test_common_words_are_dropped_unless_they_are_all_there_is():
-    assert lexical_query("What is the warranty of the pump?") == '"warranty" OR "pump"'
-    assert lexical_query("what is this") == '"what" OR "is" OR "this"'
+    assert query_expression("What is the warranty of the pump?") == '"warranty" OR "pump"'
+    assert query_expression("what is this") == '"what" OR "is" OR "this"'

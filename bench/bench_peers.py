@@ -1,0 +1,276 @@
+"""Peers side by side: bakeoff's knowledge base against chromadb (embedded) and FAISS (HNSW and flat).
+
+What a Python developer would otherwise use, on the same chunks and the same vectors:
+each peer is filled with the vectors bakeoff's knowledge base holds (chromadb is never
+given an embedding function, so nothing is downloaded and the model is the same), and
+queries are embedded once by bakeoff's embedder. Queries are interleaved in one loop
+(system A, B, C on query 1, then on query 2, ...) so background load falls on all alike.
+
+Corpora: the bundled documents (177 chunks, 748 questions) and bench_retrieval's 10k
+knowledge base (about 11k chunks of standard-library docstrings; built on first use).
+
+Measured per system: build time (vectors given), search p50/p95 with the vector given
+(k=10), recall@10 of that search against exact inner product, end-to-end p50 (embed the
+query, search, fetch the texts) back-to-back and after 1 s idle, bundled QA recall@4,
+disk and resident memory (what loading it and one query add to a fresh process),
+and the ratios bakeoff / peer.
+
+Parameters: FAISS HNSW uses bakeoff's (M=16, efConstruction=200, efSearch=24); chromadb
+keeps its defaults (M=16, construction ef 100, search ef 100), as a user would.
+
+Needs the ``[peers]`` extra (``pip install -e .[peers]``); skipped without it.
+Run: .venv/bin/python -m pytest bench/bench_peers.py -o python_files='bench_*.py'
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+chromadb = pytest.importorskip("chromadb", reason='install the "peers" extra: pip install -e .[peers]')
+faiss = pytest.importorskip("faiss", reason='install the "peers" extra: pip install -e .[peers]')
+
+from engine.bakeoff.compare import as_shown  # noqa: E402  (after the skips) the passage as the prompt shows it
+from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
+from engine.kb import index  # noqa: E402
+from engine.kb.index import HnswConfig  # noqa: E402
+from engine.kb.knowledge_base import KnowledgeBase  # noqa: E402
+from bench_retrieval import stdlib_kb  # noqa: E402
+from sizes import folder_bytes  # noqa: E402
+
+K = 10
+QUERIES = 200
+SPORADIC_GAP_S = 1.0
+SPORADIC_QUERIES = 24
+
+
+@dataclass
+class Corpus:
+    """Chunks as bakeoff stores them, their vectors, and queries (text, vector, own chunk id)."""
+
+    name: str
+    kb: KnowledgeBase
+    ids: np.ndarray
+    vectors: np.ndarray
+    shown: list[str]  # heading trail + text, as the prompt shows a chunk
+    queries: list[str]
+    query_vectors: np.ndarray
+
+
+def rss_of_loading(prepare: str, load: str) -> int:
+    """Resident memory that ``load`` (Python code) adds in a fresh interpreter after ``prepare`` ran:
+    a separate process, so memory this one already holds or freed cannot hide it. ``load`` must keep
+    what it loads in a variable (``kept``): a temporary is freed before the second reading."""
+    import subprocess
+    import sys
+
+    code = f"{prepare}\nfrom sizes import rss_bytes\nbefore = rss_bytes()\n{load}\nprint(rss_bytes() - before)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          check=True)
+    return int(done.stdout.split()[-1])
+
+
+def _corpus(name: str, kb: KnowledgeBase, queries: list[str]) -> Corpus:
+    with kb._live.reading() as generation:
+        ids = np.asarray(generation.ids, np.int64).copy()
+        vectors = np.asarray(generation.vectors, np.float32).copy()
+        chunks = generation.store.get(ids)
+    shown = [as_shown(c.heading, c.text) for c in chunks]
+    query_vectors = np.stack([kb.embedder.embed_query(q) for q in queries])
+    return Corpus(name, kb, ids, vectors, shown, queries, query_vectors)
+
+
+@pytest.fixture(scope="module")
+def embedder(embedder_dir):
+    from engine.embedder import Embedder
+
+    return Embedder(cache_dir=embedder_dir.parent)
+
+
+@pytest.fixture(scope="module")
+def corpora(embedder, tmp_path_factory) -> list[Corpus]:
+    questions = load_questions(BUNDLED_SET / "qa.jsonl")
+    bundled = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("peers") / "kb", embedder=embedder)
+    out = [_corpus("bundled", bundled, [q.question for q in questions])]
+    big = KnowledgeBase.open(stdlib_kb(embedder), embedder=embedder)
+    rng = np.random.default_rng(0)
+    with big._live.reading() as generation:
+        sample = generation.store.get(rng.choice(generation.ids, QUERIES, replace=False))
+    out.append(_corpus("stdlib 10k", big, [c.text for c in sample]))
+    return out
+
+
+# ---------------------------------------------------------------------- the systems
+
+
+@dataclass
+class System:
+    """One system under test: how it searches with a vector given, and end to end."""
+
+    name: str
+    search: Callable[[np.ndarray, int], np.ndarray]  # vector, k -> chunk ids best first
+    end_to_end: Callable[[str], list[str]] | None  # query text -> shown texts of the top 4
+    disk_bytes: int
+    rss_bytes: int
+    build_s: float
+
+
+def _bakeoff(corpus: Corpus, tmp: Path) -> System:
+    kb = corpus.kb
+    config = HnswConfig()
+    start = time.perf_counter()
+    index.build_graph(corpus.vectors, corpus.ids, config)  # the build, vectors given (the kb's own is on disk)
+    build_s = time.perf_counter() - start
+    opened = KnowledgeBase.open(kb.path, embedder=kb.embedder)
+    rss = rss_of_loading("from engine.embedder import Embedder\nfrom engine.kb.knowledge_base import KnowledgeBase\n"
+                         "embedder = Embedder()\nembedder.embed_query('warm up')",
+                         f"kept = KnowledgeBase.open({str(kb.path)!r}, embedder=embedder)\nkept.search('warm up')")
+
+    def search(vector: np.ndarray, k: int) -> np.ndarray:
+        with opened._live.reading() as generation:
+            return index.search_graph(generation.graph, vector, k, len(generation.ids), config.ef)[0]
+
+    def end_to_end(query: str) -> list[str]:
+        return [as_shown(h.heading, h.text) for h in opened.search(query, k=4).hits]
+
+    return System("bakeoff", search, end_to_end, folder_bytes(kb.path / kb.manifest.generation), rss, build_s)
+
+
+def _chroma(corpus: Corpus, tmp: Path) -> System:
+    folder = tmp / f"chroma-{corpus.name.replace(' ', '-')}"  # chromadb caches its clients by path
+    shutil.rmtree(folder, ignore_errors=True)
+    settings = chromadb.Settings(anonymized_telemetry=False)
+    client = chromadb.PersistentClient(path=str(folder), settings=settings)
+    # No embedding function: we pass vectors (chromadb's default one would download a model).
+    collection = client.create_collection("bench", embedding_function=None)
+    row_of = {str(cid): i for i, cid in enumerate(corpus.ids)}
+    start = time.perf_counter()
+    step = client.get_max_batch_size()
+    for at in range(0, len(corpus.ids), step):
+        collection.add(ids=[str(c) for c in corpus.ids[at:at + step]], embeddings=corpus.vectors[at:at + step],
+                       documents=corpus.shown[at:at + step])
+    build_s = time.perf_counter() - start
+    del client, collection
+    reopened = chromadb.PersistentClient(path=str(folder), settings=settings)
+    collection = reopened.get_collection("bench", embedding_function=None)
+    collection.query(query_embeddings=corpus.query_vectors[:1], n_results=1)  # loads its index
+    rss = rss_of_loading("import chromadb", f"client = chromadb.PersistentClient(path={str(folder)!r}, "
+                         "settings=chromadb.Settings(anonymized_telemetry=False))\n"
+                         "kept = client.get_collection('bench', embedding_function=None)\nkept.query("
+                         f"query_embeddings=[{corpus.query_vectors[0].tolist()!r}], n_results=4)")
+    embed = corpus.kb.embedder.embed_query
+
+    def search(vector: np.ndarray, k: int) -> np.ndarray:
+        found = collection.query(query_embeddings=vector[None, :], n_results=k, include=[])
+        return corpus.ids[[row_of[i] for i in found["ids"][0]]]
+
+    def end_to_end(query: str) -> list[str]:
+        found = collection.query(query_embeddings=embed(query)[None, :], n_results=4, include=["documents"])
+        return found["documents"][0]
+
+    return System(f"chromadb {chromadb.__version__}", search, end_to_end, folder_bytes(folder), rss, build_s)
+
+
+def _faiss(corpus: Corpus, tmp: Path, kind: str) -> System:
+    dim = corpus.vectors.shape[1]
+    config = HnswConfig()
+    if kind == "hnsw":
+        built = faiss.IndexHNSWFlat(dim, config.M, faiss.METRIC_INNER_PRODUCT)
+        built.hnsw.efConstruction = config.ef_construction
+    else:
+        built = faiss.IndexFlatIP(dim)
+    start = time.perf_counter()
+    built.add(corpus.vectors)
+    build_s = time.perf_counter() - start
+    path = tmp / f"faiss-{kind}-{corpus.name.replace(' ', '-')}.index"
+    faiss.write_index(built, str(path))
+    del built
+    loaded = faiss.read_index(str(path))
+    rss = rss_of_loading("import faiss, numpy", f"kept = faiss.read_index({str(path)!r})\n"
+                         f"kept.search(numpy.zeros((1, {dim}), numpy.float32), 4)")
+    if kind == "hnsw":
+        loaded.hnsw.efSearch = config.ef
+    faiss.omp_set_num_threads(1)  # one query at a time, as the others run it
+
+    def search(vector: np.ndarray, k: int) -> np.ndarray:
+        return corpus.ids[loaded.search(vector[None, :], k)[1][0]]
+
+    return System(f"FAISS {kind}", search, None, folder_bytes(path), rss, build_s)
+
+
+# ---------------------------------------------------------------------- the comparison
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3
+
+
+def test_peers_side_by_side(corpora, claims, tmp_path):
+    for corpus in corpora:
+        systems = [_bakeoff(corpus, tmp_path), _chroma(corpus, tmp_path), _faiss(corpus, tmp_path, "hnsw"),
+                   _faiss(corpus, tmp_path, "flat")]
+        group = f"peers {corpus.name} ({len(corpus.ids)} chunks)"
+        queries = corpus.query_vectors[:QUERIES]
+        truth = [set(index.exact_search(corpus.vectors, corpus.ids, q, K)[0].tolist()) for q in queries]
+        times: dict[str, list[float]] = {s.name: [] for s in systems}
+        recall: dict[str, list[float]] = {s.name: [] for s in systems}
+        for s in systems:  # burn-in
+            for q in queries[:20]:
+                s.search(q, K)
+        for q, expected in zip(queries, truth):
+            for s in systems:
+                start = time.perf_counter()
+                found = s.search(q, K)
+                times[s.name].append(time.perf_counter() - start)
+                recall[s.name].append(len(expected & set(found.tolist())) / K)
+        e2e = [s for s in systems if s.end_to_end is not None]
+        warm: dict[str, list[float]] = {s.name: [] for s in e2e}
+        sporadic: dict[str, list[float]] = {s.name: [] for s in e2e}
+        texts = corpus.queries[:QUERIES]
+        for text in texts:
+            for s in e2e:
+                start = time.perf_counter()
+                s.end_to_end(text)
+                warm[s.name].append(time.perf_counter() - start)
+        for text in texts[:SPORADIC_QUERIES]:
+            for s in e2e:
+                time.sleep(SPORADIC_GAP_S)
+                start = time.perf_counter()
+                s.end_to_end(text)
+                sporadic[s.name].append(time.perf_counter() - start)
+        for s in systems:
+            claims.add(group, f"{s.name}: build, vectors given", s.build_s, "s")
+            claims.add(group, f"{s.name}: search p50 (vector given, k={K})", _p(times[s.name], 50), "ms")
+            claims.add(group, f"{s.name}: search p95 (vector given, k={K})", _p(times[s.name], 95), "ms")
+            claims.add(group, f"{s.name}: recall@{K} against exact search", float(np.mean(recall[s.name])), "")
+            claims.add(group, f"{s.name}: disk", s.disk_bytes / 2**20, "MiB")
+            claims.add(group, f"{s.name}: RSS of loading it (fresh process)", s.rss_bytes / 2**20, "MiB")
+            if s.name in warm:
+                claims.add(group, f"{s.name}: end-to-end p50, back-to-back", _p(warm[s.name], 50), "ms")
+                claims.add(group, f"{s.name}: end-to-end p95, back-to-back", _p(warm[s.name], 95), "ms")
+                claims.add(group, f"{s.name}: end-to-end p50 after {SPORADIC_GAP_S:g} s idle",
+                           _p(sporadic[s.name], 50), "ms")
+        ours, chroma = systems[0].name, systems[1].name
+        for s in systems[1:]:
+            claims.add(group, f"search p50 bakeoff / {s.name}", _p(times[ours], 50) / _p(times[s.name], 50), "x")
+        claims.add(group, "end-to-end back-to-back, bakeoff / chromadb (median of paired ratios)",
+                   float(np.median(np.divide(warm[ours], warm[chroma]))), "x")
+        # Per query, ours over chromadb's right after it: background load changes between queries.
+        paired = float(np.median(np.divide(sporadic[ours], sporadic[chroma])))
+        claims.add(group, f"end-to-end after {SPORADIC_GAP_S:g} s idle, bakeoff / chromadb (median of paired ratios)",
+                   paired, "x", target="<= 0.5" if "10k" in corpus.name else None)
+        if corpus.name == "bundled":
+            questions = load_questions(BUNDLED_SET / "qa.jsonl")
+            qa = {}
+            for s in e2e:
+                found = [any(is_correct(t, q.answers) for t in s.end_to_end(q.question)) for q in questions]
+                qa[s.name] = 100 * float(np.mean(found))
+                claims.add(group, f"{s.name}: bundled QA recall@4 ({len(questions)} questions)", qa[s.name], "%",
+                           ">= 90" if s.name == ours else None)
+            claims.add(group, "bundled QA recall@4, bakeoff - chromadb", qa[ours] - qa[chroma], "points", ">= 5")
