@@ -98,7 +98,7 @@ def build_rag_prompt(
     chosen: list[Passage] = []
     estimate = base + (8 if candidates else 0)  # "Sources:" header and separators
     for candidate in candidates:
-        relabelled = _relabel(candidate, len(chosen) + 1)
+        relabelled = relabel(candidate, len(chosen) + 1)
         size = count_text(render_sources([relabelled])) + 2
         if estimate + size > budget_tokens:
             continue  # a shorter, lower-ranked passage may still fit
@@ -112,7 +112,8 @@ def build_rag_prompt(
                      len(candidates) - len(chosen))
 
 
-def _relabel(passage: Passage, label: int) -> Passage:
+def relabel(passage: Passage, label: int) -> Passage:
+    """``passage`` shown under ``[label]``."""
     return Passage(label, passage.chunk_id, passage.source, passage.span, passage.heading, passage.text)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.answer.prompt import sanitize
+from engine.answer.prompt import relabel, sanitize
 from engine.answer.types import Passage
 from engine.chat import RAG_SYSTEM_PROMPT, ChatFormat
 from engine.errors import InputError
@@ -105,7 +105,7 @@ class SplicedLayout:
         used = len(self.prefix) + len(tail)
         chosen: list[tuple[Passage, str, tuple[int, ...]]] = []
         for candidate in candidates:
-            passage = _labelled(candidate)
+            passage = relabel(candidate, candidate.chunk_id)
             text = self.block_text(passage)
             tokens = self.tokenize_block(text)
             if used + len(tokens) > budget_tokens:
@@ -120,7 +120,3 @@ class SplicedLayout:
         all_tokens.extend(tail)
         return SplicedPrompt(tuple(all_tokens), self.prefix, tuple(blocks), tuple(p for p, _, _ in chosen),
                              len(candidates) - len(chosen))
-
-
-def _labelled(passage: Passage) -> Passage:
-    return Passage(passage.chunk_id, passage.chunk_id, passage.source, passage.span, passage.heading, passage.text)
