@@ -280,18 +280,19 @@ def _grade_spliced(engine: Engine, questions: Sequence[Question], config: Compar
     """Each question in the spliced layout, prefilled and spliced, on the same retrieved passages."""
     assert engine.kb is not None and engine.kv_cache is not None  # the caller checks
     graded = []
+    # Searched once: both variants are given exactly these passages.
+    hits = [engine.kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits for q in questions]
     for label, splice in SPLICE_VARIANTS.items():
         before = engine.kv_cache.stats()
-        for done, q in enumerate(questions, 1):
-            hits = engine.kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits
-            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens, passages=hits,
+        for done, (q, passages) in enumerate(zip(questions, hits), 1):
+            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens, passages=passages,
                                  label=label, splice=splice))
             say(f"accuracy/{label}", done, len(questions))
         if splice == "on":
             after = engine.kv_cache.stats()
-            hits_ = (after.ram_hits + after.disk_hits) - (before.ram_hits + before.disk_hits)
-            lookups = hits_ + after.misses - before.misses
-            kv_summary["hit_rate"] = hits_ / lookups if lookups else 0.0
+            found = (after.ram_hits + after.disk_hits) - (before.ram_hits + before.disk_hits)
+            lookups = found + after.misses - before.misses
+            kv_summary["hit_rate"] = found / lookups if lookups else 0.0
             kv_summary.update(after.state_sizes())
     return graded
 
