@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,20 @@ def write_corpus(folder: Path) -> Path:
 def corpus(tmp_path: Path) -> Path:
     """A fresh copy of the small corpus (3 documents, about 10 chunks)."""
     return write_corpus(tmp_path / "docs")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, embedder) -> Path:
+    """A knowledge base of the small corpus, built once per test module (copy it before damaging it)."""
+    from engine.kb.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase.build([write_corpus(tmp_path_factory.mktemp("docs"))], tmp_path_factory.mktemp("kb") / "kb",
+                             embedder=embedder)
+    kb.close()
+    return kb.path
+
+
+@pytest.fixture
+def kb_copy(built, tmp_path) -> Path:
+    """A private copy of ``built`` that a test may damage."""
+    return Path(shutil.copytree(built, tmp_path / "kb"))

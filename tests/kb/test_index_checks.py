@@ -24,7 +24,6 @@ from engine.kb import index
 from engine.kb.index import HnswConfig
 from engine.kb.knowledge_base import KnowledgeBase
 
-from .conftest import write_corpus
 
 HEADER = "<QQQQQQiIQQQdQ"  # hnswlib 0.8.0 saveIndex: see engine/kb/hnsw_file.py
 DIM, M = 16, 8
@@ -310,19 +309,6 @@ def test_search_returns_what_it_reaches_when_most_elements_are_deleted(tmp_path)
 
 
 # ------------------------------------------------------------------ through KnowledgeBase.open, in a child
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, embedder) -> Path:
-    kb = KnowledgeBase.build([write_corpus(tmp_path_factory.mktemp("docs"))], tmp_path_factory.mktemp("kb") / "kb",
-                             embedder=embedder)
-    kb.close()
-    return kb.path
-
-
-@pytest.fixture
-def kb_copy(built, tmp_path) -> Path:
-    return Path(shutil.copytree(built, tmp_path / "kb"))
 
 
 def open_and_search(kb_dir: str, cache_dir: str, verify: str, answer) -> None:

@@ -34,14 +34,6 @@ def built(tmp_path_factory, embedder) -> Path:
     return root / "kb"
 
 
-@pytest.fixture
-def kb_copy(built, tmp_path) -> Path:
-    """A private copy of the built knowledge base, for tests that damage or change it."""
-    target = tmp_path / "kb"
-    shutil.copytree(built, target)
-    return target
-
-
 def _current(kb_dir: Path) -> Path:
     return kb_dir / json.loads((kb_dir / "manifest.json").read_text())["generation"]
 

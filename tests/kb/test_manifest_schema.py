@@ -20,22 +20,8 @@ from engine.errors import KnowledgeBaseCorruptError, KnowledgeBaseMismatchError
 from engine.kb import manifest
 from engine.kb.knowledge_base import KnowledgeBase
 
-from .conftest import write_corpus
 
 REBUILD = "bakeoff index --rebuild"
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory, embedder) -> Path:
-    kb = KnowledgeBase.build([write_corpus(tmp_path_factory.mktemp("docs"))], tmp_path_factory.mktemp("kb") / "kb",
-                             embedder=embedder)
-    kb.close()
-    return kb.path
-
-
-@pytest.fixture
-def kb_copy(built, tmp_path) -> Path:
-    return Path(shutil.copytree(built, tmp_path / "kb"))
 
 
 def _edit(kb_dir: Path, change) -> None:
