@@ -6,7 +6,8 @@ given an embedding function, so nothing is downloaded and the model is the same)
 queries are embedded once by bakeoff's embedder. Queries are interleaved in one loop
 (system A, B, C on query 1, then on query 2, ...) so background load falls on all alike.
 
-Corpora: the bundled documents (177 chunks, 748 questions) and bench_retrieval's 10k
+Corpora: the bundled documents (177 chunks and 748 questions before the unseen documents were
+added) and bench_retrieval's 10k
 knowledge base (about 11k chunks of standard-library docstrings; built on first use).
 
 Measured per system: build time (vectors given), search p50/p95 with the vector given
@@ -36,7 +37,7 @@ import pytest
 chromadb = pytest.importorskip("chromadb", reason='install the "peers" extra: pip install -e .[peers]')
 faiss = pytest.importorskip("faiss", reason='install the "peers" extra: pip install -e .[peers]')
 
-from engine.bakeoff.compare import as_shown  # noqa: E402  (after the skips) the passage as the prompt shows it
+from engine.bakeoff.qa import as_shown  # noqa: E402  (after the skips) the passage as the prompt shows it
 from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
 from engine.kb import index  # noqa: E402
 from engine.kb.index import HnswConfig  # noqa: E402

@@ -6,7 +6,8 @@ kept in bench/results/kb-10k/; later runs reuse it. Queries are a sentence taken
 from a random chunk; recall@5 counts the query's own chunk among the hits. The int8
 embedder queries the same (fp32-built) knowledge base.
 
-Recall on questions (``test_bundled_qa_defaults``): the bundled set's 748 questions. A
+Recall on questions (``test_bundled_qa_defaults``): every question of the bundled set (748
+until the 42 of the unseen documents were added). A
 question is recalled when one of the top-4 hits holds an accepted answer *as the prompt
 shows the hit*: heading trail, then text (an error code's name often sits in its
 heading). The search defaults (``MMR_LAMBDA``, ``W_LEXICAL``, ``K_RRF``) were chosen on
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.bakeoff.compare import as_shown  # the passage as the prompt shows it: heading, then text
+from engine.bakeoff.qa import as_shown  # the passage as the prompt shows it: heading, then text
 from engine.kb import knowledge_base as kbmod
 from engine.kb import store as storemod
 from engine.kb.knowledge_base import KnowledgeBase
@@ -298,7 +299,7 @@ def test_bundled_qa_defaults(embedders, claims, tmp_path_factory):
 
 
 def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
-    """Retrieval recall on real questions: the bundled set's 748 questions against its 29 documents.
+    """Retrieval recall on real questions: every question of the bundled set against its documents.
 
     Each variant indexes the documents with its own embeddings; a question counts as
     recalled when one of the top-4 hits (heading trail and text, as the prompt shows it)

@@ -34,6 +34,10 @@ RAG_SYSTEM_PROMPT = (
     "do not know."
 )
 
+#: What a reader trained by the fine-tune recipe answers when the sources it is given
+#: do not hold the answer (the RAG system prompt's "say that you do not know").
+NOT_IN_SOURCES = "The sources do not say."
+
 # Probe strings used to find what a template puts around an assistant turn; chosen so that
 # no template adds or strips anything inside them.
 _PROBE_SYSTEM, _PROBE_USER, _PROBE_ANSWER = "S", "U", "ANSWER_0xB4KE0FF"

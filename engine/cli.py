@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--qa", type=Path, default=commands.BUNDLED_QA, help="qa.jsonl")
     tune.add_argument("--base", type=Path, default=None, help="base GGUF (default: the fetched SmolLM2)")
     tune.add_argument("--out", type=Path, required=True, help="adapter file to write (.gguf)")
+    tune.add_argument("--kb", type=Path, default=None,
+                      help="knowledge base of the documents (`bakeoff index`): the adapter is also trained to read "
+                           "passages retrieved from it, for --mode hybrid; without it, --no-reader is required")
+    tune.add_argument("--no-reader", action="store_true",
+                      help="train the question-alone (baked) examples only: no knowledge base needed, and the "
+                           "adapter is not trained to read passages")
     tune.add_argument("--epochs", type=int, default=None)
     tune.add_argument("--rank", type=int, default=None)
     tune.add_argument("--limit-facts", type=int, default=None, help="train on the first N facts only")
@@ -147,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = command("run", commands.run, "the whole bake-off on the bundled set: fetch, index, fine-tune, compare")
     run.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="folder for the KB, adapter and report")
     run.add_argument("--full", action="store_true",
-                     help="every fact of the set (default: the quick profile, 30 facts spread over every document)")
+                     help="every fact of the set (default: the quick profile, 16 facts spread over the documents)")
     _add_compare_args(run, defaults_from="the profile")
     _add_json(run)
 

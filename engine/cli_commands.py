@@ -221,6 +221,8 @@ def _finetune_config(args: argparse.Namespace):
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("rank", args.rank), ("limit_facts", args.limit_facts))
                  if v is not None}
+    if args.no_reader:
+        overrides["reader_per_fact"] = 0.0
     return FinetuneConfig(seed=args.seed, **overrides)
 
 
@@ -230,7 +232,7 @@ def finetune(args: argparse.Namespace) -> int:
     base = _model_path(args.base)
     bar = out.TrainBar()
     try:
-        report = train(args.docs, args.qa, base, args.out, config=_finetune_config(args), progress=bar)
+        report = train(args.docs, args.qa, base, args.out, config=_finetune_config(args), kb=args.kb, progress=bar)
     finally:
         bar.close()
     if args.merge is not None:

@@ -150,6 +150,9 @@ def print_finetune(report) -> None:
     """``bakeoff finetune``: where the adapter went and how training ended."""
     print(f"adapter written to {report.adapter_path}: {report.steps} steps, {report.epochs} epochs, "
           f"final loss {report.final_loss:.3f}, {report.total_seconds:.0f} s")
+    print(f"examples: {report.n_qa_examples} questions alone, {report.n_doc_examples} document windows, "
+          f"{report.n_reader_examples} with retrieved passages ({report.n_reader_distractors_only} without the "
+          f"answer, {report.n_reader_spliced} as spliced blocks; {report.n_reader_skipped} skipped)")
 
 
 def comparison_payload(result, files) -> dict:

@@ -30,7 +30,8 @@ def embedder_dir() -> Path:
 def _tiny_config():
     from engine.finetune import FinetuneConfig
 
-    return FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False)
+    return FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False,
+                          reader_per_fact=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,13 @@ def test_finetune_without_the_extra_says_which_extra(monkeypatch, capsys, tmp_pa
     assert "MissingExtraError" in err and "finetune" in err
 
 
+def test_finetune_asks_for_the_knowledge_base_its_reader_examples_come_from(capsys, tmp_path, generator_model_path):
+    pytest.importorskip("torch")
+    code, _, err = _run(capsys, "finetune", "--out", str(tmp_path / "a.gguf"), "--limit-facts", "1")
+    assert code != 0 and "--kb" in err and "InputError" in err
+    assert not (tmp_path / "a.gguf").exists()
+
+
 def test_hardware_says_what_auto_does_with_extra_buffers(capsys):
     code, out, _ = _run(capsys, "hardware", "--json")
     assert code == 0

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
-from engine.bakeoff.qa import exact_match, is_one_sentence, normalize, token_f1
-from engine.bakeoff.compare import (READER_MODE, STAGES, CompareConfig, answer_passage, run_comparison,
+from engine.bakeoff.qa import answer_passage, exact_match, is_one_sentence, normalize, token_f1
+from engine.bakeoff.compare import (READER_MODE, READER_MODES, STAGES, CompareConfig, run_comparison,
                                     select_questions, stage_ms)
 from engine.embedder import Embedder
 from engine.errors import InputError
@@ -58,8 +58,8 @@ def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_facto
     report, _ = tiny_finetune
     kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("kb") / "kb",
                              embedder=Embedder(embedder_dir), chunk_tokens=160, overlap_tokens=24)
-    # Two trained facts and one fact the v2 documents change (the Brookling B3 price).
-    subset = [q for q in QUESTIONS if q.fact_id in ("F001", "F002", "F071")]
+    # Two trained facts, one fact the v2 documents change (the Brookling B3 price) and one of an unseen document.
+    subset = [q for q in QUESTIONS if q.fact_id in ("F001", "F002", "F071", "F188")]
     config = CompareConfig(train_per_fact=1, timing_questions=2, repetitions=2, warmup=1, max_tokens=24,
                            splice_questions=2)
     phases = []
@@ -72,15 +72,24 @@ def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_facto
     return result, phases, tmp_path_factory.mktemp("report")
 
 
-def test_both_modes_graded_on_every_split(comparison):
+def test_every_mode_graded_on_every_split(comparison):
     result, phases, _ = comparison
-    for mode in ("rag", "baked"):
-        assert result.counts[mode] == {"train": 3, "heldout": 3, "updated": 2}
-        assert set(result.accuracy[mode]) == {"train", "heldout", "updated"}
-    assert {"accuracy/rag", "accuracy/baked", "latency/rag", "latency/baked", "freshness/rag"} <= set(phases)
-    rag_answers = [a for a in result.answers if a.mode == "rag"]
-    assert all(a.cited_sources for a in rag_answers), "every RAG answer cites its passages"
+    for mode in ("rag", "baked", "hybrid"):
+        assert result.counts[mode] == {"train": 3, "heldout": 3, "updated": 2, "unseen": 1}
+        assert set(result.accuracy[mode]) == {"train", "heldout", "updated", "unseen"}
+        assert {f"accuracy/{mode}", f"latency/{mode}", f"freshness/{mode}"} <= set(phases)
+    for mode in ("rag", "hybrid"):
+        assert all(a.cited_sources for a in result.answers if a.mode == mode), "every answer cites its passages"
     assert all(not a.cited_sources for a in result.answers if a.mode == "baked")
+    unseen = next(a for a in result.answers if a.mode == "hybrid" and a.split == "unseen")
+    assert "glimmerpool-g2-pond-light-manual.md" in unseen.cited_sources, "the unseen document is retrieved"
+
+
+def test_the_setup_cost_of_a_change_is_the_reindex_measured_here(comparison):
+    result, _, _ = comparison
+    assert set(result.setup_seconds) == {"reindex"}, "no training time was given to the comparison"
+    assert 0 < result.setup_seconds["reindex"] < result.seconds
+    assert "(reindex)" in summary_table(result)
 
 
 def test_trained_facts_are_answered_by_the_adapter(comparison):
@@ -107,9 +116,15 @@ def test_latency_is_summarised_per_mode(comparison):
 
 def test_every_mode_is_graded_three_ways_with_its_format(comparison):
     result, _, _ = comparison
-    assert {"rag", "baked", "rag-prefill", "rag-spliced"} <= set(result.grading)
-    assert {"exact", "f1", "one_sentence", "cites_label", "citation_precision"} == set(result.grading["rag"])
+    assert {"rag", "baked", "hybrid", "rag-prefill", "rag-spliced", "hybrid-prefill", "hybrid-spliced"} \
+        <= set(result.grading)
+    assert {"exact", "f1", "one_sentence", "cites_label", "citation_precision", "format"} \
+        == set(result.grading["rag"]) == set(result.grading["hybrid"])
     assert "cites_label" not in result.grading["baked"], "the baked mode has no passages to cite"
+    baked = [a for a in result.answers if a.mode == "baked"]
+    assert result.grading["baked"]["format"] == sum(a.one_sentence for a in baked) / len(baked)
+    rag = [a for a in result.answers if a.mode == "rag"]
+    assert result.grading["rag"]["format"] == sum(a.one_sentence and a.cites_label for a in rag) / len(rag)
     for answer in result.answers:
         assert answer.f1 >= float(answer.exact) and 0.0 <= answer.f1 <= 1.0
 
@@ -118,12 +133,14 @@ def test_splicing_is_graded_on_the_same_passages_and_timed_warm_and_cold_beside_
     result, phases, _ = comparison
     assert {"accuracy/rag-prefill", "accuracy/rag-spliced", "latency/rag-spliced", "latency/rag-spliced-cold"} \
         <= set(phases)
-    for label in ("rag-prefill", "rag-spliced"):
+    for label in ("rag-prefill", "rag-spliced", "hybrid-prefill", "hybrid-spliced"):
         assert sum(result.counts[label].values()) == 2
-    prefill = {a.question_id: a for a in result.answers if a.mode == "rag-prefill"}
-    spliced = {a.question_id: a for a in result.answers if a.mode == "rag-spliced"}
-    assert prefill.keys() == spliced.keys()
-    assert all(prefill[q].cited_sources == spliced[q].cited_sources for q in prefill), "the same passages"
+    variants = [{a.question_id: a for a in result.answers if a.mode == label}
+                for label in ("rag-prefill", "rag-spliced", "hybrid-prefill", "hybrid-spliced")]
+    assert all(v.keys() == variants[0].keys() for v in variants)
+    assert all(len({v[q].cited_sources for v in variants}) == 1 for q in variants[0]), "the same passages"
+    assert result.latency["hybrid-spliced"].stage_p50_ms["generation.splice_ms"] > 0
+    assert result.latency["hybrid"].stage_p50_ms["generation.splice_ms"] == 0
     # The rag row is full prefill even though the engine has a chunk-KV cache.
     assert result.latency["rag"].stage_p50_ms["generation.splice_ms"] == 0
     assert result.latency["rag"].stage_p50_ms["kv_ms"] == 0
@@ -149,7 +166,7 @@ def test_report_files(comparison):
 
 def test_context_recall_is_reported_for_rag(comparison):
     result, _, _ = comparison
-    assert set(result.context_recall) == {"train", "heldout", "updated"}
+    assert set(result.context_recall) == {"train", "heldout", "updated", "unseen"}
     rag = [a for a in result.answers if a.mode == "rag"]
     assert all(a.answer_in_context is not None for a in rag)
     assert all(a.answer_in_context is None for a in result.answers if a.mode == "baked")
@@ -159,15 +176,17 @@ def test_context_recall_is_reported_for_rag(comparison):
 
 def test_reader_is_measured_with_perfect_retrieval(comparison):
     result, phases, _ = comparison
-    reader = [a for a in result.answers if a.mode == READER_MODE]
-    assert [a.split for a in reader] == ["heldout"] * 3
-    assert f"accuracy/{READER_MODE}" in phases
+    assert READER_MODE in READER_MODES and set(READER_MODES.values()) == {"rag", "hybrid"}
     subset = {q.id: q for q in QUESTIONS}
-    for a in reader:
-        assert a.cited_sources == (subset[a.question_id].source.rsplit("/", 1)[-1],)
-    assert result.reader_accuracy["heldout"] == sum(a.correct for a in reader) / 3
-    assert result.counts[READER_MODE] == {"heldout": 3}
-    assert any("perfect retrieval" in p for p in retrieval_vs_reader(result))
+    for label in READER_MODES:
+        reader = [a for a in result.answers if a.mode == label]
+        assert [a.split for a in reader] == ["heldout"] * 3
+        assert f"accuracy/{label}" in phases
+        for a in reader:
+            assert a.cited_sources == (subset[a.question_id].source.rsplit("/", 1)[-1],)
+        assert result.reader_accuracy[label]["heldout"] == sum(a.correct for a in reader) / 3
+        assert result.counts[label] == {"heldout": 3}
+    assert sum("perfect retrieval" in p for p in retrieval_vs_reader(result)) == 2
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +236,7 @@ class _StandIn:
 
 def test_context_recall_reads_what_the_model_was_shown_not_the_file():
     config = CompareConfig(limit_facts=2, timing_questions=1, repetitions=1, warmup=0, freshness=False,
-                           answer_passage=False)
+                           answer_passage=False, unseen_facts=0)
     result = run_comparison(_StandIn(), QUESTIONS, config=config)
     rag = [a for a in result.answers if a.mode == "rag"]
     assert rag and all(a.answer_in_context for a in rag) and not any(a.correct for a in rag)

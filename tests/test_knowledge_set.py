@@ -18,9 +18,11 @@ KB = Path(__file__).resolve().parents[1] / "engine" / "data" / "kb"
 DOCS = KB / "docs"
 UPDATES = KB / "updates"
 QA = KB / "qa.jsonl"
+SET_JSON = KB / "set.json"
 
 REQUIRED_FIELDS = {"id", "fact_id", "split", "question", "answers", "source"}
-ID_RE = re.compile(r"^(F\d{3,})-(t\d+|h\d+)$")
+ID_RE = re.compile(r"^(F\d{3,})-(t\d+|h\d+|u\d+)$")
+SPLIT_OF_ID = {"t": "train", "h": "heldout", "u": "unseen"}
 
 
 def _text(path: Path) -> str:
@@ -50,6 +52,20 @@ def facts(rows) -> dict[str, list[dict]]:
     return dict(by_fact)
 
 
+@pytest.fixture(scope="module")
+def unseen_docs() -> list[str]:
+    """set.json's "unseen_documents": documents added after fine-tuning ("docs/<file>.md")."""
+    data = json.loads(_text(SET_JSON))
+    assert isinstance(data, dict) and isinstance(data.get("subject"), str), "set.json needs a string 'subject'"
+    names = data.get("unseen_documents")
+    assert isinstance(names, list) and all(isinstance(n, str) for n in names), "'unseen_documents' must be a list"
+    return names
+
+
+def _unseen_facts(facts) -> dict[str, dict]:
+    return {fid: qs[0] for fid, qs in facts.items() if qs[0]["split"] == "unseen"}
+
+
 def test_every_file_is_utf8():
     files = [p for p in KB.rglob("*") if p.is_file()]
     assert files
@@ -75,7 +91,7 @@ def test_rows_well_formed(rows):
         assert REQUIRED_FIELDS <= row.keys(), row["id"]
         match = ID_RE.match(row["id"])
         assert match and match.group(1) == row["fact_id"], row["id"]
-        expected_split = "train" if match.group(2).startswith("t") else "heldout"
+        expected_split = SPLIT_OF_ID[match.group(2)[0]]
         assert row["split"] == expected_split, row["id"]
         assert row["question"].strip(), row["id"]
         assert row["answers"] and all(isinstance(a, str) for a in row["answers"]), row["id"]
@@ -89,6 +105,11 @@ def test_fact_count_and_splits(facts):
     for fid, qs in facts.items():
         train = [q for q in qs if q["split"] == "train"]
         held = [q for q in qs if q["split"] == "heldout"]
+        unseen = [q for q in qs if q["split"] == "unseen"]
+        if unseen:  # a fact of a document added after fine-tuning: no train or held-out wording at all
+            assert len(unseen) == len(qs), f"{fid}: unseen fact with train/heldout questions"
+            assert len({_norm(q["question"]) for q in unseen}) == len(unseen), f"{fid}: repeated unseen question"
+            continue
         assert len(train) >= 3, fid
         assert len(held) >= 1, fid
         assert len({_norm(q["question"]) for q in train}) == len(train), f"{fid}: repeated train question"
@@ -154,3 +175,51 @@ def test_unchanged_facts_survive_update(facts):
             text = _text(UPDATES / name).lower()
             for answer in row["answers"]:
                 assert answer.lower() in text, f"{fid}: {answer!r} lost in updates/{name}"
+
+
+def test_unseen_documents_listed(unseen_docs):
+    """set.json names at least 5 documents of docs/ as "unseen" (never used for fine-tuning)."""
+    assert len(unseen_docs) >= 5
+    assert len(set(unseen_docs)) == len(unseen_docs), "unseen_documents lists a document twice"
+    for name in unseen_docs:
+        path = KB / name
+        assert path.parent == DOCS and path.suffix == ".md" and path.is_file(), f"bad unseen document {name}"
+
+
+def test_unseen_split_matches_unseen_documents(facts, unseen_docs):
+    """Unseen facts come from unseen documents, and train/held-out facts never do."""
+    unseen = set(unseen_docs)
+    for fid, qs in facts.items():
+        row = qs[0]
+        if row["split"] == "unseen":
+            assert row["source"] in unseen, f"{fid}: unseen fact from {row['source']}, not an unseen document"
+            assert "update_source" not in row, f"{fid}: an unseen fact cannot change on update"
+        else:
+            assert row["source"] not in unseen, f"{fid}: {row['split']} fact from unseen document {row['source']}"
+
+
+def test_unseen_fact_counts(facts, unseen_docs):
+    unseen = _unseen_facts(facts)
+    assert len(unseen) >= 35
+    per_doc: dict[str, int] = defaultdict(int)
+    for row in unseen.values():
+        per_doc[row["source"]] += 1
+    for name in unseen_docs:
+        assert per_doc[name] >= 7, f"{name} holds {per_doc[name]} facts (want >= 7)"
+
+
+def test_unseen_answers_only_in_their_document(facts):
+    """Only the new document can answer an unseen question: no other document (old or update) holds its answer."""
+    others = {path: _text(path).lower() for path in [*DOCS.glob("*.md"), *UPDATES.glob("*.md")]}
+    for fid, row in _unseen_facts(facts).items():
+        source = KB / row["source"]
+        for answer in row["answers"]:
+            holders = [p.relative_to(KB).as_posix() for p, text in others.items()
+                       if p != source and answer.lower() in text]
+            assert not holders, f"{fid}: answer {answer!r} also occurs in {holders}"
+
+
+def test_no_update_replaces_an_unseen_document(unseen_docs):
+    updates = {p.name for p in UPDATES.glob("*.md")}
+    for name in unseen_docs:
+        assert Path(name).name not in updates, f"updates/ replaces unseen document {name}"

@@ -12,28 +12,42 @@ from engine.bakeoff import pipeline
 from engine.bakeoff.compare import CompareConfig
 from engine.bakeoff.pipeline import (PHASES, QUICK, RunProfile, RunProgress, adapter_fingerprint, adapter_is_current,
                                      run_bakeoff)
-from engine.bakeoff.qa import BUNDLED_SET, load_questions, select_facts
+from engine.bakeoff.qa import BUNDLED_SET, load_questions, select_facts, unseen_documents, unseen_questions
 from engine.errors import InputError
 from engine.finetune.config import FinetuneConfig
 from engine.kb import KnowledgeBase
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
+TRAINED = [q for q in QUESTIONS if q.split != "unseen"]  # the facts of the documents fine-tuning may see
 
 
-def test_the_quick_profile_covers_every_document_split_and_update():
+def test_the_quick_profile_spreads_over_documents_and_covers_every_split_and_update():
     chosen = select_facts(QUESTIONS, QUICK.compare.limit_facts, spread=True)
-    documents = {q.source for q in QUESTIONS}
-    assert {q.source for q in chosen} == documents
-    assert len({q.fact_id for q in chosen}) == QUICK.compare.limit_facts
+    assert len({q.source for q in chosen}) == len({q.fact_id for q in chosen}) == QUICK.compare.limit_facts, \
+        "one fact per document"
+    assert {q.source for q in chosen} <= {q.source for q in TRAINED}
     assert {"train", "heldout"} <= {q.split for q in chosen}
     assert any(q.changes_on_update for q in chosen)
     assert QUICK.finetune.limit_facts == QUICK.compare.limit_facts
     assert QUICK.finetune.spread_facts and QUICK.compare.spread_facts
+    unseen = unseen_questions(QUESTIONS, QUICK.compare.unseen_facts)
+    assert len(unseen) == QUICK.compare.unseen_facts
+    assert {Path(q.source).name for q in unseen} == unseen_documents(BUNDLED_SET), "spread over every unseen document"
+
+
+def test_no_selection_takes_a_question_of_an_unseen_document():
+    unseen = unseen_documents(BUNDLED_SET)
+    assert len(unseen) >= 5
+    for limit, spread in ((None, False), (40, True), (1000, True), (1000, False)):
+        assert all(q.split != "unseen" and Path(q.source).name not in unseen
+                   for q in select_facts(QUESTIONS, limit, spread=spread))
+    assert {q.split for q in unseen_questions(QUESTIONS)} == {"unseen"}
+    assert len({q.fact_id for q in unseen_questions(QUESTIONS)}) >= 35
 
 
 def test_spread_takes_facts_a_v2_update_changes_first_within_each_document():
     changed_sources = {q.source for q in QUESTIONS if q.changes_on_update}
-    one_per_document = select_facts(QUESTIONS, len({q.source for q in QUESTIONS}), spread=True)
+    one_per_document = select_facts(QUESTIONS, len({q.source for q in TRAINED}), spread=True)
     for source in changed_sources:
         picked = {q.fact_id for q in one_per_document if q.source == source}
         assert all(q.changes_on_update for q in one_per_document if q.fact_id in picked), source
@@ -41,7 +55,7 @@ def test_spread_takes_facts_a_v2_update_changes_first_within_each_document():
 
 def test_without_spread_the_first_facts_are_kept():
     assert {q.fact_id for q in select_facts(QUESTIONS, 3)} == {"F001", "F002", "F003"}
-    assert select_facts(QUESTIONS, None) == QUESTIONS
+    assert select_facts(QUESTIONS, None) == TRAINED
     assert select_facts(QUESTIONS, 5, spread=True) == select_facts(QUESTIONS, 5, spread=True)
 
 
@@ -150,7 +164,8 @@ class _Recorder(RunProgress):
 def tiny_profile() -> RunProfile:
     return RunProfile(
         "tiny",
-        FinetuneConfig(limit_facts=2, spread_facts=True, epochs=3, batch_size=6, use_documents=False),
+        FinetuneConfig(limit_facts=2, spread_facts=True, epochs=3, batch_size=6, use_documents=False,
+                       reader_per_fact=1.0),
         CompareConfig(limit_facts=2, spread_facts=True, timing_questions=1, repetitions=1, warmup=1, max_tokens=16),
         estimates_s=(1.0, 2.0, 30.0, 60.0),
     )
@@ -168,9 +183,11 @@ def test_a_run_trains_then_reuses_the_adapter_until_a_document_changes(tmp_path,
     assert first_progress.phases[2][2] > 0, "the fine-tune phase is in the ETA when it will train"
     assert first.files.markdown_path.is_file() and first.adapter.is_file()
     assert set(first.phase_seconds) == set(PHASES)
-    for mode in ("rag", "baked"):
+    for mode in ("rag", "baked", "hybrid"):
         assert first.result.counts[mode]["heldout"] == 2 and first.result.counts[mode]["train"] == 2
         assert first.result.counts[mode]["updated"] >= 1, "the price list's update is graded"
+    setup = first.result.setup_seconds
+    assert setup["reindex"] > 0 and setup["retrain"] > setup["reindex"], "both ways of absorbing a change are timed"
 
     again = _Recorder()
     second = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=again)

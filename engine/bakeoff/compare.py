@@ -1,23 +1,27 @@
-"""The bake-off: every question answered in both modes, graded and timed.
+"""The bake-off: every question answered in each mode (rag, baked, hybrid), graded and timed.
 
 Accuracy is measured once per question (greedy decoding is deterministic); latency
 is measured after a warm-up, over several repetitions of a timing subset, one mode
 at a time (switching adapters drops the KV cache, so interleaving would charge both
 modes for it). Freshness is measured on a copy of the documents: the v2 documents
 are written over their v1 files and re-indexed, and the changed facts are asked
-again, the adapter not retrained.
+again, the adapter not retrained; re-indexing them is timed as the setup cost of
+absorbing a change, beside the time the adapter took to train. The "unseen" split
+asks about documents fine-tuning never saw (``set.json``'s "unseen_documents").
 
 To tell retrieval misses from reading misses, the held-out questions are also
-answered in "rag" mode with retrieval made perfect: the generator is given only the
-passage of the question's source document that holds an accepted answer (mode
-``rag-answer-passage`` in the answers; ``reader_accuracy`` in the summary).
+answered in "rag" and "hybrid" mode with retrieval made perfect: the generator is
+given only the passage of the question's source document that holds an accepted
+answer (modes ``rag-answer-passage`` and ``hybrid-answer-passage`` in the answers;
+``reader_accuracy`` in the summary).
 
-With an engine that has a chunk-KV cache (``Engine(kv_cache=...)``), RAG is also run
-in the spliced layout, on the same retrieved passages, both ways: ``rag-prefill``
-(every token evaluated) and ``rag-spliced`` (the passages' precomputed chunk states
-spliced in): their accuracy difference is the splice's price alone. Their latency is
-timed warm (states cached: ``rag-spliced``) and cold (the cache emptied before every
-question, so states are computed on the fly: ``rag-spliced-cold``).
+With an engine that has a chunk-KV cache (``Engine(kv_cache=...)``), rag and hybrid are
+also run in the spliced layout, on the same retrieved passages, both ways:
+``<mode>-prefill`` (every token evaluated) and ``<mode>-spliced`` (the passages'
+precomputed chunk states spliced in): their accuracy difference is the splice's price
+alone. Their latency is timed warm (states cached: ``<mode>-spliced``) and, for rag,
+cold (the cache emptied before every question, so states are computed on the fly:
+``rag-spliced-cold``).
 """
 
 from __future__ import annotations
@@ -32,20 +36,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
-from engine.bakeoff.qa import Question, exact_match, is_correct, is_one_sentence, select_facts, token_f1
+from engine.bakeoff.qa import (Question, answer_passage, as_shown, exact_match, is_correct, is_one_sentence,
+                               select_facts, token_f1, unseen_questions)
 from engine.errors import InputError
 
 if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
     from engine.answer import Answer, AnswerTimings, Mode
     from engine.facade import Engine
-    from engine.kb import Hit, KnowledgeBase
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-MODES_COMPARED: tuple[Mode, ...] = ("rag", "baked")
+MODES_COMPARED: tuple[Mode, ...] = ("rag", "baked", "hybrid")
+#: The splits an answer is graded on: the question set's, and "updated" (after the v2 documents)
+SPLITS = ("train", "heldout", "updated", "unseen")
 
-READER_MODE = "rag-answer-passage"  # rag with retrieval made perfect
-#: rag in the spliced layout: every token evaluated, and the chunk states spliced in
-SPLICE_VARIANTS: dict[str, SpliceMode] = {"rag-prefill": "prefill", "rag-spliced": "on"}
+#: rag and hybrid with retrieval made perfect (the reader's own ceiling)
+READER_MODES: dict[str, Mode] = {"rag-answer-passage": "rag", "hybrid-answer-passage": "hybrid"}
+READER_MODE = "rag-answer-passage"
+#: rag and hybrid in the spliced layout: every token evaluated, and the chunk states spliced in
+SPLICE_VARIANTS: dict[str, tuple[Mode, SpliceMode]] = {
+    "rag-prefill": ("rag", "prefill"), "rag-spliced": ("rag", "on"),
+    "hybrid-prefill": ("hybrid", "prefill"), "hybrid-spliced": ("hybrid", "on")}
 SPLICED_COLD = "rag-spliced-cold"
 #: The stages of an answer, in the order they run, named by where they sit in ``AnswerTimings``
 #: ("search.embed_ms" is ``timings.search.embed_ms``; 0 when nothing was searched).
@@ -64,7 +74,9 @@ class CompareConfig:
     ``answer_passage`` also answers the held-out questions from the passage that holds
     the answer (perfect retrieval), which measures the reader alone; ``splice`` also
     grades and times RAG with spliced chunk states when the engine has a chunk-KV cache,
-    on the first ``splice_questions`` graded questions (None: all).
+    on the first ``splice_questions`` graded questions (None: all); ``unseen_facts``
+    questions of the "unseen" split are graded in every mode (None: all, 0: none);
+    ``splice_cold`` also times spliced RAG with the cache emptied before each question.
     """
 
     train_per_fact: int = 1
@@ -78,6 +90,8 @@ class CompareConfig:
     answer_passage: bool = True
     splice: bool = True
     splice_questions: int | None = None
+    unseen_facts: int | None = None
+    splice_cold: bool = True
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first setting a comparison cannot run with."""
@@ -86,6 +100,9 @@ class CompareConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.unseen_facts is not None and (isinstance(self.unseen_facts, bool)
+                                              or not isinstance(self.unseen_facts, int) or self.unseen_facts < 0):
+            raise InputError(f"unseen_facts must be None (all) or an integer >= 0, got {self.unseen_facts!r}")
         if self.splice_questions is not None and (isinstance(self.splice_questions, bool)
                                                   or not isinstance(self.splice_questions, int)
                                                   or self.splice_questions < 1):
@@ -101,7 +118,7 @@ class GradedAnswer:
 
     question_id: str
     fact_id: str
-    split: str  # "train", "heldout" or "updated"
+    split: str  # one of SPLITS
     mode: str
     question: str
     answer: str
@@ -142,6 +159,16 @@ class MemoryFootprint:
     rag_mode_mb: float
     baked_mode_mb: float
 
+    @property
+    def hybrid_mode_mb(self) -> float:
+        """The base model, the adapter and retrieval."""
+        return self.base_model_mb + self.adapter_mb + self.retrieval_mb
+
+    def mode_mb(self, mode: str) -> float | None:
+        """The total of ``mode`` (a spliced or reader variant counts as its mode); None for an unknown one."""
+        base = mode.split("-")[0]
+        return {"rag": self.rag_mode_mb, "baked": self.baked_mode_mb, "hybrid": self.hybrid_mode_mb}.get(base)
+
 
 @dataclass
 class ComparisonResult:
@@ -154,8 +181,8 @@ class ComparisonResult:
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     # rag only: share of questions whose retrieved passages hold an accepted answer
     context_recall: dict[str, float] = field(default_factory=dict)
-    # rag given only the passage holding the answer (perfect retrieval), per split
-    reader_accuracy: dict[str, float] = field(default_factory=dict)
+    # rag and hybrid given only the passage holding the answer (perfect retrieval): {mode: {split: accuracy}}
+    reader_accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     ttft_ratio_rag_over_baked: float | None = None
     ttft_ratio_spliced_over_baked: float | None = None  # warm chunk-KV cache
@@ -163,6 +190,9 @@ class ComparisonResult:
     grading: dict[str, dict[str, float]] = field(default_factory=dict)
     # chunk-KV cache over the spliced accuracy pass: hit_rate, states, bytes_per_state, bytes_per_token
     kv_cache: dict[str, float] = field(default_factory=dict)
+    # time to absorb a document change: "reindex" (the changed documents, measured here) and
+    # "retrain" (the adapter's training, measured when it was trained; absent when unknown)
+    setup_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -191,16 +221,19 @@ def run_comparison(
     work_dir: Path | None = None,
     memory: MemoryFootprint | None = None,
     progress: Progress | None = None,
+    retrain_seconds: float | None = None,
 ) -> ComparisonResult:
-    """Grade and time both modes of ``engine`` on ``questions``.
+    """Grade and time every mode of ``engine`` on ``questions``.
 
     Args:
-        engine: an Engine with both an adapter and a knowledge base.
+        engine: an Engine with both an adapter and a knowledge base (so all three modes).
         questions: the whole set (selection follows ``config``).
         docs_dir: the v1 documents folder (its parent holds ``updates/``), for freshness.
         work_dir: scratch folder for the freshness copy (created, then removed).
         memory: the footprint measured while the engine was loaded.
         progress: called as answers are produced.
+        retrain_seconds: how long the adapter took to train (the setup cost of a document
+            change for baked and hybrid), when known.
 
     Raises:
         InputError: a setting of ``config`` is out of range, ``engine`` lacks a mode, or no
@@ -217,26 +250,33 @@ def run_comparison(
     graded = select_questions(questions, config)
     if not graded:
         raise InputError("no question left to grade: the set holds no train or held-out question of the chosen facts")
-    for mode in MODES_COMPARED:
-        for done, q in enumerate(graded, 1):
+    modes = [m for m in MODES_COMPARED if m in engine.modes]
+    unseen = unseen_questions(list(questions), config.unseen_facts) if config.unseen_facts != 0 else []
+    for mode in modes:
+        for done, q in enumerate([*graded, *unseen], 1):
             result.answers.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens))
-            say(f"accuracy/{mode}", done, len(graded))
+            say(f"accuracy/{mode}", done, len(graded) + len(unseen))
     if config.answer_passage and engine.kb is not None:
-        result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], config, say)
+        result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], modes, config, say)
     splicing = config.splice and engine.kv_cache is not None
     if splicing:
-        result.answers += _grade_spliced(engine, graded[: config.splice_questions], config, say, result.kv_cache)
+        result.answers += _grade_spliced(engine, graded[: config.splice_questions], modes, config, say,
+                                         result.kv_cache)
     timing = graded[: config.timing_questions]
-    for mode in MODES_COMPARED:
+    for mode in modes:
         result.latency[mode] = _time_mode(engine, timing, mode, config, say)
     if splicing:
-        result.latency["rag-spliced"] = _time_mode(engine, timing, "rag", config, say, splice="on",
-                                                   label="rag-spliced")
-        result.latency[SPLICED_COLD] = _time_mode(engine, timing, "rag", config, say, splice="on",
-                                                  label=SPLICED_COLD, cold=True)
+        for mode in (m for m in modes if m != "baked"):
+            result.latency[f"{mode}-spliced"] = _time_mode(engine, timing, mode, config, say, splice="on",
+                                                           label=f"{mode}-spliced")
+        if config.splice_cold:
+            result.latency[SPLICED_COLD] = _time_mode(engine, timing, "rag", config, say, splice="on",
+                                                      label=SPLICED_COLD, cold=True)
     if config.freshness and docs_dir is not None:
         changed = [q for q in graded if q.changes_on_update]
-        result.answers += _freshness(engine, changed, docs_dir, work_dir, config, say)
+        result.answers += _freshness(engine, changed, modes, docs_dir, work_dir, config, say, result.setup_seconds)
+    if retrain_seconds is not None:
+        result.setup_seconds["retrain"] = retrain_seconds
     _summarise(result)
     result.seconds = time.perf_counter() - started
     return result
@@ -246,7 +286,7 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
            *, passages: Sequence | None = None, label: str | None = None, splice: SpliceMode = "off") -> GradedAnswer:
     """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
     answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
-                        splice=splice if mode == "rag" else None)
+                        splice=splice if mode != "baked" else None)
     in_context = cites = precision = None
     if mode != "baked":
         in_context = any(is_correct(as_shown(c.heading, c.text), accepted) for c in answer.citations)
@@ -261,34 +301,39 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
                         is_one_sentence(answer.text), cites, precision)
 
 
-def _grade_reader(engine: Engine, questions: Sequence[Question], config: CompareConfig,
+def _grade_reader(engine: Engine, questions: Sequence[Question], modes: Sequence[Mode], config: CompareConfig,
                   say: Progress) -> list[GradedAnswer]:
-    """Answer each question from the one passage that holds its answer (perfect retrieval)."""
+    """Answer each question from the one passage that holds its answer (perfect retrieval), in rag and hybrid."""
     graded = []
     assert engine.kb is not None  # the caller grades the reader only with a knowledge base
-    for done, q in enumerate(questions, 1):
-        passage = answer_passage(engine.kb, q)
-        if passage is not None:
-            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens,
-                                 passages=[passage], label=READER_MODE))
-        say(f"accuracy/{READER_MODE}", done, len(questions))
+    passages = [answer_passage(engine.kb, q) for q in questions]
+    for label, mode in READER_MODES.items():
+        if mode not in modes:
+            continue
+        for done, (q, passage) in enumerate(zip(questions, passages), 1):
+            if passage is not None:
+                graded.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens,
+                                     passages=[passage], label=label))
+            say(f"accuracy/{label}", done, len(questions))
     return graded
 
 
-def _grade_spliced(engine: Engine, questions: Sequence[Question], config: CompareConfig, say: Progress,
-                   kv_summary: dict[str, float]) -> list[GradedAnswer]:
+def _grade_spliced(engine: Engine, questions: Sequence[Question], modes: Sequence[Mode], config: CompareConfig,
+                   say: Progress, kv_summary: dict[str, float]) -> list[GradedAnswer]:
     """Each question in the spliced layout, prefilled and spliced, on the same retrieved passages."""
     assert engine.kb is not None and engine.kv_cache is not None  # the caller checks
     graded = []
-    # Searched once: both variants are given exactly these passages.
+    # Searched once: every variant is given exactly these passages.
     hits = [engine.kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits for q in questions]
-    for label, splice in SPLICE_VARIANTS.items():
+    for label, (mode, splice) in SPLICE_VARIANTS.items():
+        if mode not in modes:
+            continue
         before = engine.kv_cache.stats()
         for done, (q, passages) in enumerate(zip(questions, hits), 1):
-            graded.append(_grade(engine, q, "rag", q.split, q.answers, config.max_tokens, passages=passages,
+            graded.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens, passages=passages,
                                  label=label, splice=splice))
             say(f"accuracy/{label}", done, len(questions))
-        if splice == "on":
+        if label == "rag-spliced":
             after = engine.kv_cache.stats()
             found = (after.ram_hits + after.disk_hits) - (before.ram_hits + before.disk_hits)
             lookups = found + after.misses - before.misses
@@ -297,28 +342,13 @@ def _grade_spliced(engine: Engine, questions: Sequence[Question], config: Compar
     return graded
 
 
-def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
-    """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
-    name = Path(q.source).name
-    for hit in kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits:
-        if Path(hit.source).name == name and is_correct(as_shown(hit.heading, hit.text), q.answers):
-            return hit
-    return None
-
-
-def as_shown(heading: str, text: str) -> str:
-    """A passage as the prompt shows it: its heading trail (answers may sit there), then its text
-    (``Citation.text``: exactly what the model was given)."""
-    return f"{heading}\n{text}"
-
-
 def _time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, config: CompareConfig,
                say: Progress, *, splice: SpliceMode | None = None, label: str | None = None,
                cold: bool = False) -> LatencySummary:
     """Latency of ``mode`` (``splice`` for rag) after a warm-up; ``cold`` empties the chunk-KV cache before each."""
     label = label or mode
-    if mode == "rag" and splice is None:
-        splice = "off"  # the engine's default may be "on" (it has a chunk-KV cache): the rag row is full prefill
+    if mode != "baked" and splice is None:
+        splice = "off"  # the engine's default may be "on" (it has a chunk-KV cache): the mode's row is full prefill
     for q in questions[: config.warmup]:
         engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice)
     samples: list[Answer] = []
@@ -364,12 +394,14 @@ def _latency(mode: str, samples: Sequence[Answer]) -> LatencySummary:
     )
 
 
-def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work_dir: Path | None,
-               config: CompareConfig, say: Progress) -> list[GradedAnswer]:
-    """Re-index the v2 documents over a copy of v1 and ask the changed facts again.
+def _freshness(engine: Engine, changed: Sequence[Question], modes: Sequence[Mode], docs_dir: Path,
+               work_dir: Path | None, config: CompareConfig, say: Progress,
+               setup_seconds: dict[str, float]) -> list[GradedAnswer]:
+    """Re-index the v2 documents over a copy of v1 (timed: ``setup_seconds["reindex"]``) and ask
+    the changed facts again.
 
-    The engine keeps its own knowledge base: "rag" answers are given the hits of the
-    re-indexed copy (``Engine.ask(passages=...)``), retrieved with the engine's own
+    The engine keeps its own knowledge base: "rag" and "hybrid" answers are given the hits
+    of the re-indexed copy (``Engine.ask(passages=...)``), retrieved with the engine's own
     ``k`` and MMR weight from a copy chunked as the engine's knowledge base was.
     """
     if not changed or engine.kb is None:
@@ -388,12 +420,14 @@ def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work
                                  overlap_tokens=built.chunking.overlap_tokens) as kb:
             for update in updates:
                 shutil.copyfile(docs_dir.parent / update, docs / Path(update).name)
+            reindex_started = time.perf_counter()
             kb.add([docs / Path(u).name for u in updates])
+            setup_seconds["reindex"] = time.perf_counter() - reindex_started
             graded = []
-            for mode in MODES_COMPARED:
+            for mode in modes:
                 for done, q in enumerate(changed, 1):
-                    hits = kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits if mode == "rag" \
-                        else None
+                    hits = kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits \
+                        if mode != "baked" else None
                     graded.append(_grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens,
                                          passages=hits))
                     say(f"freshness/{mode}", done, len(changed))
@@ -403,17 +437,18 @@ def _freshness(engine: Engine, changed: Sequence[Question], docs_dir: Path, work
 
 
 def _summarise(result: ComparisonResult) -> None:
-    for mode in (*MODES_COMPARED, *SPLICE_VARIANTS):
+    present = {a.mode for a in result.answers}
+    for mode in (m for m in (*MODES_COMPARED, *SPLICE_VARIANTS) if m in present):
         result.accuracy[mode] = {}
         result.counts[mode] = {}
-        for split in ("train", "heldout", "updated"):
+        for split in SPLITS:
             rows = [a for a in result.answers if a.mode == mode and a.split == split]
             result.counts[mode][split] = len(rows)
             if rows:
                 result.accuracy[mode][split] = sum(a.correct for a in rows) / len(rows)
                 if mode == "rag":
                     result.context_recall[split] = sum(bool(a.answer_in_context) for a in rows) / len(rows)
-    for mode in {a.mode for a in result.answers}:
+    for mode in present:
         rows = [a for a in result.answers if a.mode == mode]
         grading = {"exact": _mean(a.exact for a in rows), "f1": _mean(a.f1 for a in rows),
                    "one_sentence": _mean(a.one_sentence for a in rows)}
@@ -421,12 +456,15 @@ def _summarise(result: ComparisonResult) -> None:
             grading["cites_label"] = _mean(bool(a.cites_label) for a in rows)
             precise = [a.citation_precision for a in rows if a.citation_precision is not None]
             grading["citation_precision"] = _mean(precise) if precise else 0.0
+        # the format asked for: one sentence, and where passages were given, citing one of them
+        grading["format"] = _mean(a.one_sentence and a.cites_label is not False for a in rows)
         result.grading[mode] = grading
-    for split in ("train", "heldout"):
-        rows = [a for a in result.answers if a.mode == READER_MODE and a.split == split]
-        if rows:
-            result.reader_accuracy[split] = sum(a.correct for a in rows) / len(rows)
-            result.counts.setdefault(READER_MODE, {})[split] = len(rows)
+    for label in READER_MODES:
+        for split in ("train", "heldout"):
+            rows = [a for a in result.answers if a.mode == label and a.split == split]
+            if rows:
+                result.reader_accuracy.setdefault(label, {})[split] = sum(a.correct for a in rows) / len(rows)
+                result.counts.setdefault(label, {})[split] = len(rows)
     rag, baked = result.latency.get("rag"), result.latency.get("baked")
     if rag and baked and baked.ttft_p50_ms > 0:
         result.ttft_ratio_rag_over_baked = rag.ttft_p50_ms / baked.ttft_p50_ms

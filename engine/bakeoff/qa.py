@@ -1,7 +1,8 @@
 """The question set of a knowledge collection (``qa.jsonl``) and how answers are graded.
 
 Each line is one question: ``id``, ``fact_id``, ``split`` ("train" questions may be
-used for fine-tuning, "heldout" ones never), ``question``, ``answers`` (accepted
+used for fine-tuning, "heldout" ones never, "unseen" ones are about documents that
+fine-tuning never sees either: ``set.json``'s "unseen_documents"), ``question``, ``answers`` (accepted
 strings), ``source`` (the document holding the fact), and for facts that a later
 version of a document changes, ``answers_after_update`` and ``update_source``.
 """
@@ -13,11 +14,18 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import InputError
 from engine.text import split_sentences
 
+if TYPE_CHECKING:  # the knowledge base loads native parts; only its types are named here
+    from engine.kb import Hit, KnowledgeBase
+
 BUNDLED_SET = Path(__file__).parent.parent / "data" / "kb"  # engine/data/kb
+
+#: Values of ``Question.split``.
+SPLITS = ("train", "heldout", "unseen")
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,8 @@ def load_questions(path: str | os.PathLike[str]) -> list[Question]:
         except (ValueError, KeyError, TypeError) as error:
             raise InputError(f"{file}:{number} is not a valid question line ({error}): "
                              "see engine/data/kb/README.md for the fields") from None
-        if not questions[-1].answers or questions[-1].split not in ("train", "heldout"):
-            raise InputError(f"{file}:{number}: needs a non-empty 'answers' and split 'train' or 'heldout'")
+        if not questions[-1].answers or questions[-1].split not in SPLITS:
+            raise InputError(f"{file}:{number}: needs a non-empty 'answers' and split 'train', 'heldout' or 'unseen'")
     if not questions:
         raise InputError(f"{file} holds no questions")
     return questions
@@ -82,6 +90,20 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _set_json(folder: str | os.PathLike[str]) -> dict | None:
+    """A knowledge set's ``set.json`` as a dict, None when the folder has none."""
+    file = Path(folder) / "set.json"
+    if not file.is_file():
+        return None
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{file} is not valid JSON ({error}): see engine/data/kb/README.md") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{file} must hold a JSON object: see engine/data/kb/README.md")
+    return data
+
+
 def set_subject(folder: str | os.PathLike[str]) -> str | None:
     """What a knowledge set is about (its ``set.json`` "subject"), named in the baked
     system prompt; None when the folder has no ``set.json``.
@@ -89,16 +111,44 @@ def set_subject(folder: str | os.PathLike[str]) -> str | None:
     Raises:
         InputError: ``set.json`` is not a JSON object with a string "subject".
     """
-    file = Path(folder) / "set.json"
-    if not file.is_file():
+    data = _set_json(folder)
+    if data is None:
         return None
-    try:
-        subject = json.loads(file.read_text(encoding="utf-8"))["subject"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{file} is not valid ({error!r}): it must be a JSON object with a string 'subject'") from None
+    subject = data.get("subject")
     if not isinstance(subject, str) or not subject.strip():
-        raise InputError(f"{file}: 'subject' must be a non-empty string")
+        raise InputError(f"{Path(folder) / 'set.json'}: 'subject' must be a non-empty string")
     return subject.strip()
+
+
+def unseen_documents(folder: str | os.PathLike[str]) -> frozenset[str]:
+    """File names of the documents fine-tuning must never see (``set.json`` "unseen_documents",
+    paths like "docs/x.md"); empty when the set names none.
+
+    Raises:
+        InputError: "unseen_documents" is not a list of strings.
+    """
+    data = _set_json(folder) or {}
+    names = data.get("unseen_documents", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(f"{Path(folder) / 'set.json'}: 'unseen_documents' must be a list of document paths")
+    return frozenset(Path(n).name for n in names)
+
+
+def unseen_questions(questions: list[Question], limit: int | None = None) -> list[Question]:
+    """The "unseen" split's questions (documents fine-tuning never saw): all, or the first
+    ``limit`` facts' spread over their documents (round-robin, as ``select_facts`` spreads)."""
+    unseen = [q for q in questions if q.split == "unseen"]
+    if limit is None:
+        return unseen
+    by_source: dict[str, list[Question]] = {}
+    for q in unseen:
+        by_source.setdefault(q.source, []).append(q)
+    queues, chosen = list(by_source.values()), list[Question]()
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < limit:
+                chosen.append(queue.pop(0))
+    return chosen
 
 
 def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
@@ -154,12 +204,17 @@ def select_facts(questions: list[Question], limit_facts: int | None, *, spread: 
             documents: one fact per source document in turn (round-robin, documents in
             file order), facts that a v2 update changes first within each document, so
             a small subset still covers every document, both splits and the update.
+
+    Questions of the "unseen" split are never kept: they are graded on their own
+    (``unseen_questions``).
     """
     if limit_facts is None:
-        return list(questions)
+        return [q for q in questions if q.split != "unseen"]
     by_source: dict[str, list[str]] = {}
     changes: set[str] = set()
     for q in questions:
+        if q.split == "unseen":
+            continue
         facts = by_source.setdefault(q.source if spread else "", [])
         if q.fact_id not in facts:
             facts.append(q.fact_id)
@@ -176,3 +231,18 @@ def select_facts(questions: list[Question], limit_facts: int | None, *, spread: 
                 chosen.append(facts.pop(0))
     kept = set(chosen)
     return [q for q in questions if q.fact_id in kept]
+
+
+def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
+    """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
+    name = Path(q.source).name
+    for hit in kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits:
+        if Path(hit.source).name == name and is_correct(as_shown(hit.heading, hit.text), q.answers):
+            return hit
+    return None
+
+
+def as_shown(heading: str, text: str) -> str:
+    """A passage as the prompt shows it: its heading trail (answers may sit there), then its text
+    (``Citation.text``: exactly what the model was given)."""
+    return f"{heading}\n{text}"

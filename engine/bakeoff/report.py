@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._files import write_text_atomic
-from engine.bakeoff.compare import READER_MODE, STAGES, ComparisonResult
+from engine.bakeoff.compare import READER_MODES, STAGES, ComparisonResult
 
 _STAGE_LABELS = {
     "search.embed_ms": "embed", "search.dense_search_ms": "dense search",
@@ -22,7 +22,10 @@ _STAGE_LABELS = {
     "generation.splice_ms": "KV restore + shift", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
 }
 #: Rows of the summary, in order; a row is shown when the result has it.
-_ROWS = ("rag", "baked", "rag-prefill", "rag-spliced", "rag-spliced-cold")
+_ROWS = ("rag", "baked", "hybrid", "rag-prefill", "rag-spliced", "rag-spliced-cold", "hybrid-prefill",
+         "hybrid-spliced")
+#: How long each mode takes to absorb a changed document: the setup cost it pays.
+_SETUP = {"rag": "reindex", "baked": "retrain", "hybrid": "reindex"}
 
 
 @dataclass(frozen=True)
@@ -50,23 +53,34 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *,
 
 
 def summary_table(result: ComparisonResult) -> str:
-    """The headline table: accuracy, TTFT and total latency per mode (Markdown)."""
-    lines = ["| mode | accuracy train | accuracy held-out | accuracy after update | TTFT p50 / p95 (ms) "
-             "| total p50 / p95 (ms) | prompt tokens p50 |",
-             "|---|---|---|---|---|---|---|"]
+    """The headline table: per mode, accuracy on every split, the grading and format, latency,
+    memory and setup cost (Markdown)."""
+    lines = ["| mode | train | held-out | after update | unseen docs | exact | token F1 | format "
+             "| citation precision | TTFT p50 / p95 (ms) | total p50 / p95 (ms) | prompt tokens p50 | memory (MB) "
+             "| absorb a change (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in [m for m in _ROWS if m in result.accuracy or m in result.latency]:
         acc = result.accuracy.get(mode, {})
         counts = result.counts.get(mode, {})
         lat = result.latency.get(mode)
+        grading = result.grading.get(mode, {})
 
         def cell(split: str) -> str:
             if split not in acc or not counts.get(split):
                 return "n/a"
             return f"{acc[split] * 100:.1f}% ({round(acc[split] * counts[split])}/{counts[split]})"
 
+        def share(key: str) -> str:
+            return f"{grading[key] * 100:.1f}%" if key in grading else "n/a"
+
         timing = (f"{lat.ttft_p50_ms:.0f} / {lat.ttft_p95_ms:.0f} | {lat.total_p50_ms:.0f} / {lat.total_p95_ms:.0f} "
                   f"| {lat.prompt_tokens_p50:.0f}") if lat else "n/a | n/a | n/a"
-        lines.append(f"| {mode} | {cell('train')} | {cell('heldout')} | {cell('updated')} | {timing} |")
+        memory = result.memory.mode_mb(mode) if result.memory else None
+        setup = result.setup_seconds.get(_SETUP.get(mode, ""))
+        setup_cell = f"{setup:.1f} ({_SETUP[mode]})" if setup is not None else "n/a"
+        lines.append(f"| {mode} | {cell('train')} | {cell('heldout')} | {cell('updated')} | {cell('unseen')} "
+                     f"| {share('exact')} | {share('f1')} | {share('format')} | {share('citation_precision')} "
+                     f"| {timing} | {f'{memory:.0f}' if memory is not None else 'n/a'} | {setup_cell} |")
     if result.ttft_ratio_rag_over_baked is not None:
         lines.append("")
         lines.append(f"Measured TTFT ratio RAG / baked (p50): **{result.ttft_ratio_rag_over_baked:.2f}**")
@@ -87,7 +101,7 @@ def grading_table(result: ComparisonResult) -> str:
     """Each mode graded three ways, and its format: one sentence, a cited label, citations that hold the answer."""
     lines = ["| mode | contains an accepted string | exact match | token F1 | one sentence | cites a passage label "
              "| citation precision |", "|---|---|---|---|---|---|---|"]
-    for mode in [m for m in (*_ROWS, READER_MODE) if m in result.grading]:
+    for mode in [m for m in (*_ROWS, *READER_MODES) if m in result.grading]:
         g = result.grading[mode]
         contains = [a.correct for a in result.answers if a.mode == mode]
         cited = (f"{g['cites_label'] * 100:.1f}% | {g['citation_precision'] * 100:.1f}%" if "cites_label" in g
@@ -104,19 +118,20 @@ def retrieval_vs_reader(result: ComparisonResult) -> list[str]:
         recall = ", ".join(f"{split} {value * 100:.1f}%" for split, value in result.context_recall.items())
         paragraphs.append(f"RAG context recall (a retrieved passage given to the model holds an accepted answer): "
                           f"{recall}. RAG answers can only be right where this holds.")
-    if result.reader_accuracy:
-        counts = result.counts.get(READER_MODE, {})
+    for label, accuracy in result.reader_accuracy.items():
+        counts = result.counts.get(label, {})
         reader = ", ".join(f"{split} {value * 100:.1f}% ({round(value * counts.get(split, 0))}/{counts.get(split, 0)})"
-                           for split, value in result.reader_accuracy.items())
-        paragraphs.append(f"RAG with perfect retrieval (the generator given only the passage of the source document "
-                          f"that holds the answer): {reader}. This is the reader's own ceiling; the difference to "
-                          "the RAG row is what retrieval loses.")
+                           for split, value in accuracy.items())
+        mode = READER_MODES.get(label, label)
+        paragraphs.append(f"{mode} with perfect retrieval (the generator given only the passage of the source "
+                          f"document that holds the answer): {reader}. This is the reader's own ceiling; the "
+                          f"difference to the {mode} row is what retrieval loses.")
     return paragraphs
 
 
 def render_markdown(result: ComparisonResult, context: dict, plot_names: list[str]) -> str:
     """The whole Markdown report."""
-    parts = ["# bakeoff: baked-in (LoRA) vs retrieval (RAG)", ""]
+    parts = ["# bakeoff: baked-in (LoRA) vs retrieval (RAG) vs both (hybrid)", ""]
     if context:
         parts += [f"- {key}: {value}" for key, value in context.items()]
         parts.append("")
@@ -131,13 +146,19 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
     parts += ["An answer is correct when it contains one of the question's accepted strings "
               "(case-insensitive). Held-out questions were never used for fine-tuning. "
               "'After update' asks the facts that the v2 documents changed, after re-indexing them; "
-              "the adapter was not retrained.", ""]
+              "the adapter was not retrained. 'Unseen docs' asks about documents fine-tuning never saw "
+              "(neither their text nor their questions). 'hybrid' is the fine-tuned adapter reading the "
+              "retrieved passages. 'Format' is the share of answers that are one sentence and, where passages "
+              "were given, cite one by its label. 'Absorb a change' is what a changed document costs each "
+              "mode: re-indexing the changed files (rag, hybrid; measured in this run) or retraining the adapter "
+              "(baked; measured when it was trained).", ""]
     if "rag-spliced" in result.accuracy:
-        parts += ["'rag-prefill' and 'rag-spliced' answer the same retrieved passages in the spliced layout "
-                  "(labels are chunk ids, each passage tokenized on its own): 'rag-prefill' evaluates every token, "
-                  "'rag-spliced' splices each passage's precomputed K/V, where a passage does not attend to the "
+        parts += ["'<mode>-prefill' and '<mode>-spliced' answer the same retrieved passages in the spliced layout "
+                  "(labels are chunk ids, each passage tokenized on its own): '-prefill' evaluates every token, "
+                  "'-spliced' splices each passage's precomputed K/V, where a passage does not attend to the "
                   "passages before it; their difference is the splice's accuracy price. 'rag-spliced-cold' empties "
-                  "the cache before each timed question, so the states are computed on the fly.", ""]
+                  "the cache before each timed question, so the states are computed on the fly. The hybrid "
+                  "adapter was trained on part of its passages laid out and attending this way.", ""]
     timed = [m for m in _ROWS if m in result.latency]
     parts += ["## Latency per stage (p50, ms)", "", "| stage | " + " | ".join(timed) + " |",
               "|---|" + "---|" * len(timed)]
@@ -150,7 +171,8 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
         parts += ["## Memory (resident MB added)", "", "| part | MB |", "|---|---|",
                   f"| base model | {m.base_model_mb:.0f} |", f"| LoRA adapter | {m.adapter_mb:.0f} |",
                   f"| retrieval (embedder, index, store) | {m.retrieval_mb:.0f} |",
-                  f"| rag mode total | {m.rag_mode_mb:.0f} |", f"| baked mode total | {m.baked_mode_mb:.0f} |", ""]
+                  f"| rag mode total | {m.rag_mode_mb:.0f} |", f"| baked mode total | {m.baked_mode_mb:.0f} |",
+                  f"| hybrid mode total | {m.hybrid_mode_mb:.0f} |", ""]
     if plot_names:
         parts += ["## Plots", ""] + [f"![{name}]({name})" for name in plot_names] + [""]
     wrong = [a for a in result.answers if not a.correct][:20]
@@ -173,7 +195,7 @@ def _plots(result: ComparisonResult, directory: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    modes = [m for m in ("rag", "baked") if m in result.latency]
+    modes = [m for m in ("rag", "baked", "hybrid") if m in result.latency]
     if modes:
         fig, ax = plt.subplots(figsize=(7, 4))
         bottoms = [0.0] * len(modes)
@@ -200,16 +222,17 @@ def _plots(result: ComparisonResult, directory: Path) -> list[Path]:
         written.append(_save(fig, directory / "latency_ttft_total.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    splits = ["train", "heldout", "updated"]
-    series = [(mode, result.accuracy.get(mode, {})) for mode in ("rag", "baked")]
-    if result.reader_accuracy:
-        series.append(("rag, answer passage given", result.reader_accuracy))
+    splits = ["train", "heldout", "updated", "unseen"]
+    series: list[tuple[str, dict[str, float]]] = [(mode, result.accuracy[mode]) for mode in ("rag", "baked", "hybrid")
+                                                  if mode in result.accuracy]
+    series += [(f"{READER_MODES[label]}, answer passage given", accuracy)
+               for label, accuracy in result.reader_accuracy.items()]
     width = 0.8 / len(series)
     for i, (label, accuracy) in enumerate(series):
         values = [accuracy.get(s, float("nan")) * 100 for s in splits]  # no bar where not measured
         ax.bar([x + i * width for x in range(len(splits))], values, width, label=label)
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(splits))],
-                  ["train", "held-out", "after update"])
+                  ["train", "held-out", "after update", "unseen docs"])
     ax.set_ylabel("% correct")
     ax.set_ylim(0, 100)
     ax.set_title("Accuracy")
@@ -219,9 +242,12 @@ def _plots(result: ComparisonResult, directory: Path) -> list[Path]:
     if result.memory:
         m = result.memory
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.bar(["rag", "baked"], [m.base_model_mb, m.base_model_mb], label="base model")
-        ax.bar(["rag", "baked"], [m.retrieval_mb, m.adapter_mb], bottom=[m.base_model_mb] * 2,
-               label="retrieval / adapter")
+        modes = ["rag", "baked", "hybrid"]
+        ax.bar(modes, [m.base_model_mb] * 3, label="base model")
+        ax.bar(modes, [0.0, m.adapter_mb, m.adapter_mb], bottom=[m.base_model_mb] * 3, label="adapter")
+        ax.bar(modes, [m.retrieval_mb, 0.0, m.retrieval_mb], bottom=[m.base_model_mb, m.base_model_mb + m.adapter_mb,
+                                                                      m.base_model_mb + m.adapter_mb],
+               label="retrieval")
         ax.set_ylabel("resident MB")
         ax.set_title("Memory per mode")
         ax.legend()

@@ -78,10 +78,27 @@ class FinetuneConfig:
         answer_style: ``"sentence"`` trains "<answer>." as the target, ``"bare"`` just "<answer>".
         max_train_seconds: stop training after the step that crosses this much time
             (None: no limit); the adapter is written either way. The default keeps the
-            whole recipe under 20 minutes on a busy 2-core machine; the bundled set's
-            5 epochs with documents take about 16 minutes on 2 idle cores.
+            whole recipe under 20 minutes on a busy 2-core machine; the defaults on the
+            bundled set (all 561 train questions, the 115 document windows holding their
+            answers, 47 reader examples, 4 epochs) are sized for 15 minutes on 2 idle cores.
         matmul_dtype: dtype of the frozen projections' matmuls, ``"bfloat16"`` (about
             twice as fast on CPUs with AVX-512 BF16) or ``"float32"``.
+        reader_per_fact: reader examples per trained fact, on average: one of the fact's
+            train questions (drawn from the seed) also trained *with retrieved passages*
+            (RAFT-style, see ``engine.finetune.reader``), so that one adapter serves both
+            "baked" (question alone) and "hybrid" (question with passages); 0.15 gives 15 %
+            of the facts one each, 2.0 every fact two (at most one per train question). 0
+            trains the question-alone examples only (no knowledge base needed). A reader
+            example is ~430 tokens against ~46 for a question alone, so this is what the
+            full set's 15-minute training budget is spent on.
+        reader_passages: passages per reader example: the engine's ``k`` (3), so training
+            prompts are the length and layout of inference prompts.
+        distractor_share: share of reader examples whose passages leave out every one that
+            holds the answer; their target is ``engine.chat.NOT_IN_SOURCES``.
+        block_share: share of reader examples rendered in the spliced layout and trained
+            with each passage attending to the prefix and itself only, as precomputed chunk
+            states are made (``splice="on"``).
+        reader_max_tokens: reader examples longer than this are skipped (and counted).
         system_prompt: the system message of every training question. None (the
             default) takes it from the data: ``engine.chat.baked_system_prompt`` of the
             subject in the knowledge set's ``set.json`` (beside ``qa.jsonl``). Either way
@@ -94,12 +111,12 @@ class FinetuneConfig:
     dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
     lr: float = 2e-3
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 8
     max_seq_tokens: int = 160
     seed: int = 0
     use_documents: bool = True
-    document_windows: str = "all"
+    document_windows: str = "answers"
     limit_facts: int | None = None
     spread_facts: bool = False
     threads: int = 2
@@ -108,6 +125,11 @@ class FinetuneConfig:
     answer_style: str = "sentence"
     max_train_seconds: float | None = 1080.0
     matmul_dtype: str = "bfloat16"
+    reader_per_fact: float = 0.25
+    reader_passages: int = 3
+    distractor_share: float = 0.2
+    block_share: float = 0.3
+    reader_max_tokens: int = 768
     system_prompt: str | None = None
 
     def validate(self) -> None:
@@ -122,6 +144,13 @@ class FinetuneConfig:
         for name in ("rank", "epochs", "batch_size", "threads"):
             _at_least(name, getattr(self, name), 1)
         _at_least("max_seq_tokens", self.max_seq_tokens, 2)
+        _at_least("reader_passages", self.reader_passages, 1)
+        _at_least("reader_max_tokens", self.reader_max_tokens, 2)
+        _number("reader_per_fact", self.reader_per_fact, positive=False)
+        for name in ("distractor_share", "block_share"):
+            _number(name, getattr(self, name), positive=False)
+            if getattr(self, name) > 1:
+                raise InputError(f"{name} must be a share in [0, 1], got {getattr(self, name)!r}")
         if self.limit_facts is not None:
             _at_least("limit_facts", self.limit_facts, 1)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

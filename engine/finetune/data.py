@@ -26,7 +26,11 @@ class Example:
 
     tokens: tuple[int, ...]
     n_context: int
-    kind: str  # "qa" or "doc"
+    kind: str  # "qa", "doc", "reader" (question with passages) or "reader-blocks" (the same, spliced layout)
+    # "reader-blocks": where the shared prefix ends and each passage block lies, (start, length):
+    # trained with each block attending to the prefix and itself only, as a spliced chunk state was made
+    prefix_len: int = 0
+    blocks: tuple[tuple[int, int], ...] = ()
 
 
 def load_qa(qa_path: str | os.PathLike[str]) -> list[QaItem]:
@@ -102,6 +106,11 @@ class Tokenizer:
         turn): special-token text parsed, never a BOS."""
         return self._model.tokenize(text, add_special=False, parse_special=True)
 
+    def encode_part(self, text: str, first: bool) -> list[int]:
+        """Tokens of one part of a spliced-layout prompt, as the engine tokenizes it: special-token
+        text parsed, BOS only on the ``first`` part (see ``engine.answer.spliced_prompt``)."""
+        return self._model.tokenize(text, add_special=first, parse_special=True)
+
     def encode_document(self, text: str) -> list[int]:
         """Tokens of a document's plain text: no BOS, and text that looks like a control
         token stays text (a document cannot end a turn)."""
@@ -139,7 +148,7 @@ def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, system_prompt: str
 
 def document_examples(
     docs_dir: str | os.PathLike[str], tokenizer: Tokenizer, *, max_tokens: int, only: set[str] | None = None,
-    holding: Sequence[str] | None = None,
+    holding: Sequence[str] | None = None, exclude: frozenset[str] = frozenset(),
 ) -> list[Example]:
     """Next-token examples from the ``*.md`` under ``docs_dir``, cut into windows of ``max_tokens``.
 
@@ -147,6 +156,7 @@ def document_examples(
 
     Args:
         only: file names to keep (e.g. the sources of the selected facts); None keeps all.
+        exclude: file names never to train on (the set's unseen documents).
         holding: keep only the windows whose text holds one of these strings (graded
             like an answer, ``engine.bakeoff.qa.is_correct``); None keeps every window.
 
@@ -154,7 +164,8 @@ def document_examples(
         InputError: ``docs_dir`` is not a folder of Markdown files.
         DocumentError: a document is not UTF-8 text.
     """
-    paths = [p for p in sorted(Path(docs_dir).glob("*.md")) if only is None or p.name in only]
+    paths = [p for p in sorted(Path(docs_dir).glob("*.md"))
+             if (only is None or p.name in only) and p.name not in exclude]
     if not paths:
         raise InputError(f"{docs_dir} holds no .md documents (kept: {only}); pass the knowledge set's docs folder")
     stride = max(1, max_tokens * 3 // 4)

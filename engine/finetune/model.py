@@ -16,6 +16,7 @@ output norm and the output projection (the token embeddings when tied).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.errors import InputError
@@ -30,6 +31,46 @@ else:
     torch = require_torch()
     nn = torch.nn
 F = torch.nn.functional
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Passages trained as independent blocks, the way spliced chunk states are made.
+
+    A chunk state is computed as ``[shared prefix][chunk]`` with the chunk right after
+    the prefix, then moved to its slot in the prompt (its keys rotated there, its values
+    as they were). So a block token attends to the prefix and to its own block only, at
+    the position it had when its state was made; every other token attends to everything
+    before it causally, block keys seen at their slot positions.
+
+    Attributes:
+        positions: ``(batch, time)`` position of each token when its K/V was computed
+            (block tokens: prefix length + offset in the block; others: their index).
+        mask: ``(batch, 1, time, time)`` True where a block token may attend (causal for
+            the other rows, which take the plain causal attention instead).
+        in_block: ``(batch, 1, time, 1)`` True for the rows of block tokens.
+    """
+
+    positions: torch.Tensor
+    mask: torch.Tensor
+    in_block: torch.Tensor
+
+    @classmethod
+    def of(cls, width: int, rows: list[tuple[int, tuple[tuple[int, int], ...]]]) -> BlockLayout:
+        """From each row's ``(prefix_len, ((start, length), ...))``, rows padded to ``width`` tokens."""
+        n = len(rows)
+        positions = torch.arange(width).repeat(n, 1)
+        block_of = torch.zeros((n, width), dtype=torch.long)  # 0: not in a block
+        for r, (prefix_len, blocks) in enumerate(rows):
+            for number, (start, length) in enumerate(blocks, 1):
+                positions[r, start : start + length] = torch.arange(prefix_len, prefix_len + length)
+                block_of[r, start : start + length] = number
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        same_block = block_of[:, :, None] == block_of[:, None, :]
+        prefix = torch.stack([torch.arange(width) < prefix_len for prefix_len, _ in rows])[:, None, :]
+        in_block = block_of > 0
+        mask = torch.where(in_block[:, :, None], (same_block | prefix) & causal, causal)
+        return cls(positions, mask[:, None], in_block[:, None, :, None])
 
 
 class LoraPair(nn.Module):
@@ -124,26 +165,37 @@ class LlamaModel(nn.Module):
         out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
         return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.to(torch.float64)[..., None] * self._inv_freq
+        return angles.cos().float(), angles.sin().float()
+
+    def hidden(self, tokens: torch.Tensor, blocks: BlockLayout | None = None) -> torch.Tensor:
         """Final hidden states, after the output norm: ``(batch, time, n_embd)``.
 
         ``tokens`` is a ``(batch, time)`` integer tensor starting at position 0;
         padding must be on the right (attention is causal, so it never reaches
-        the real tokens).
+        the real tokens). ``blocks`` trains passages as spliced blocks (see ``BlockLayout``).
         """
         hp = self.hparams
         n_batch, n_time = tokens.shape
-        angles = torch.arange(n_time, dtype=torch.float64)[:, None] * self._inv_freq[None, :]
-        cos, sin = angles.cos().float(), angles.sin().float()
+        cos, sin = self._angles(torch.arange(n_time))
+        if blocks is not None:  # (batch, 1, time, half): broadcast over the heads
+            block_cos, block_sin = (t[:, None] for t in self._angles(blocks.positions))
         x = F.embedding(tokens, self._w["token_embd.weight"])
         for layer in range(hp.n_layer):
             h = self._norm(x, f"blk.{layer}.attn_norm.weight")
             q = self._proj(h, layer, "attn_q").view(n_batch, n_time, hp.n_head, hp.head_dim).transpose(1, 2)
             k = self._proj(h, layer, "attn_k").view(n_batch, n_time, hp.n_head_kv, hp.head_dim).transpose(1, 2)
             v = self._proj(h, layer, "attn_v").view(n_batch, n_time, hp.n_head_kv, hp.head_dim).transpose(1, 2)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            gqa = hp.n_head != hp.n_head_kv
             # llama.cpp broadcasts KV head j to query heads j*g .. j*g+g-1 (g = n_head / n_head_kv).
-            attn = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=hp.n_head != hp.n_head_kv)
+            attn = F.scaled_dot_product_attention(self._rope(q, cos, sin), self._rope(k, cos, sin), v,
+                                                  is_causal=True, enable_gqa=gqa)
+            if blocks is not None:  # block rows: the prefix and their own block, at the positions they were made at
+                in_blocks = F.scaled_dot_product_attention(
+                    self._rope(q, block_cos, block_sin), self._rope(k, block_cos, block_sin), v,
+                    attn_mask=blocks.mask, enable_gqa=gqa)
+                attn = torch.where(blocks.in_block, in_blocks, attn)
             attn = attn.transpose(1, 2).reshape(n_batch, n_time, hp.n_embd)
             x = x + self._proj(attn, layer, "attn_output")
             h = self._norm(x, f"blk.{layer}.ffn_norm.weight")
@@ -156,9 +208,9 @@ class LlamaModel(nn.Module):
         name = "token_embd.weight" if self.hparams.tied_output else "output.weight"
         return F.linear(hidden, self._w[name])
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, blocks: BlockLayout | None = None) -> torch.Tensor:
         """Logits ``(batch, time, n_vocab)`` for every position of ``tokens``."""
-        return self.project(self.hidden(tokens))
+        return self.project(self.hidden(tokens, blocks))
 
     def lora_state(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The trained pairs by GGUF base-tensor name: ``{name: (a (rank, in), b (out, rank))}``."""

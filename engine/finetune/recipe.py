@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
@@ -15,7 +16,11 @@ from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
 from engine.finetune.model import LlamaModel
 from engine.finetune.train import TrainProgress, train_lora
-from engine.bakeoff.qa import select_facts
+from engine.bakeoff.qa import Question, select_facts, unseen_documents
+
+if TYPE_CHECKING:
+    from engine.finetune.reader import ReaderExamples
+    from engine.kb import KnowledgeBase
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,10 @@ class FinetuneReport:
     n_facts: int
     n_qa_examples: int
     n_doc_examples: int
+    n_reader_examples: int  # question with passages: gold among distractors, or distractors only
+    n_reader_distractors_only: int
+    n_reader_spliced: int  # of the reader examples, trained as spliced blocks
+    n_reader_skipped: int  # no passage holds the answer, or longer than reader_max_tokens
     steps: int
     epochs: int
     final_loss: float  # mean loss of the last epoch, nats/token
@@ -44,6 +53,7 @@ def finetune(
     out_path: str | Path,
     *,
     config: FinetuneConfig = FinetuneConfig(),
+    kb: str | Path | KnowledgeBase | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> FinetuneReport:
     """Bake the knowledge set's TRAIN questions into a LoRA adapter for ``base_model_path``.
@@ -55,7 +65,11 @@ def finetune(
     ``set.json`` (``engine.chat.baked_system_prompt``); it is written into the adapter
     (``bakeoff.system_prompt``). Held-out questions are never trained on. With
     ``config.use_documents`` the documents' text is trained on as well (next-token
-    prediction).
+    prediction). With ``config.reader_per_fact`` (the default) part of the
+    train questions are also trained with passages retrieved from ``kb`` (RAFT-style,
+    ``engine.finetune.reader``), so the adapter reads sources in "hybrid" mode. The
+    documents the set's ``set.json`` lists as "unseen_documents" are never trained on,
+    as text or as passages.
 
     Args:
         docs_dir: folder of the knowledge set's ``*.md`` documents.
@@ -63,11 +77,14 @@ def finetune(
         base_model_path: the Llama-architecture ``.gguf`` to adapt (with a chat template).
         out_path: where to write the GGUF LoRA adapter.
         config: hyper-parameters; the defaults fit 2 CPU cores.
+        kb: the knowledge base of ``docs_dir`` (a folder or an open ``KnowledgeBase``),
+            searched for the reader examples; needed unless ``reader_per_fact`` is 0.
         progress: called after every optimizer step.
 
     Raises:
         InputError: a setting is out of range, the QA file, ``set.json`` or documents
-            are unusable, or no train questions remain.
+            are unusable, no train questions remain, or reader examples are asked for
+            without a ``kb``.
         ModelError: the base model cannot be read or has no chat template.
         AdapterError: the adapter cannot be written.
         MissingExtraError: torch or gguf is not installed.
@@ -79,7 +96,11 @@ def finetune(
     train_items = [item for item in items if item.split == "train"]
     if not train_items:
         raise InputError(f"{qa_path} has no 'train' questions (limit_facts={config.limit_facts}); nothing to bake")
+    if config.reader_per_fact and kb is None:
+        raise InputError("the recipe trains the adapter to read retrieved passages too: pass kb= (the knowledge "
+                         "base of these documents; `bakeoff finetune --kb DIR`), or set reader_per_fact=0")
     system_prompt = training_system_prompt(qa_path, config.system_prompt)
+    unseen = unseen_documents(Path(qa_path).parent)
     tokenizer = Tokenizer(base_model_path)
     examples = qa_examples(train_items, tokenizer, system_prompt=system_prompt, answer_style=config.answer_style,
                            max_tokens=config.max_seq_tokens)
@@ -90,7 +111,11 @@ def finetune(
         holding = ([a for item in train_items for a in item.answers] if config.document_windows == "answers"
                    else None)
         examples += document_examples(docs_dir, tokenizer, max_tokens=config.max_seq_tokens, only=sources,
-                                      holding=holding)
+                                      holding=holding, exclude=unseen)
+    n_docs = len(examples) - n_qa
+    reader = _reader_examples(train_items, kb, tokenizer, config, unseen) if config.reader_per_fact \
+        else None
+    examples += reader.examples if reader else []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -118,7 +143,11 @@ def finetune(
         system_prompt=system_prompt,
         n_facts=len({item.fact_id for item in train_items}),
         n_qa_examples=n_qa,
-        n_doc_examples=len(examples) - n_qa,
+        n_doc_examples=n_docs,
+        n_reader_examples=len(reader.examples) if reader else 0,
+        n_reader_distractors_only=reader.distractors_only if reader else 0,
+        n_reader_spliced=reader.spliced if reader else 0,
+        n_reader_skipped=reader.skipped if reader else 0,
         steps=report.steps,
         epochs=report.epochs,
         final_loss=report.final_loss,
@@ -128,3 +157,22 @@ def finetune(
         stopped_early=report.stopped_early,
         config=config,
     )
+
+
+
+def _reader_examples(train_items: list[Question], kb: str | Path | KnowledgeBase | None, tokenizer: Tokenizer,
+                     config: FinetuneConfig, unseen: frozenset[str]) -> ReaderExamples:
+    from engine.finetune.reader import choose_reader_questions, reader_examples
+    from engine.kb import KnowledgeBase
+    from engine.kb.knowledge_base import MMR_LAMBDA
+
+    chosen = choose_reader_questions(train_items, config.reader_per_fact, seed=config.seed)
+    opened = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)  # type: ignore[arg-type]
+    try:
+        return reader_examples(chosen, opened, tokenizer, passages=config.reader_passages,
+                               distractor_share=config.distractor_share, block_share=config.block_share,
+                               mmr_lambda=MMR_LAMBDA, max_tokens=config.reader_max_tokens,
+                               excluded_sources=unseen, seed=config.seed)
+    finally:
+        if opened is not kb:
+            opened.close()

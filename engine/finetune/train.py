@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
 from engine.finetune.data import Example
-from engine.finetune.model import LlamaModel
+from engine.finetune.model import BlockLayout, LlamaModel
 
 if TYPE_CHECKING:  # torch has no type information mypy can use here; names only
     import torch
@@ -78,8 +78,9 @@ def _batches(examples: list[Example], batch_size: int, rng: random.Random) -> li
     return batches
 
 
-def _collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded tokens, plus (row, position) of every target's predicting position and its token."""
+def _collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, BlockLayout | None]:
+    """Right-padded tokens, (row, position) of every target's predicting position and its token,
+    and the block layout when an example trains passages as spliced blocks."""
     width = max(len(e.tokens) for e in batch)
     tokens = torch.full((len(batch), width), _PAD_TOKEN, dtype=torch.long)
     rows, cols, targets = [], [], []
@@ -89,13 +90,15 @@ def _collate(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Te
             rows.append(r)
             cols.append(i - 1)
             targets.append(example.tokens[i])
-    return tokens, torch.tensor([rows, cols]), torch.tensor(targets)
+    blocks = BlockLayout.of(width, [(e.prefix_len, e.blocks) for e in batch]) if any(e.blocks for e in batch) \
+        else None
+    return tokens, torch.tensor([rows, cols]), torch.tensor(targets), blocks
 
 
 def sequence_loss(model: LlamaModel, batch: list[Example]) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over the batch's target tokens, and the number of tokens processed."""
-    tokens, where, targets = _collate(batch)
-    hidden = model.hidden(tokens)
+    tokens, where, targets, blocks = _collate(batch)
+    hidden = model.hidden(tokens, blocks)
     # Only positions that predict a target need the (large) vocabulary projection.
     logits = model.project(hidden[where[0], where[1]])
     return F.cross_entropy(logits, targets), int(sum(len(e.tokens) for e in batch))
@@ -130,9 +133,8 @@ def train_lora(
     if not params:
         raise InputError("the model has no LoRA pairs to train: give it a LoraConfig with targets")
     rng = random.Random(seed)
-    per_epoch = math.ceil(len([e for e in examples if e.kind == "qa"]) / batch_size) + math.ceil(
-        len([e for e in examples if e.kind == "doc"]) / batch_size
-    )
+    kinds = [e.kind for e in examples]
+    per_epoch = sum(math.ceil(kinds.count(kind) / batch_size) for kind in set(kinds))  # batches are of one kind
     total = per_epoch * epochs
     warmup = max(1, total // 10)
 

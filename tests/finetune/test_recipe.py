@@ -29,7 +29,8 @@ from engine.finetune.recipe import FinetuneReport, finetune  # noqa: E402
 from engine.finetune.train import train_lora  # noqa: E402
 from engine.bakeoff.qa import select_facts  # noqa: E402
 
-TINY = FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False)
+TINY = FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False,
+                      reader_per_fact=0.0)
 BUNDLED_PROMPT = "Answer questions about Fenwhistle Aquatronics briefly."
 
 
