@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--merge", type=Path, default=None, help="also write base+adapter merged into this GGUF")
     _add_json(tune)
 
-    cmp_ = command("compare", commands.compare, "answer every question both ways and write the report")
+    cmp_ = command("compare", commands.compare, "answer every question in every mode and write the report")
     cmp_.add_argument("--kb", type=Path, required=True)
     cmp_.add_argument("--adapter", type=Path, required=True)
     cmp_.add_argument("--qa", type=Path, default=commands.BUNDLED_QA)
@@ -205,6 +205,10 @@ def _add_compare_args(parser: argparse.ArgumentParser, defaults_from: str | None
     parser.add_argument("--timing-questions", type=int, default=default(base.timing_questions),
                         help=f"questions timed per mode{where}")
     parser.add_argument("--repetitions", type=int, default=default(base.repetitions), help=f"timed repetitions{where}")
+    parser.add_argument("--splice-questions", type=int, default=None,
+                        help=f"graded questions also answered with spliced chunk states{where or ' (default: all)'}")
+    parser.add_argument("--unseen-facts", type=int, default=None,
+                        help=f"questions about the unseen documents graded, 0 for none{where or ' (default: all)'}")
     parser.add_argument("--threads", type=int, default=None,
                         help="generation threads (default: the count measured fastest on this machine at the start)")
 

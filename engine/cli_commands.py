@@ -248,7 +248,8 @@ def compare_config(args: argparse.Namespace, base=None):
     from engine.bakeoff.compare import CompareConfig
 
     given = {"train_per_fact": args.train_per_fact, "limit_facts": args.limit_facts,
-             "timing_questions": args.timing_questions, "repetitions": args.repetitions}
+             "timing_questions": args.timing_questions, "repetitions": args.repetitions,
+             "splice_questions": args.splice_questions, "unseen_facts": args.unseen_facts}
     return dataclasses.replace(base or CompareConfig(), **{k: v for k, v in given.items() if v is not None})
 
 

@@ -102,6 +102,11 @@ def test_run_follows_the_quick_profile_unless_told_otherwise():
     assert custom.finetune.limit_facts == custom.compare.limit_facts == 12
     assert custom.compare.repetitions == 1 and custom.compare.timing_questions == QUICK.compare.timing_questions
     assert custom.finetune.spread_facts and custom.compare.spread_facts
+    unseen = cli_commands.run_profile(parser.parse_args(["run", "--unseen-facts", "0", "--splice-questions", "3"]))
+    assert unseen.compare.unseen_facts == 0 and unseen.compare.splice_questions == 3
+    assert unseen.compare.timing_questions == QUICK.compare.timing_questions
+    compare = cli_commands.compare_config(parser.parse_args(["compare", "--kb", "k", "--adapter", "a", "--out", "o"]))
+    assert compare.unseen_facts is None and compare.splice_questions is None, "compare grades everything by default"
 
 
 def _index(capsys, kb, *options: str) -> tuple[int, str, str]:

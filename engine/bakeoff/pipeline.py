@@ -164,7 +164,8 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     (``engine.generator.fastest_thread_count``, a few seconds) and says which it took.
     The adapter's training time, when recorded beside it, is the report's retrain setup cost.
     """
-    from engine.bakeoff.compare import memory_footprint, run_comparison
+    from engine.bakeoff.compare import run_comparison
+    from engine.bakeoff.memory import memory_footprint
     from engine.facade import Engine
     from engine.generator import fastest_thread_count
     from engine.kv_cache import ChunkKvCache
