@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.bakeoff.qa import as_shown  # the passage as the prompt shows it: heading, then text
+from engine.bakeoff.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
 from engine.kb import knowledge_base as kbmod
 from engine.kb import store as storemod
 from engine.kb.knowledge_base import KnowledgeBase
@@ -235,8 +235,6 @@ def _tuning_facts(questions) -> set[str]:
 
 def _qa_recall(kb: KnowledgeBase, questions, vectors: np.ndarray, k: int = 4, **settings) -> np.ndarray:
     """Per question: does one of the top-``k`` hits (as the prompt shows them) hold an accepted answer?"""
-    from engine.bakeoff.qa import is_correct
-
     chosen = {"mmr_lambda": kbmod.MMR_LAMBDA, "w_dense": kbmod.W_DENSE, "k_rrf": kbmod.K_RRF} | settings
     found = np.zeros(len(questions), bool)
     with kb._live.reading() as generation:
@@ -244,7 +242,7 @@ def _qa_recall(kb: KnowledgeBase, questions, vectors: np.ndarray, k: int = 4, **
             w_lexical = chosen.get("w_lexical", kbmod.lexical_weight(q.question))  # the search's own default
             hits, _ = kbmod._rank(generation, q.question, vectors[i], k, 64, chosen["mmr_lambda"], chosen["w_dense"],
                                   w_lexical, chosen["k_rrf"])
-            found[i] = any(is_correct(as_shown(h.heading, h.text), q.answers) for h in hits)
+            found[i] = any(holds_answer(h, q.answers) for h in hits)
     return found
 
 
@@ -313,7 +311,7 @@ def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
     for variant in ("fp32", "int8"):
         kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp(variant) / "kb",
                                  embedder=embedders[variant])
-        found = [any(is_correct(as_shown(h.heading, h.text), q.answers) for h in kb.search(q.question, k=4).hits)
+        found = [any(holds_answer(h, q.answers) for h in kb.search(q.question, k=4).hits)
                  for q in questions]
         recall[variant] = 100 * float(np.mean(found))
         claims.add("retrieval", f"bundled QA recall@4 ({len(questions)} questions), {variant}", recall[variant], "%")

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
 from engine.bakeoff.memory import MemoryFootprint
-from engine.bakeoff.qa import (Question, answer_passage, as_shown, exact_match, is_correct, is_one_sentence,
+from engine.bakeoff.qa import (Question, answer_passage, exact_match, holds_answer, is_correct, is_one_sentence,
                                select_facts, token_f1, unseen_questions)
 from engine.errors import InputError
 
@@ -269,11 +269,11 @@ def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[
                         splice=splice if mode != "baked" else None)
     in_context = cites = precision = None
     if mode != "baked":
-        in_context = any(is_correct(as_shown(c.heading, c.text), accepted) for c in answer.citations)
+        in_context = any(holds_answer(c, accepted) for c in answer.citations)
         cited = [c for c in answer.citations if c.cited]
         cites = bool(cited)
         if cited:
-            precision = sum(is_correct(as_shown(c.heading, c.text), accepted) for c in cited) / len(cited)
+            precision = sum(holds_answer(c, accepted) for c in cited) / len(cited)
     return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
                         is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
                         in_context, answer.timings.ttft_ms, answer.timings.total_ms,

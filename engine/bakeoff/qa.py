@@ -13,8 +13,9 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from engine.errors import InputError
 from engine.text import split_sentences
@@ -143,12 +144,18 @@ def unseen_questions(questions: list[Question], limit: int | None = None) -> lis
     by_source: dict[str, list[Question]] = {}
     for q in unseen:
         by_source.setdefault(q.source, []).append(q)
-    queues, chosen = list(by_source.values()), list[Question]()
-    while len(chosen) < limit and any(queues):
-        for queue in queues:
-            if queue and len(chosen) < limit:
-                chosen.append(queue.pop(0))
-    return chosen
+    return round_robin(list(by_source.values()), limit)
+
+
+_T = TypeVar("_T")
+
+
+def round_robin(queues: Sequence[Sequence[_T]], limit: int) -> list[_T]:
+    """The first ``limit`` items taking one from each queue in turn (the first of every queue,
+    then the second of every queue, ...), skipping queues that ran out."""
+    longest = max((len(queue) for queue in queues), default=0)
+    taken = [queue[turn] for turn in range(longest) for queue in queues if turn < len(queue)]
+    return taken[:limit]
 
 
 def is_correct(answer: str, accepted: tuple[str, ...]) -> bool:
@@ -223,23 +230,33 @@ def select_facts(questions: list[Question], limit_facts: int | None, *, spread: 
     if spread:
         for facts in by_source.values():
             facts.sort(key=lambda fact: fact not in changes)  # stable: file order within each group
-    queues = list(by_source.values())
-    chosen: list[str] = []
-    while len(chosen) < limit_facts and any(queues):
-        for facts in queues:
-            if facts and len(chosen) < limit_facts:
-                chosen.append(facts.pop(0))
-    kept = set(chosen)
+    kept = set(round_robin(list(by_source.values()), limit_facts))
     return [q for q in questions if q.fact_id in kept]
+
+
+class Shown(Protocol):
+    """A passage as a prompt shows it (a ``Hit`` or a ``Citation``)."""
+
+    @property
+    def heading(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+
+
+def holds_answer(passage: Shown, accepted: tuple[str, ...]) -> bool:
+    """The passage, as the prompt shows it (``as_shown``), contains an accepted string."""
+    return is_correct(as_shown(passage.heading, passage.text), accepted)
+
+
+def first_answer_passage(hits: Sequence[Hit], q: Question) -> Hit | None:
+    """The first of ``hits`` that comes from ``q``'s source document and holds an accepted answer, or None."""
+    name = Path(q.source).name
+    return next((hit for hit in hits if Path(hit.source).name == name and holds_answer(hit, q.answers)), None)
 
 
 def answer_passage(kb: KnowledgeBase, q: Question) -> Hit | None:
     """The best-ranked chunk of ``q``'s source document that holds an accepted answer, or None."""
-    name = Path(q.source).name
-    for hit in kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits:
-        if Path(hit.source).name == name and is_correct(as_shown(hit.heading, hit.text), q.answers):
-            return hit
-    return None
+    return first_answer_passage(kb.search(q.question, k=1_000_000, mmr_lambda=1.0).hits, q)
 
 
 def as_shown(heading: str, text: str) -> str:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 from engine.answer.passages import chunk_passages
 from engine.answer.prompt import build_rag_prompt
 from engine.answer.spliced_prompt import SplicedLayout
-from engine.bakeoff.qa import Question, answer_passage, as_shown, is_correct
+from engine.bakeoff.qa import Question, answer_passage, first_answer_passage, holds_answer, round_robin
 from engine.chat import NOT_IN_SOURCES
 from engine.finetune.data import Example, Tokenizer
 
@@ -63,9 +63,7 @@ def choose_reader_questions(train_items: Sequence[Question], per_fact: float, *,
     rng.shuffle(order)
     for questions in by_fact.values():
         rng.shuffle(questions)
-    turns = max((len(questions) for questions in by_fact.values()), default=0)
-    chosen = [by_fact[fact][turn] for turn in range(turns) for fact in order if turn < len(by_fact[fact])]
-    return chosen[: round(per_fact * len(order))]
+    return round_robin([by_fact[fact] for fact in order], round(per_fact * len(order)))
 
 
 def cited_target(answer: str, label: int) -> str:
@@ -96,8 +94,9 @@ def reader_examples(items: Sequence[Question], kb: KnowledgeBase, tokenizer: Tok
         spliced = rng.random() < block_share
         hits = [h for h in kb.search(q.question, k=_SEARCH_DEPTH, mmr_lambda=mmr_lambda).hits
                 if Path(h.source).name not in excluded_sources]
-        others = [h for h in hits if not is_correct(as_shown(h.heading, h.text), q.answers)]
-        gold = None if distractors_only else _gold(kb, q, hits)
+        others = [h for h in hits if not holds_answer(h, q.answers)]
+        # the best retrieved passage that holds the answer; else the best in the whole KB
+        gold = None if distractors_only else first_answer_passage(hits, q) or answer_passage(kb, q)
         if (gold is None and not distractors_only) or len(others) < passages - (gold is not None):
             counts["skipped"] += 1
             continue
@@ -112,15 +111,6 @@ def reader_examples(items: Sequence[Question], kb: KnowledgeBase, tokenizer: Tok
         counts["distractors" if gold is None else "gold"] += 1
         counts["spliced"] += spliced
     return ReaderExamples(out, counts["gold"], counts["distractors"], counts["spliced"], counts["skipped"])
-
-
-def _gold(kb: KnowledgeBase, q: Question, hits: Sequence[Hit]) -> Hit | None:
-    """The best-ranked retrieved passage of the question's source that holds the answer, else the best in the KB."""
-    name = Path(q.source).name
-    for hit in hits:
-        if Path(hit.source).name == name and is_correct(as_shown(hit.heading, hit.text), q.answers):
-            return hit
-    return answer_passage(kb, q)
 
 
 def _render(q: Question, shown: Sequence[Hit], gold: Hit | None, tokenizer: Tokenizer,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from engine.embedder import Embedder
+from engine.kb.store import ChunkStore
 
 CORPUS = {
     "pumps.md": """# Brookling Pumps
@@ -47,6 +49,21 @@ def write_corpus(folder: Path) -> Path:
     for name, text in CORPUS.items():
         (folder / name).write_text(text, encoding="utf-8")
     return folder
+
+
+def write_store(path: Path, batches: Sequence[tuple[list[int], str, list[tuple[int, int, str, str]]]], *,
+                optimize: bool = False) -> Path:
+    """A real chunk store at ``path`` holding ``batches`` of (chunk ids, source, (start, end, heading, text)
+    rows) in one committed transaction (optimized first when asked), closed; returns ``path``."""
+    store = ChunkStore.create(path)
+    store.begin()
+    for ids, source, rows in batches:
+        store.insert(ids, source, rows)
+    if optimize:
+        store.optimize()
+    store.commit()
+    store.close()
+    return path
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import pytest
 from engine.kb.lexical import camel_parts, document_terms, names_identifier, query_expression
 from engine.kb.store import ChunkStore
 
+from .conftest import write_store
+
 ROWS = [
     (0, 60, "API > Errors", "Raises ReadTimeout when the server does not answer in time."),
     (61, 120, "API > Paths", "Use os.path.join to build the path; see read_csv for tables."),
@@ -20,13 +22,8 @@ ROWS = [
 
 @pytest.fixture
 def store(tmp_path: Path) -> ChunkStore:
-    path = tmp_path / "chunks.sqlite"
-    writer = ChunkStore.create(path)
-    writer.begin()
-    writer.insert(list(range(len(ROWS))), "/docs/api.md", ROWS)
-    writer.commit()
-    writer.close()
-    return ChunkStore.open_readonly(path)
+    return ChunkStore.open_readonly(write_store(tmp_path / "chunks.sqlite",
+                                                [(list(range(len(ROWS))), "/docs/api.md", ROWS)]))
 
 
 @pytest.mark.parametrize("word, parts", [
@@ -109,15 +106,10 @@ def test_a_store_written_before_the_terms_column_is_upgraded_by_its_next_writer(
 def test_words_in_most_chunks_are_left_out_of_a_query_unless_nothing_else_is_left(tmp_path):
     from engine.kb.store import FREQUENT_MIN_CHUNKS
 
-    path = tmp_path / "many.sqlite"
-    writer = ChunkStore.create(path)
-    writer.begin()
     n = FREQUENT_MIN_CHUNKS + 50
-    writer.insert(list(range(n)), "/docs/many.md",
-                  [(i, i + 1, "", f"The pump setting number {i}.") for i in range(n)])
-    writer.insert([n], "/docs/rare.md", [(0, 1, "", "The pump overheats.")])
-    writer.commit()
-    writer.close()
+    path = write_store(tmp_path / "many.sqlite", [
+        (list(range(n)), "/docs/many.md", [(i, i + 1, "", f"The pump setting number {i}.") for i in range(n)]),
+        ([n], "/docs/rare.md", [(0, 1, "", "The pump overheats.")])])
     store = ChunkStore.open_readonly(path)
     # "pump" is in every chunk: scoring it would rank all of them; "overheats" alone decides.
     assert store.lexical_search("pump overheats", 1000)[0] == [n]

@@ -10,6 +10,8 @@ from engine.errors import KnowledgeBaseCorruptError
 from engine.kb.lexical import MAX_QUERY_TERMS, query_expression
 from engine.kb.store import ChunkStore
 
+from .conftest import write_store
+
 ROWS = [
     (0, 40, "Pumps > Install", "Place the pump on a level surface near the barrel."),
     (41, 90, "Pumps > Dry run", "The pump stops after twenty seconds without water."),
@@ -19,15 +21,9 @@ ROWS = [
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "chunks.sqlite"
-    store = ChunkStore.create(path)
-    store.begin()
-    store.insert([10, 11, 12], "/docs/a.md", ROWS)
-    store.insert([20], "/docs/b.md", [(0, 20, "", "Offices in Leeds and Porto.")])
-    store.optimize()
-    store.commit()
-    store.close()
-    return path
+    return write_store(tmp_path / "chunks.sqlite", [([10, 11, 12], "/docs/a.md", ROWS),
+                                                   ([20], "/docs/b.md", [(0, 20, "", "Offices in Leeds and Porto.")])],
+                       optimize=True)
 
 
 def test_rows_come_back_by_id_in_the_order_asked(store_path):

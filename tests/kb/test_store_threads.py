@@ -12,19 +12,16 @@ import pytest
 from engine.kb import store as store_module
 from engine.kb.store import ChunkStore
 
+from .conftest import write_store
+
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:
-    path = tmp_path / "chunks.sqlite"
-    store = ChunkStore.create(path)
-    store.begin()
-    store.insert([10, 11, 12], "/docs/a.md", [(0, 40, "Pumps", "Place the pump on a level surface."),
-                                              (41, 90, "Pumps", "The pump stops without water."),
-                                              (91, 140, "Warranty", "The warranty lasts two years.")])
-    store.insert([20], "/docs/b.md", [(0, 20, "", "Offices in Leeds and Porto.")])
-    store.commit()
-    store.close()
-    return path
+    return write_store(tmp_path / "chunks.sqlite", [
+        ([10, 11, 12], "/docs/a.md", [(0, 40, "Pumps", "Place the pump on a level surface."),
+                                      (41, 90, "Pumps", "The pump stops without water."),
+                                      (91, 140, "Warranty", "The warranty lasts two years.")]),
+        ([20], "/docs/b.md", [(0, 20, "", "Offices in Leeds and Porto.")])])
 
 
 def test_more_threads_than_connections_all_get_their_answers(store_path):
