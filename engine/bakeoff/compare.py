@@ -173,6 +173,14 @@ class ComparisonResult:
     # time to absorb a document change: "reindex" (the changed documents, measured here) and
     # "retrain" (the adapter's training, measured when it was trained; absent when unknown)
     setup_seconds: dict[str, float] = field(default_factory=dict)
+    # on the edited-value set, per mode: {"n": questions, "passage": share giving the passage's new value,
+    # "old": share giving the old trained value}
+    follows: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # questions whose passages were removed from the knowledge base, per mode: {"n": questions,
+    # "abstained": share saying "not in the sources", "memory": share giving the old value, "wrong": other values}
+    abstains: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # facts that could not be edited for the edited-value set: {reason: how many}
+    edit_skips: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
