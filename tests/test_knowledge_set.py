@@ -208,6 +208,21 @@ def test_unseen_fact_counts(facts, unseen_docs):
         assert per_doc[name] >= 7, f"{name} holds {per_doc[name]} facts (want >= 7)"
 
 
+def test_split_sizes(rows):
+    """Enough questions to grade each split: >= 100 unseen, and >= 100 over >= 30 facts that change on update."""
+    unseen = [row for row in rows if row["split"] == "unseen"]
+    assert len(unseen) >= 100, f"unseen split holds {len(unseen)} questions (want >= 100)"
+    changed = [row for row in rows if "update_source" in row]
+    assert len({row["fact_id"] for row in changed}) >= 30, "want >= 30 facts that change on update"
+    assert len(changed) >= 100, f"changed facts hold {len(changed)} questions (want >= 100)"
+
+
+def test_unseen_wordings_ordered(rows):
+    """Every unseen fact's -u1 precedes any -u2 (and so on): a limited round-robin takes distinct facts first."""
+    numbers = [int(row["id"].rsplit("-u", 1)[1]) for row in rows if row["split"] == "unseen"]
+    assert numbers == sorted(numbers), "unseen rows must be ordered by wording number (-u1 rows, then -u2, ...)"
+
+
 def test_unseen_answers_only_in_their_document(facts):
     """Only the new document can answer an unseen question: no other document (old or update) holds its answer."""
     others = {path: _text(path).lower() for path in [*DOCS.glob("*.md"), *UPDATES.glob("*.md")]}
