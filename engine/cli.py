@@ -157,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare_args(run, defaults_from="the profile")
     _add_json(run)
 
+    srv = command("serve", commands.serve, "serve the engine over an OpenAI-compatible HTTP API with a chat page "
+                                          "(needs [serve])")
+    srv.add_argument("--kb", type=Path, default=None,
+                     help="knowledge base folder (default: WORK/kb, built from the bundled set if missing)")
+    srv.add_argument("--adapter", type=Path, default=None,
+                     help="fine-tuned adapter (default: the one `bakeoff run` trained in WORK, if any)")
+    srv.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="`bakeoff run`'s folder (default "
+                                                                             "bakeoff-run)")
+    srv.add_argument("--model", type=Path, default=None, help="base GGUF model")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                          "only; any other needs --api-key)")
+    srv.add_argument("--port", type=int, default=8800, help="port (default 8800; 0: a free one, printed)")
+    srv.add_argument("--api-key", default=None, help="bearer token every endpoint but /health requires")
+    srv.add_argument("--kv-cache", action="store_true",
+                     help="precomputed chunk states (KB/kv): also serve the rag-spliced and hybrid-spliced models")
+    srv.add_argument("--queue", type=int, default=8, help="requests that may wait while one runs (default 8); "
+                                                          "one more gets HTTP 429 with Retry-After")
+    srv.add_argument("--deadline", type=float, default=120.0, help="seconds a request may take (default 120)")
+    srv.add_argument("--cors-origin", action="append", default=[],
+                     help="an origin allowed to call the API from a browser page (repeatable; default none)")
+    srv.add_argument("--threads", type=int, default=None, help="generation threads")
+
     hw = command("hardware", commands.hardware, "what llama.cpp and ONNX Runtime can use on this machine")
     _add_json(hw)
 

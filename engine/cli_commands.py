@@ -291,6 +291,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- server -------------------------------------------------------------------------
+
+
+def serve(args: argparse.Namespace) -> int:
+    from engine.serve import ServeConfig
+    from engine.serve import serve as run_server
+    from engine.serve.server import print_ready
+
+    config = ServeConfig(kb=args.kb, adapter=args.adapter, work=args.work, model=args.model, host=args.host,
+                         port=args.port, api_key=args.api_key, kv_cache=args.kv_cache, max_waiting=args.queue,
+                         deadline_s=args.deadline, cors_origins=tuple(args.cors_origin), threads=args.threads)
+    try:
+        config.validate()
+    except errors.InputError as error:
+        raise UsageError(str(error)) from None
+    run_server(config, ready=print_ready)
+    return 0
+
+
 # ---- robustness ---------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from engine.errors import InputError, ModelError
 from engine.generation_types import check_text  # the one str + UTF-8 check of caller text
-from engine.hardware import physical_cores
+from engine.hardware import max_threads, physical_cores
+from engine.shutdown import NATIVE
 from engine.onnx_export import FP32_NAME, INT8_NAME, OUTPUT_NAME
 
 _FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
@@ -70,8 +71,11 @@ class Embedder:
     ) -> None:
         if not isinstance(variant, str) or variant not in _FILES:
             raise InputError(f"variant must be 'fp32' or 'int8', not {variant!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, not {threads!r}")
+        if threads is not None and threads > (limit := max_threads()):
+            raise InputError(f"threads={threads} is more than the {limit} threads allowed here (4 per usable CPU, at "
+                             "least 16; ONNX Runtime takes minutes to start far more): pass fewer, or None")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
         if not isinstance(max_tokens, int) or not 3 <= max_tokens <= _MAX_POSITIONS:
@@ -168,7 +172,8 @@ class Embedder:
         return len(self._counter.encode(check_text(text, "text"), add_special_tokens=False).ids)
 
     def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
+        with NATIVE.call():  # ONNX Runtime releases the GIL: the process's exit waits for this call
+            return self._session.run([OUTPUT_NAME], {"input_ids": ids, "attention_mask": mask})[0]
 
 
 def _resolve(model: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Path:

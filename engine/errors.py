@@ -64,6 +64,10 @@ class AdapterError(ModelError):
     """A LoRA adapter is missing, corrupted, or does not match the base model."""
 
 
+class EngineClosedError(EngineError):
+    """The object (or the process) is closing or closed: no new request is accepted."""
+
+
 class MissingExtraError(EngineError, ImportError):
     """An optional dependency group is not installed; the message names the extra."""
 
@@ -73,6 +77,7 @@ __all__ = [
     "CancelledError",
     "ContextOverflowError",
     "DocumentError",
+    "EngineClosedError",
     "EngineError",
     "GenerationError",
     "GeneratorBusyError",

@@ -29,6 +29,7 @@ from engine.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
 from engine.generator import Generator
 from engine.kv_cache import ChunkKvCache, KvCacheStats
+from engine.shutdown import CallGate
 from engine.splice import Splice
 from engine.text_stream import TextStream
 
@@ -114,6 +115,7 @@ class Engine:
                                                  or not isinstance(prompt_budget_tokens, int)
                                                  or prompt_budget_tokens < 1):
             raise InputError(f"prompt_budget_tokens must be None or an integer >= 1, got {prompt_budget_tokens!r}")
+        self._calls = CallGate("this Engine")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
         self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type,
                                    flash_attn=True if kv_type != "f16" else None,
@@ -139,6 +141,7 @@ class Engine:
             context=context, context_tokens=context_tokens, mmr_lambda=self.mmr_lambda,
             embedder=kb_embedder if context == "sentences" else None,
             tokenize_part=lambda text, first: generator.tokenize(text, add_special=first, parse_special=True))
+        self._calls.on_close(self, self.generator.cancel)
         self.kv_cache = _kv_cache(kv_cache, self.kb)
         self._states = None
         if self.kv_cache is not None:
@@ -147,8 +150,16 @@ class Engine:
             adapters = {_ADAPTER_NAME: str(self.adapter_path)} if self.adapter_path is not None else {}
             self._states = ChunkStates(self.generator, self.kv_cache, adapters)
 
-    def close(self) -> None:
-        """Release the knowledge base (the model is freed with the object)."""
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Stop: refuse new questions, cancel those in flight, wait for them, release the knowledge base.
+
+        Questions asked from other threads that are still running end with
+        :class:`~engine.errors.CancelledError` (generating) or finish (retrieving) before this
+        returns, within ``timeout_s``; later ones raise :class:`~engine.errors.EngineClosedError`.
+        The model is freed with the object.
+        """
+        self._calls.close(timeout_s)
+        self.generator.close(timeout_s)
         if self.kb is not None:
             self.kb.close()
 
@@ -170,29 +181,9 @@ class Engine:
         """What of the retrieved chunks goes into a RAG prompt ("chunks" or "sentences")."""
         return self._layer.context
 
-    def precompute_chunk_states(self, progress: Callable[[int, int], None] | None = None) -> KvCacheStats:
-        """Compute and keep the chunk state of every chunk of the knowledge base, for splicing.
-
-        States already cached are kept; states of chunks the knowledge base no longer
-        holds (changed or removed documents) are deleted. ``progress(done, total)`` is
-        called after each chunk. About 0.6 s per 200-token chunk on one core.
-
-        Raises:
-            InputError: the engine has no knowledge base or no ``kv_cache``.
-        """
-        if self.kb is None or self._states is None:
-            raise InputError("precomputing chunk states needs Engine(kb=..., kv_cache=True) (or a cache folder)")
-        prefix, blocks = self._layer.chunk_blocks(self.kb.chunks())
-        for done, block in enumerate(blocks, 1):
-            self._states.fetch(prefix, [block], {})
-            if progress is not None:
-                progress(done, len(blocks))
-        assert self.kv_cache is not None  # set together with _states
-        self.kv_cache.prune(self._states.key(prefix, {}), [b.text for b in blocks])
-        return self.kv_cache.stats()
-
     def ask(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
-            passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None) -> Answer:
+            passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None,
+            temperature: float = 0.0, stop: Sequence[str] = ()) -> Answer:
         """Answer ``question`` in ``mode`` ("rag", "baked" or "hybrid"), greedily.
 
         Args:
@@ -207,21 +198,27 @@ class Engine:
                 "off" (whole prompt evaluated), "on" (precomputed chunk states spliced in;
                 needs ``kv_cache``), "prefill" (the spliced layout's tokens, all evaluated).
                 None: "on" with a ``kv_cache``, else "off".
+            temperature: 0 answers greedily (the default, reproducible); above 0 samples.
+            stop: strings that end the answer (besides the model's end of turn); not part of the text.
 
         Raises:
-            InputError: empty question, unknown mode, or a mode this engine lacks a part for
+            InputError: a question that is not a non-empty str, unknown mode, passages that are not
+                well-formed hits, or a mode this engine lacks a part for
                 ("rag"/"hybrid" without a knowledge base or ``passages``).
             AdapterError: mode "baked" or "hybrid" without an adapter.
             ContextOverflowError: the question alone does not fit the context window.
         """
         started = time.perf_counter()
-        prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
-        generation = self.generator.generate(list(prepared.tokens), max_tokens=max_tokens,
-                                             adapters=prepared.adapters, stop=self._layer.stop, splices=splices)
-        return self._layer.answer(prepared, generation, started)
+        with self._calls.call():
+            prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
+            generation = self.generator.generate(list(prepared.tokens), max_tokens=max_tokens,
+                                                 temperature=temperature, adapters=prepared.adapters,
+                                                 stop=(*self._layer.stop, *_stops(stop)), splices=splices)
+            return self._layer.answer(prepared, generation, started)
 
     def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,
-               passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None) -> AnswerStream:
+               passages: Sequence[Hit] | None = None, splice: SpliceMode | None = None,
+               temperature: float = 0.0, stop: Sequence[str] = ()) -> AnswerStream:
         """Like :meth:`ask`, but yields the answer's text pieces as they are generated.
 
         Retrieval and the prompt are done here (errors raise here); the stream's
@@ -230,14 +227,20 @@ class Engine:
         and holds nothing: the next question runs straight away.
         """
         started = time.perf_counter()
-        prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
-        pieces = self.generator.stream(list(prepared.tokens), max_tokens=max_tokens,
-                                       adapters=prepared.adapters, stop=self._layer.stop, splices=splices)
+        with self._calls.call():
+            prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
+            pieces = self.generator.stream(list(prepared.tokens), max_tokens=max_tokens, temperature=temperature,
+                                           adapters=prepared.adapters, stop=(*self._layer.stop, *_stops(stop)),
+                                           splices=splices)
         return AnswerStream(self._layer, prepared, pieces, started)
 
     def _prepare(self, question: str, mode: str, max_tokens: int, passages: Sequence[Hit] | None = None,
                  splice: SpliceMode | None = None) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
-        if not isinstance(question, str) or not question.strip():
+        if not isinstance(question, str):
+            raise InputError(f"the question must be a str, got {type(question).__name__}"
+                             + (": decode bytes first (question.decode('utf-8'))" if isinstance(question, bytes)
+                                else ""))
+        if not question.strip():
             raise InputError("the question is empty: ask something")
         if mode not in MODES:
             raise InputError(f"mode must be 'rag', 'baked' or 'hybrid', got {mode!r}")
@@ -345,4 +348,24 @@ def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
     hits = tuple(passages) if not isinstance(passages, (str, bytes)) else ()
     if not hits or not all(isinstance(h, Hit) for h in hits):
         raise InputError("passages= takes a non-empty sequence of engine.Hit (e.g. KnowledgeBase.search(...).hits)")
+    for i, hit in enumerate(hits):
+        for name in ("text", "source", "heading"):
+            value = getattr(hit, name)
+            if not isinstance(value, str):
+                raise InputError(f"passages[{i}].{name} must be a str, got {type(value).__name__}: pass hits as "
+                                 "KnowledgeBase.search returns them (or engine.Hit with str fields)")
+        if not hit.text.strip():
+            raise InputError(f"passages[{i}].text is empty: pass passages that hold text")
+        span, chunk_id = hit.span, hit.chunk_id
+        if (isinstance(chunk_id, bool) or not isinstance(chunk_id, int) or not isinstance(span, tuple)
+                or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            raise InputError(f"passages[{i}] needs an int chunk_id and a (start, end) span of ints, got "
+                             f"chunk_id={chunk_id!r}, span={span!r}")
     return hits
+
+
+def _stops(stop: Sequence[str]) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if not all(isinstance(s, str) and s for s in stops):
+        raise InputError(f"stop must be a sequence of non-empty str, got {stop!r}")
+    return stops

@@ -45,6 +45,12 @@ def _is_int32(value: object) -> TypeGuard[int]:
     return _is_int(value) and value in _INT32
 
 
+def _max_threads() -> int:
+    from engine.hardware import max_threads  # engine.hardware imports this module
+
+    return max_threads()
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """How the model and its context are set up (fixed for a Generator's lifetime).
@@ -88,6 +94,10 @@ class GeneratorConfig:
             value = getattr(self, name)
             if value is not None and (not _is_int32(value) or value < 1):
                 raise InputError(f"{name} must be None or an integer >= 1, got {value!r}")
+            if value is not None and value > (limit := _max_threads()):
+                raise InputError(f"{name}={value} is more than the {limit} threads allowed here (4 per usable CPU, "
+                                 "at least 16; more only slow generation down, and far more crash llama.cpp): "
+                                 "pass fewer, or None for the default")
         if not _is_int32(self.n_gpu_layers):
             raise InputError(f"n_gpu_layers must be an integer (negative = all layers), got {self.n_gpu_layers!r}")
         if self.flash_attn not in (None, True, False):

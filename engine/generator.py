@@ -21,11 +21,12 @@ Generator stays usable.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,7 @@ from engine.generation_types import (  # noqa: F401  (re-exported: the public na
     is_token_ids,
 )
 from engine.hardware import default_threads, use_extra_buffer_types
+from engine.shutdown import NATIVE, CallGate
 from engine.splice import Splice
 from engine.text_stream import TextStream
 from engine.thread_probe import fastest_thread_count
@@ -119,6 +121,8 @@ class Generator:
         self._pending_lock = threading.Lock()
         self._adapters: dict[str, core.LoraAdapter] = {}
         self._attached: dict[str, float] = {}
+        self._gate = CallGate("this Generator")
+        NATIVE.on_close(self, self.cancel)
         threads = config.n_threads or default_threads()
         self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap,
                                  use_extra_bufts=use_extra_buffer_types(config.extra_buffers))
@@ -366,7 +370,7 @@ class Generator:
         ctx = check_token_ids(context, self.info.n_vocab, "context")
         cont = check_token_ids(continuation, self.info.n_vocab, "continuation")
         resolved = self._resolve_adapters(adapters)
-        with self._lock:
+        with self._native(), self._lock:
             return math.fsum(self._session.log_probs(ctx, cont, adapters=resolved))
 
     def chunk_state(self, prefix: TokenIds, chunk: TokenIds, *,
@@ -387,7 +391,7 @@ class Generator:
         ctx = check_token_ids(prefix, self.info.n_vocab, "prefix")
         body = check_token_ids(chunk, self.info.n_vocab, "chunk")
         resolved = self._resolve_adapters(adapters)
-        with self._lock:
+        with self._native(), self._lock:
             return self._session.chunk_state(ctx, body, adapters=resolved)
 
     def cancel(self) -> None:
@@ -407,6 +411,21 @@ class Generator:
         """Forget the KV cache, so the next request evaluates its whole prompt."""
         with self._lock:
             self._session.reset()
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Refuse new requests, cancel those submitted, and wait (up to ``timeout_s``) for the running one.
+
+        Afterwards every request raises :class:`~engine.errors.EngineClosedError`. Safe to
+        call from any thread, more than once; the model is freed with the object.
+        """
+        self._gate.on_close(self, self.cancel)
+        self._gate.close(timeout_s)
+
+    @contextlib.contextmanager
+    def _native(self) -> Iterator[None]:
+        """Hold one native call: this generator's gate, then the process's (see :mod:`engine.shutdown`)."""
+        with self._gate.call(), NATIVE.call():
+            yield
 
     def _submit(self) -> core.CancelToken:
         """Register a new request: from now on cancel() reaches it."""
@@ -450,7 +469,7 @@ class Generator:
              on_piece: Callable[[str], None] | None) -> Generation:
         """Run one submitted request when its turn comes (takes the lock for the call)."""
         try:
-            with self._lock:
+            with self._native(), self._lock:
                 result = self._session.generate(
                     request.prompt, max_tokens=request.max_tokens, sampling=request.sampling, stop=request.stop,
                     adapters=request.adapters, truncate_left=request.truncate_left,

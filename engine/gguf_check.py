@@ -142,7 +142,11 @@ def check_gguf(path: str | os.PathLike[str], *, adapter: bool = False) -> GGUFLa
             if size < _HEADER.size:
                 raise _Invalid(f"the file is {size} bytes, shorter than a GGUF header ({_HEADER.size} bytes)", 0)
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-                return _Walk(view, size).layout()
+                walk = _Walk(view, size)
+                layout = walk.layout()
+                if adapter:  # small: every float is read (a model's gigabytes are not)
+                    walk.check_finite(layout.data_offset)
+                return layout
     except OSError as exc:
         raise error(f"cannot read '{path}' ({exc.strerror or exc}): check the path exists and is readable") from None
     except _Invalid as fault:
@@ -155,6 +159,8 @@ class _Walk:
 
     def __init__(self, buf: mmap.mmap, size: int) -> None:
         self.buf, self.size, self.pos = buf, size, 0
+        self.kinds: dict[str, int] = {}  # tensor name -> ggml type
+        self.tensors: list[tuple[str, int, int, int]] = []
         self.scalars: dict[str, tuple[int | float, int]] = {}  # numeric values: (value, offset)
         self.architecture = ""
 
@@ -374,6 +380,8 @@ class _Walk:
         for dim in dims:
             elements *= dim
         offset = self.u64(f"the data offset of tensor {name!r}")
+        self.kinds[name] = kind
+        self.tensors.append((name, start, offset, elements // block * block_bytes))
         return name, start, offset, elements // block * block_bytes
 
     def check_data(self, tensors: list[tuple[str, int, int, int]], data_offset: int, alignment: int) -> int:
@@ -397,3 +405,20 @@ class _Walk:
                 raise _Invalid(f"the data of tensors {previous!r} and {name!r} overlap", data_offset + offset)
             end, previous = offset + nbytes, name
         return end
+
+    def check_finite(self, data_offset: int) -> None:
+        """Every F32, F16 and BF16 value is finite: an adapter holding NaN or inf makes every
+        answer empty or garbage, so it is refused at load."""
+        import numpy as np
+
+        for name, start, offset, nbytes in self.tensors:
+            kind = self.kinds[name]
+            if kind not in (0, 1, 30):
+                continue
+            dtype = {0: np.float32, 1: np.float16, 30: np.uint16}[kind]
+            values = np.frombuffer(self.buf, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize,
+                                   offset=data_offset + offset)
+            bad = ((values & 0x7F80) == 0x7F80) if kind == 30 else ~np.isfinite(values)
+            if bad.any():
+                raise _Invalid(f"tensor {name!r} holds {int(bad.sum())} NaN or infinite values (training diverged?)",
+                               data_offset + offset)

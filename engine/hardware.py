@@ -77,6 +77,21 @@ def default_threads() -> int:
     return max(1, usable_cpus() // 2)
 
 
+#: Threads per usable CPU a caller may ask for (generation or embedding); see :func:`max_threads`.
+THREADS_PER_CPU_LIMIT = 4
+
+
+def max_threads() -> int:
+    """The most threads ``Generator`` and ``Embedder`` accept: 4 per usable CPU, at least 16.
+
+    More cannot help (llama.cpp's workers spin at each barrier; ONNX Runtime's pool is
+    compute-bound) and far more breaks things: 100,000 llama.cpp threads crash the
+    process (SIGSEGV past ggml's own limit of 512), and 4,096 on 2 CPUs take minutes
+    per token, as 100,000 ONNX Runtime threads take minutes to start.
+    """
+    return max(16, THREADS_PER_CPU_LIMIT * usable_cpus())
+
+
 def physical_cores() -> int:
     """Embedding (onnxruntime) threads when the caller gives none: the physical cores
     this process may run on, counted from each usable CPU's hyper-thread siblings.
@@ -168,5 +183,5 @@ def hardware() -> Hardware:
     )
 
 
-__all__ = ["Device", "Hardware", "cpu_backend_has_amx", "default_threads", "hardware",
+__all__ = ["Device", "Hardware", "cpu_backend_has_amx", "default_threads", "hardware", "max_threads",
            "physical_cores", "usable_cpus", "use_extra_buffer_types"]

@@ -23,6 +23,7 @@ import numpy as np
 from engine.errors import InputError, KnowledgeBaseCorruptError
 from engine.kb.hnsw_file import HnswFile
 from engine.kb.store import REBUILD_HINT
+from engine.shutdown import NATIVE
 
 REBUILD_DELETED_FRACTION = 0.25
 #: Graphs of more elements than this search with a larger ef (``scaled_ef``).
@@ -246,7 +247,8 @@ def search_graph(graph: hnswlib.Index, query: np.ndarray, k: int, live: int, ef:
 def _knn(graph: hnswlib.Index, query: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray] | None:
     graph.set_ef(ef)
     try:
-        labels, distances = graph.knn_query(query.reshape(1, -1), k=k)
+        with NATIVE.call():  # hnswlib releases the GIL: the process's exit waits for this call
+            labels, distances = graph.knn_query(query.reshape(1, -1), k=k)
     except RuntimeError:  # "Cannot return the results in a contiguous 2D array": fewer than k found
         return None
     # hnswlib's "ip" distance is 1 - <q, v>.
