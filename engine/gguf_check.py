@@ -409,16 +409,22 @@ class _Walk:
     def check_finite(self, data_offset: int) -> None:
         """Every F32, F16 and BF16 value is finite: an adapter holding NaN or inf makes every
         answer empty or garbage, so it is refused at load."""
-        import numpy as np
-
-        for name, start, offset, nbytes in self.tensors:
+        for name, _start, offset, nbytes in self.tensors:
             kind = self.kinds[name]
-            if kind not in (0, 1, 30):
-                continue
-            dtype = {0: np.float32, 1: np.float16, 30: np.uint16}[kind]
-            values = np.frombuffer(self.buf, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize,
-                                   offset=data_offset + offset)
-            bad = ((values & 0x7F80) == 0x7F80) if kind == 30 else ~np.isfinite(values)
-            if bad.any():
-                raise _Invalid(f"tensor {name!r} holds {int(bad.sum())} NaN or infinite values (training diverged?)",
+            if kind in (0, 1, 30) and (bad := _non_finite(self.buf, kind, data_offset + offset, nbytes)):
+                raise _Invalid(f"tensor {name!r} holds {bad} NaN or infinite values (did training diverge?)",
                                data_offset + offset)
+
+
+def _non_finite(buf: mmap.mmap, kind: int, offset: int, nbytes: int) -> int:
+    """How many of the F32 (0), F16 (1) or BF16 (30) values at ``offset`` are NaN or infinite.
+
+    The arrays over ``buf`` are gone when this returns, so the map can be closed.
+    """
+    import numpy as np
+
+    dtype = {0: np.float32, 1: np.float16, 30: np.uint16}[kind]
+    values = np.frombuffer(buf, dtype=dtype, count=nbytes // np.dtype(dtype).itemsize, offset=offset)
+    if kind == 30:  # bfloat16: all exponent bits set
+        return int(np.count_nonzero((values & 0x7F80) == 0x7F80))
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
