@@ -170,6 +170,7 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     from engine.generator import fastest_thread_count
     from engine.kv_cache import ChunkKvCache
     from engine.bakeoff.qa import load_questions
+    from engine.bakeoff.metadata import run_metadata
     from engine.bakeoff.report import write_report
 
     config.validate()  # before minutes of measuring
@@ -185,8 +186,8 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     with Engine(model, adapter=adapter, kb=kb, n_threads=threads, kv_cache=ChunkKvCache(None)) as engine:
         result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
                                 memory=memory, progress=progress, retrain_seconds=training_seconds(adapter))
-    context = {"model": model.name, "adapter": str(adapter), "knowledge base": str(kb), "questions": str(qa),
-               "generation threads": how}
+    context = {**run_metadata(model, threads), "adapter": str(adapter), "knowledge base": str(kb),
+               "questions": str(qa), "generation threads": how}
     return result, write_report(result, out, context=context)
 
 
