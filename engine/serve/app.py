@@ -50,7 +50,7 @@ PUBLIC = ("/health", "/", "/favicon.ico")
 
 def offered_models(engine: Engine, kv_cache: bool) -> tuple[str, ...]:
     """One model id per mode the loaded parts allow, plus the spliced variants with a chunk-KV cache."""
-    ids = [m for m in ("rag", "baked", "hybrid") if m in engine.modes]
+    ids: list[str] = [m for m in ("rag", "baked", "hybrid") if m in engine.modes]
     if kv_cache:
         ids += [f"{m}-spliced" for m in ("rag", "hybrid") if m in engine.modes]
     return tuple(ids)
@@ -220,9 +220,9 @@ async def chat(state: State, request: Request) -> Response:
     while kind == "piece":  # the answer carries the whole text
         kind, value = await _next_event(scheduler, ticket)
     if kind == "error":
-        error = _as_api_error(value, state)
-        state.metrics.request(parsed.model, error.status)
-        raise error
+        refusal = _as_api_error(value, state)
+        state.metrics.request(parsed.model, refusal.status)
+        raise refusal
     state.metrics.total[parsed.model].observe(time.perf_counter() - arrived)
     state.metrics.request(parsed.model, 200)
     return JSONResponse(protocol.completion(protocol.completion_id(), parsed, value))

@@ -115,3 +115,35 @@ def test_a_bounded_load_has_no_failures_but_by_design_and_rss_stays_flat(server,
           f"latency p50 {statistics.median(answered):.2f} s")
     assert len(answered) >= 20
     assert server.rss_mb() - rss_before < 40, (rss_before, server.rss_mb())
+
+
+def test_stopping_with_a_stream_in_flight_is_clean(server, tmp_path):
+    """SIGTERM while a stream runs and another waits: both end at once (an error event, then [DONE]; a 503),
+    and the process exits 0 without a traceback or an abort."""
+    from engine.serve.child import ServerProcess
+
+    second = ServerProcess.start(tmp_path, "--kb", str(server.stderr_path.parent / "kb"), "--threads", "1")
+    events: list[str] = []
+    waiting: list[int] = []
+    with httpx.Client(base_url=second.url, timeout=60) as http:
+        def stream() -> None:
+            with http.stream("POST", CHAT, json={**LONG, "model": "rag"}) as response:
+                events.extend(line for line in response.iter_lines() if line.startswith("data: "))
+
+        def queued() -> None:
+            waiting.append(http.post(CHAT, json={**LONG, "model": "rag", "stream": False}).status_code)
+
+        threads = [threading.Thread(target=stream), threading.Thread(target=queued)]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        deadline = time.monotonic() + 60
+        while len(events) < 2 and time.monotonic() < deadline:  # the stream is answering
+            time.sleep(0.02)
+        code, stderr = second.stop()
+        for t in threads:
+            t.join(30)
+    assert code == 0, stderr[-3000:]
+    assert "Traceback" not in stderr and "terminate called" not in stderr, stderr[-3000:]
+    assert events[-1] == "data: [DONE]" and "shutting down" in events[-2], events[-3:]
+    assert waiting == [503]
