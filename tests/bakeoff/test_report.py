@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from engine.bakeoff.compare import STAGES, ComparisonResult, LatencySummary
+from engine.bakeoff.compare import STAGES, ComparisonResult, GradedAnswer, LatencySummary
 from engine.bakeoff.memory import MemoryFootprint
 from engine.bakeoff.metadata import cpu_model, git_commit, run_metadata
-from engine.bakeoff.report import figures, footer_text, write_report
+from engine.bakeoff.plots import figures, footer_text
+from engine.bakeoff.report import write_report
 
 pytest.importorskip("matplotlib")
 
@@ -88,6 +89,24 @@ def test_a_report_without_the_new_sets_leaves_them_out(result, tmp_path):
     files = write_report(result, tmp_path, context=CONTEXT)
     assert "follow the passage" not in files.markdown_path.read_text()
     assert "follows.png" not in {p.name for p in files.plots}
+
+
+def _answer(split: str, question: str, *, correct: bool = False) -> GradedAnswer:
+    return GradedAnswer(question_id=question, fact_id="f", split=split, mode="rag", question=question,
+                        answer="Blue.", correct=correct, cited_sources=(), answer_in_context=None, ttft_ms=1.0,
+                        total_ms=2.0)
+
+
+def test_probe_answers_are_not_listed_or_graded_as_wrong_answers(result, tmp_path):
+    # a probe's answer misses the accepted strings on purpose: the passage was edited or removed
+    result.answers = [_answer("heldout", "asked held out"), _answer("heldout", "right", correct=True),
+                      _answer("edited", "asked edited"), _answer("removed", "asked removed")]
+    result.grading = {"rag": {"exact": 0.5, "f1": 0.5, "one_sentence": 1.0}}
+    markdown = write_report(result, tmp_path, context=CONTEXT).markdown_path.read_text()
+    wrong = markdown.split("## Some wrong answers")[1]
+    assert "asked held out" in wrong and "asked edited" not in wrong and "asked removed" not in wrong
+    grading = markdown.split("## Grading three ways")[1].split("##")[0]
+    assert "| rag | 50.0% (1/2," in grading, "contains-a-string is over the graded splits, as the other gradings"
 
 
 def test_plots_exist_are_not_blank_and_cover_every_mode(result, tmp_path):
