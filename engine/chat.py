@@ -38,6 +38,18 @@ RAG_SYSTEM_PROMPT = (
 #: do not hold the answer (the RAG system prompt's "say that you do not know").
 NOT_IN_SOURCES = "The sources do not say."
 
+#: How answers say that the sources do not hold the answer: the trained reader's sentence,
+#: and what the base model says when the RAG system prompt asks it to "say that you do not know".
+_ABSTENTIONS = ("sources do not say", "do not know", "don't know", "not in the sources", "sources do not",
+                "not mentioned", "no information", "not provided", "does not say", "do not contain",
+                "does not contain", "not specified", "cannot find", "can't find", "unknown")
+
+
+def is_abstention(answer: str) -> bool:
+    """True when ``answer`` says the sources do not hold the answer rather than giving a value."""
+    folded = answer.casefold().replace("\u2019", "'")
+    return any(phrase in folded for phrase in _ABSTENTIONS)
+
 # Probe strings used to find what a template puts around an assistant turn; chosen so that
 # no template adds or strips anything inside them.
 _PROBE_SYSTEM, _PROBE_USER, _PROBE_ANSWER = "S", "U", "ANSWER_0xB4KE0FF"

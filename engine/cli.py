@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", commands.run, "the whole bake-off on the bundled set: fetch, index, fine-tune, compare")
     run.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="folder for the KB, adapter and report")
-    run.add_argument("--full", action="store_true",
-                     help="every fact of the set (default: the quick profile, 16 facts spread over the documents)")
+    run.add_argument("--profile", default=None, metavar="NAME",
+                     help="quick (default: 16 facts, under 10 minutes), standard (100 facts, >= 100 questions "
+                          "per split, about 30 minutes) or full (every fact)")
+    run.add_argument("--full", action="store_true", help="the same as --profile full")
     _add_compare_args(run, defaults_from="the profile")
     _add_json(run)
 

@@ -267,10 +267,13 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def run_profile(args: argparse.Namespace):
-    """The profile ``bakeoff run`` follows: quick or ``--full``, with the options given on the command line."""
-    from engine.bakeoff.pipeline import FULL, QUICK
+    """The profile ``bakeoff run`` follows (``--profile NAME``; ``--full`` is ``--profile full``), with the
+    options given on the command line."""
+    from engine.bakeoff.pipeline import profile_named
 
-    profile = FULL if args.full else QUICK
+    if args.full and args.profile not in (None, "full"):
+        raise UsageError(f"--full and --profile {args.profile} disagree: give one of them")
+    profile = profile_named("full" if args.full else args.profile or "quick")
     finetune_config = profile.finetune
     if args.limit_facts is not None:  # the adapter is trained on the facts that are graded
         finetune_config = dataclasses.replace(finetune_config, limit_facts=args.limit_facts)

@@ -105,8 +105,18 @@ def test_run_follows_the_quick_profile_unless_told_otherwise():
     unseen = cli_commands.run_profile(parser.parse_args(["run", "--unseen-facts", "0", "--splice-questions", "3"]))
     assert unseen.compare.unseen_facts == 0 and unseen.compare.splice_questions == 3
     assert unseen.compare.timing_questions == QUICK.compare.timing_questions
+    assert cli_commands.run_profile(parser.parse_args(["run", "--profile", "standard"])).name == "standard"
+    assert cli_commands.run_profile(parser.parse_args(["run", "--profile", "full"])) == FULL
     compare = cli_commands.compare_config(parser.parse_args(["compare", "--kb", "k", "--adapter", "a", "--out", "o"]))
     assert compare.unseen_facts is None and compare.splice_questions is None, "compare grades everything by default"
+
+
+def test_a_profile_that_does_not_exist_is_refused_naming_those_that_do(capsys, tmp_path):
+    code, _, err = _run(capsys, "run", "--profile", "fast", "--work", str(tmp_path))
+    assert code == 1 and "no run profile named 'fast': choose one of quick, standard, full" in err
+    code, _, err = _run(capsys, "run", "--profile", "standard", "--full", "--work", str(tmp_path))
+    assert code == 2 and "disagree" in err
+    assert not any(tmp_path.iterdir()), "refused before any work"
 
 
 def _index(capsys, kb, *options: str) -> tuple[int, str, str]:

@@ -58,7 +58,8 @@ def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_facto
     report, _ = tiny_finetune
     kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("kb") / "kb",
                              embedder=Embedder(embedder_dir), chunk_tokens=160, overlap_tokens=24)
-    # Two trained facts, one fact the v2 documents change (the Brookling B3 price) and one of an unseen document.
+    # Two trained facts, one fact the v2 documents change (the Brookling B3 price) and one of an unseen document
+    # (two wordings).
     subset = [q for q in QUESTIONS if q.fact_id in ("F001", "F002", "F071", "F188")]
     config = CompareConfig(train_per_fact=1, timing_questions=2, repetitions=2, warmup=1, max_tokens=24,
                            splice_questions=2)
@@ -75,7 +76,8 @@ def comparison(generator_model_path, embedder_dir, tiny_finetune, tmp_path_facto
 def test_every_mode_graded_on_every_split(comparison):
     result, phases, _ = comparison
     for mode in ("rag", "baked", "hybrid"):
-        assert result.counts[mode] == {"train": 3, "heldout": 3, "updated": 2, "unseen": 1}
+        # after update: every wording of the changed fact (F071), not only the graded ones
+        assert result.counts[mode] == {"train": 3, "heldout": 3, "updated": 4, "unseen": 2}
         assert set(result.accuracy[mode]) == {"train", "heldout", "updated", "unseen"}
         assert {f"accuracy/{mode}", f"latency/{mode}", f"freshness/{mode}"} <= set(phases)
     for mode in ("rag", "hybrid"):
@@ -83,6 +85,28 @@ def test_every_mode_graded_on_every_split(comparison):
     assert all(not a.cited_sources for a in result.answers if a.mode == "baked")
     unseen = next(a for a in result.answers if a.mode == "hybrid" and a.split == "unseen")
     assert "glimmerpool-g2-pond-light-manual.md" in unseen.cited_sources, "the unseen document is retrieved"
+
+
+def test_the_readers_are_probed_on_edited_values_and_removed_passages(comparison):
+    result, phases, _ = comparison
+    assert set(result.follows) == set(result.abstains) == {"rag", "hybrid", "hybrid-spliced"}
+    edited = [a for a in result.answers if a.split == "edited"]
+    removed = [a for a in result.answers if a.split == "removed"]
+    for label, row in result.follows.items():
+        mine = [a for a in edited if a.mode == label]
+        assert row["n"] == len(mine) == 6, "the six graded questions of the three facts, each edited"
+        assert row["passage"] == sum(a.correct for a in mine) / len(mine)
+        assert 0 <= row["old"] <= 1 - row["passage"]
+        assert all(a.cited_sources for a in mine), "answered from the edited copy's hits"
+    for label, row in result.abstains.items():
+        mine = [a for a in removed if a.mode == label]
+        assert row["n"] == len(mine) > 0
+        assert abs(row["abstained"] + row["memory"] + row["wrong"] - 1) < 1e-9
+    # the removed copy lacks every other source document: no removed question cites its own
+    sources = {q.id: q.source.split("/")[1] for q in QUESTIONS}
+    assert all(sources[a.question_id] not in a.cited_sources for a in removed)
+    assert {"edited/hybrid", "removed/hybrid-spliced"} <= set(phases)
+    assert result.edit_skips == {}, "each of the three facts has an answer only its document holds"
 
 
 def test_the_setup_cost_of_a_change_is_the_reindex_measured_here(comparison):

@@ -35,6 +35,19 @@ def test_the_quick_profile_spreads_over_documents_and_covers_every_split_and_upd
     assert {Path(q.source).name for q in unseen} == unseen_documents(BUNDLED_SET), "spread over every unseen document"
 
 
+def test_the_standard_profile_grades_at_least_100_questions_on_every_split():
+    from engine.bakeoff.compare import select_questions
+    from engine.bakeoff.pipeline import STANDARD
+
+    graded = select_questions(QUESTIONS, STANDARD.compare)
+    facts = {q.fact_id for q in graded}
+    assert sum(q.split == "train" for q in graded) >= 100 and sum(q.split == "heldout" for q in graded) >= 100
+    assert sum(q.fact_id in facts and q.changes_on_update for q in QUESTIONS) >= 100, "after update"
+    assert len(unseen_questions(QUESTIONS, STANDARD.compare.unseen_facts)) >= 100
+    assert STANDARD.compare.probe_questions is not None and STANDARD.compare.probe_questions >= 100
+    assert STANDARD.finetune.limit_facts == STANDARD.compare.limit_facts
+
+
 def test_no_selection_takes_a_question_of_an_unseen_document():
     unseen = unseen_documents(BUNDLED_SET)
     assert len(unseen) >= 5

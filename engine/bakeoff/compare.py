@@ -26,8 +26,10 @@ cold (the cache emptied before every question, so states are computed on the fly
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import tempfile
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING
 from engine.answer.types import SpliceMode
 from engine.bakeoff.memory import MemoryFootprint
 from engine.bakeoff.qa import (Question, answer_passage, exact_match, holds_answer, is_correct, is_one_sentence,
-                               select_facts, token_f1, unseen_questions)
+                               round_robin, select_facts, token_f1, unseen_questions)
 from engine.errors import InputError
 
 if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
@@ -77,7 +79,12 @@ class CompareConfig:
     grades and times RAG with spliced chunk states when the engine has a chunk-KV cache,
     on the first ``splice_questions`` graded questions (None: all); ``unseen_facts``
     questions of the "unseen" split are graded in every mode (None: all, 0: none);
-    ``splice_cold`` also times spliced RAG with the cache emptied before each question.
+    ``splice_cold`` also times spliced RAG with the cache emptied before each question;
+    ``probe`` asks whether the readers follow an edited passage and abstain when the
+    passages are gone (``engine.bakeoff.probes``), on at most ``probe_questions``
+    questions each (None: every graded question of the probed facts); ``freshness`` asks
+    every wording of the chosen facts that the v2 documents change, at most
+    ``update_questions`` of them (None: all).
     """
 
     train_per_fact: int = 1
@@ -93,6 +100,9 @@ class CompareConfig:
     splice_questions: int | None = None
     unseen_facts: int | None = None
     splice_cold: bool = True
+    probe: bool = True
+    probe_questions: int | None = None
+    update_questions: int | None = None
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first setting a comparison cannot run with."""
@@ -104,6 +114,10 @@ class CompareConfig:
         if self.unseen_facts is not None and (isinstance(self.unseen_facts, bool)
                                               or not isinstance(self.unseen_facts, int) or self.unseen_facts < 0):
             raise InputError(f"unseen_facts must be None (all) or an integer >= 0, got {self.unseen_facts!r}")
+        for name in ("probe_questions", "update_questions"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{name} must be None (all) or an integer >= 1, got {value!r}")
         if self.splice_questions is not None and (isinstance(self.splice_questions, bool)
                                                   or not isinstance(self.splice_questions, int)
                                                   or self.splice_questions < 1):
@@ -119,7 +133,7 @@ class GradedAnswer:
 
     question_id: str
     fact_id: str
-    split: str  # one of SPLITS
+    split: str  # one of SPLITS, or a probe's: "edited", "removed" (engine.bakeoff.probes)
     mode: str
     question: str
     answer: str
@@ -242,7 +256,7 @@ def run_comparison(
     unseen = unseen_questions(list(questions), config.unseen_facts) if config.unseen_facts != 0 else []
     for mode in modes:
         for done, q in enumerate([*graded, *unseen], 1):
-            result.answers.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens))
+            result.answers.append(grade(engine, q, mode, q.split, q.answers, config.max_tokens))
             say(f"accuracy/{mode}", done, len(graded) + len(unseen))
     if config.answer_passage and engine.kb is not None:
         result.answers += _grade_reader(engine, [q for q in graded if q.split == "heldout"], modes, config, say)
@@ -261,8 +275,23 @@ def run_comparison(
             result.latency[SPLICED_COLD] = _time_mode(engine, timing, "rag", config, say, splice="on",
                                                       label=SPLICED_COLD, cold=True)
     if config.freshness and docs_dir is not None:
-        changed = [q for q in graded if q.changes_on_update]
+        # every wording of each selected fact that an update changes: the split is then big enough to tell
+        selected = {q.fact_id for q in graded}
+        wordings: dict[str, list[Question]] = {}
+        for q in questions:
+            if q.fact_id in selected and q.changes_on_update:
+                wordings.setdefault(q.fact_id, []).append(q)
+        # capped: one wording of every changed fact before a second of any
+        changed = round_robin(list(wordings.values()), config.update_questions or len(questions))
         result.answers += _freshness(engine, changed, modes, docs_dir, work_dir, config, say, result.setup_seconds)
+    if config.probe and docs_dir is not None:
+        from engine.bakeoff.probes import probe_reading
+
+        scratch = Path(work_dir) / "probes" if work_dir else Path(tempfile.mkdtemp(prefix="bakeoff-probes-"))
+        probes = probe_reading(engine, graded, docs_dir, scratch, grade=functools.partial(grade, max_tokens=config.max_tokens),
+                               limit=config.probe_questions, say=say)
+        result.answers += probes.answers
+        result.follows, result.abstains, result.edit_skips = probes.follows, probes.abstains, probes.skips
     if retrain_seconds is not None:
         result.setup_seconds["retrain"] = retrain_seconds
     _summarise(result)
@@ -270,7 +299,7 @@ def run_comparison(
     return result
 
 
-def _grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[str, ...], max_tokens: int,
+def grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[str, ...], max_tokens: int,
            *, passages: Sequence | None = None, label: str | None = None, splice: SpliceMode = "off") -> GradedAnswer:
     """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
     answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
@@ -300,7 +329,7 @@ def _grade_reader(engine: Engine, questions: Sequence[Question], modes: Sequence
             continue
         for done, (q, passage) in enumerate(zip(questions, passages), 1):
             if passage is not None:
-                graded.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens,
+                graded.append(grade(engine, q, mode, q.split, q.answers, config.max_tokens,
                                      passages=[passage], label=label))
             say(f"accuracy/{label}", done, len(questions))
     return graded
@@ -318,7 +347,7 @@ def _grade_spliced(engine: Engine, questions: Sequence[Question], modes: Sequenc
             continue
         before = engine.kv_cache.stats()
         for done, (q, passages) in enumerate(zip(questions, hits), 1):
-            graded.append(_grade(engine, q, mode, q.split, q.answers, config.max_tokens, passages=passages,
+            graded.append(grade(engine, q, mode, q.split, q.answers, config.max_tokens, passages=passages,
                                  label=label, splice=splice))
             say(f"accuracy/{label}", done, len(questions))
         if label == "rag-spliced":
@@ -414,9 +443,8 @@ def _freshness(engine: Engine, changed: Sequence[Question], modes: Sequence[Mode
             graded = []
             for mode in modes:
                 for done, q in enumerate(changed, 1):
-                    hits = kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits \
-                        if mode != "baked" else None
-                    graded.append(_grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens,
+                    hits = engine.retrieve(q.question, kb=kb).hits if mode != "baked" else None
+                    graded.append(grade(engine, q, mode, "updated", q.answers_after_update, config.max_tokens,
                                          passages=hits))
                     say(f"freshness/{mode}", done, len(changed))
         return graded
@@ -437,7 +465,10 @@ def _summarise(result: ComparisonResult) -> None:
                 if mode == "rag":
                     result.context_recall[split] = sum(bool(a.answer_in_context) for a in rows) / len(rows)
     for mode in present:
-        rows = [a for a in result.answers if a.mode == mode]
+        # the probes' answers (edited values, removed passages) are graded by their own rules
+        rows = [a for a in result.answers if a.mode == mode and a.split in SPLITS]
+        if not rows:
+            continue
         grading = {"exact": _mean(a.exact for a in rows), "f1": _mean(a.f1 for a in rows),
                    "one_sentence": _mean(a.one_sentence for a in rows)}
         if any(a.cites_label is not None for a in rows):

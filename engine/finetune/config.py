@@ -95,6 +95,15 @@ class FinetuneConfig:
             prompts are the length and layout of inference prompts.
         distractor_share: share of reader examples whose passages leave out every one that
             holds the answer; their target is ``engine.chat.NOT_IN_SOURCES``.
+        counterfactual_share: share of the reader examples with a gold passage whose answer
+            value is replaced in the passages by another of the same kind that no document
+            holds, the target being the passage's value (``engine.bakeoff.edits``): the
+            passage must win over what the adapter remembers (KAFT).
+        practice_per_fact: reading practice, per trained fact: reader examples for train
+            questions of facts the adapter is *not* trained on (outside ``limit_facts``'s
+            selection, never of the unseen documents), their value replaced likewise, so
+            only reading can answer them. With every fact trained (the defaults) there are
+            none: the counterfactual examples are then the only reading practice.
         block_share: share of reader examples rendered in the spliced layout and trained
             with each passage attending to the prefix and itself only, as precomputed chunk
             states are made (``splice="on"``).
@@ -128,6 +137,8 @@ class FinetuneConfig:
     reader_per_fact: float = 0.25
     reader_passages: int = 3
     distractor_share: float = 0.2
+    counterfactual_share: float = 0.4
+    practice_per_fact: float = 0.5
     block_share: float = 0.3
     reader_max_tokens: int = 768
     system_prompt: str | None = None
@@ -147,7 +158,8 @@ class FinetuneConfig:
         _at_least("reader_passages", self.reader_passages, 1)
         _at_least("reader_max_tokens", self.reader_max_tokens, 2)
         _number("reader_per_fact", self.reader_per_fact, positive=False)
-        for name in ("distractor_share", "block_share"):
+        _number("practice_per_fact", self.practice_per_fact, positive=False)
+        for name in ("distractor_share", "counterfactual_share", "block_share"):
             _number(name, getattr(self, name), positive=False)
             if getattr(self, name) > 1:
                 raise InputError(f"{name} must be a share in [0, 1], got {getattr(self, name)!r}")

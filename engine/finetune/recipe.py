@@ -16,7 +16,7 @@ from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
 from engine.finetune.model import LlamaModel
 from engine.finetune.train import TrainProgress, train_lora
-from engine.bakeoff.qa import Question, select_facts, unseen_documents
+from engine.bakeoff.qa import Question, round_robin, select_facts, unseen_documents
 
 if TYPE_CHECKING:
     from engine.finetune.reader import ReaderExamples
@@ -36,6 +36,8 @@ class FinetuneReport:
     n_reader_distractors_only: int
     n_reader_spliced: int  # of the reader examples, trained as spliced blocks
     n_reader_skipped: int  # no passage holds the answer, or longer than reader_max_tokens
+    n_reader_counterfactual: int  # of the reader examples: a trained fact, its value replaced in the passages
+    n_reader_practice: int  # of the reader examples: a fact not trained on, its value replaced
     steps: int
     epochs: int
     final_loss: float  # mean loss of the last epoch, nats/token
@@ -92,7 +94,8 @@ def finetune(
     config.validate()
     torch = require_torch()
     started = time.perf_counter()
-    items = select_facts(load_qa(qa_path), config.limit_facts, spread=config.spread_facts)
+    questions = load_qa(qa_path)
+    items = select_facts(questions, config.limit_facts, spread=config.spread_facts)
     train_items = [item for item in items if item.split == "train"]
     if not train_items:
         raise InputError(f"{qa_path} has no 'train' questions (limit_facts={config.limit_facts}); nothing to bake")
@@ -113,8 +116,8 @@ def finetune(
         examples += document_examples(docs_dir, tokenizer, max_tokens=config.max_seq_tokens, only=sources,
                                       holding=holding, exclude=unseen)
     n_docs = len(examples) - n_qa
-    reader = _reader_examples(train_items, kb, tokenizer, config, unseen) if config.reader_per_fact \
-        else None
+    reader = _reader_examples(train_items, _practice_questions(questions, train_items, config), kb, docs_dir,
+                              tokenizer, config, unseen) if config.reader_per_fact else None
     examples += reader.examples if reader else []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -148,6 +151,8 @@ def finetune(
         n_reader_distractors_only=reader.distractors_only if reader else 0,
         n_reader_spliced=reader.spliced if reader else 0,
         n_reader_skipped=reader.skipped if reader else 0,
+        n_reader_counterfactual=reader.counterfactual if reader else 0,
+        n_reader_practice=reader.practice if reader else 0,
         steps=report.steps,
         epochs=report.epochs,
         final_loss=report.final_loss,
@@ -160,8 +165,24 @@ def finetune(
 
 
 
-def _reader_examples(train_items: list[Question], kb: str | Path | KnowledgeBase | None, tokenizer: Tokenizer,
-                     config: FinetuneConfig, unseen: frozenset[str]) -> ReaderExamples:
+def _practice_questions(questions: list[Question], train_items: list[Question],
+                        config: FinetuneConfig) -> list[Question]:
+    """``round(practice_per_fact * trained facts)`` train questions of facts outside the training
+    selection, one per fact, spread over the documents (none when every fact is trained)."""
+    trained = {item.fact_id for item in train_items}
+    n_trained = len(trained)
+    by_source: dict[str, dict[str, Question]] = {}
+    for q in select_facts(questions, None):
+        if q.split == "train" and q.fact_id not in trained:
+            by_source.setdefault(q.source, {}).setdefault(q.fact_id, q)  # the fact's first wording
+    queues = [list(facts.values()) for _, facts in sorted(by_source.items())]
+    return round_robin(queues, round(config.practice_per_fact * n_trained))
+
+
+def _reader_examples(train_items: list[Question], practice: list[Question], kb: str | Path | KnowledgeBase | None,
+                     docs_dir: str | Path, tokenizer: Tokenizer, config: FinetuneConfig,
+                     unseen: frozenset[str]) -> ReaderExamples:
+    from engine.bakeoff.edits import Corpus
     from engine.finetune.reader import choose_reader_questions, reader_examples
     from engine.kb import KnowledgeBase
     from engine.kb.knowledge_base import MMR_LAMBDA
@@ -172,7 +193,9 @@ def _reader_examples(train_items: list[Question], kb: str | Path | KnowledgeBase
         return reader_examples(chosen, opened, tokenizer, passages=config.reader_passages,
                                distractor_share=config.distractor_share, block_share=config.block_share,
                                mmr_lambda=MMR_LAMBDA, max_tokens=config.reader_max_tokens,
-                               excluded_sources=unseen, seed=config.seed)
+                               excluded_sources=unseen, seed=config.seed,
+                               counterfactual_share=config.counterfactual_share, practice=practice,
+                               corpus=Corpus(docs_dir))
     finally:
         if opened is not kb:
             opened.close()

@@ -141,3 +141,46 @@ def test_reader_questions_are_spread_over_the_facts():
     half = choose_reader_questions(items, 1.5, seed=0)
     assert max(sum(q.fact_id == f for q in half) for f in {q.fact_id for q in half}) == 2
     assert choose_reader_questions(items, 1.5, seed=0) == half != choose_reader_questions(items, 1.5, seed=1)
+
+
+def test_counterfactual_examples_answer_the_passage_value_which_no_document_holds(bundled_kb, tokenizer, kb_dir):
+    from engine.bakeoff.edits import Corpus
+
+    corpus = Corpus(kb_dir / "docs")
+    items = _train(16)
+    made = _examples(bundled_kb, tokenizer, items, distractor_share=0.0, block_share=0.5, counterfactual_share=1.0,
+                     corpus=corpus)
+    assert made.counterfactual + made.not_edited == made.with_gold == len(made.examples)
+    assert made.counterfactual >= 0.6 * len(items), "most values have a same-kind replacement"
+    edited = 0
+    for example in made.examples:
+        prompt = tokenizer.decode(example.tokens[: example.n_context])
+        target = tokenizer.decode(example.tokens[example.n_context:])
+        item = next(i for i in items if f"Question: {i.question}" in prompt)
+        value = target.rsplit(" [", 1)[0]
+        label = target.rsplit("[", 1)[1].split("]")[0]
+        cited = prompt.split(f"[{label}] ", 1)[1].split('"""', 2)[1]
+        if not is_correct(value, item.answers):
+            edited += 1
+            assert value in cited, "the target is the value the cited passage shows"
+            assert not corpus.taken(value), f"{value!r} is in a document: memory could answer it"
+            sources = prompt.split("Sources:", 1)[1] if "Sources:" in prompt else prompt
+            assert not is_correct(sources, item.answers[:1]), "the old value is gone from every passage"
+    assert edited == made.counterfactual
+
+
+def test_reading_practice_comes_from_facts_the_adapter_is_not_trained_on(bundled_kb, tokenizer, kb_dir):
+    from engine.bakeoff.edits import Corpus
+    from engine.finetune.recipe import _practice_questions
+
+    items = _train(16)
+    practice = _practice_questions(QUESTIONS, items, dataclasses.replace(FinetuneConfig(), practice_per_fact=0.5))
+    trained = {q.fact_id for q in items}
+    assert len(practice) == 8 and not trained & {q.fact_id for q in practice}
+    assert all(q.split == "train" and Path(q.source).name not in UNSEEN for q in practice)
+    assert len({q.source for q in practice}) == 8, "spread over the documents"
+    made = _examples(bundled_kb, tokenizer, [], distractor_share=0.0, practice=practice,
+                     corpus=Corpus(kb_dir / "docs"))
+    assert made.practice == len(made.examples) == 8 - made.skipped >= 5
+    with pytest.raises(InputError, match="corpus"):
+        _examples(bundled_kb, tokenizer, [], practice=practice)
