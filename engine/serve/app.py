@@ -207,18 +207,18 @@ async def chat(state: State, request: Request) -> Response:
         raise ApiError(status, str(full), kind="server_error" if full.stopping else "rate_limit_error",
                        code="server_shutting_down" if full.stopping else "queue_full",
                        headers={"Retry-After": str(full.retry_after_s)}) from None
-    try:
-        first = await _first_event(scheduler, ticket, request)
-    except ApiError as error:
-        state.metrics.request(parsed.model, error.status)
-        raise
-    if parsed.stream:
-        events = _stream(state, ticket, first, arrived)
-        return EventSourceResponse(events, sep="\n", ping=15, headers={"Cache-Control": "no-store"})
-    state.metrics.ttft[parsed.model].observe(time.perf_counter() - arrived)
-    kind, value = first
-    while kind == "piece":  # the answer carries the whole text
+    async with _watching(request, scheduler, ticket):  # a client that leaves cancels its request
         kind, value = await _next_event(scheduler, ticket)
+        if kind == "error":  # before anything was sent: a proper status
+            refusal = _as_api_error(value, state)
+            state.metrics.request(parsed.model, refusal.status)
+            raise refusal
+        state.metrics.ttft[parsed.model].observe(time.perf_counter() - arrived)
+        if parsed.stream:  # sse-starlette watches the client from here on
+            events = _stream(state, ticket, (kind, value), arrived)
+            return EventSourceResponse(events, sep="\n", ping=15, headers={"Cache-Control": "no-store"})
+        while kind == "piece":  # the answer carries the whole text
+            kind, value = await _next_event(scheduler, ticket)
     if kind == "error":
         refusal = _as_api_error(value, state)
         state.metrics.request(parsed.model, refusal.status)
@@ -241,8 +241,9 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _first_event(scheduler: Scheduler, ticket: Ticket, request: Request) -> tuple[str, Any]:
-    """The ticket's first event, while watching for the client leaving (before a response has begun)."""
+@asynccontextmanager
+async def _watching(request: Request, scheduler: Scheduler, ticket: Ticket) -> AsyncIterator[None]:
+    """Cancel ``ticket`` if the client disconnects while the block runs (its body is read already)."""
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -250,12 +251,9 @@ async def _first_event(scheduler: Scheduler, ticket: Ticket, request: Request) -
 
     watcher = asyncio.create_task(watch())
     try:
-        kind, value = await _next_event(scheduler, ticket)
+        yield
     finally:
         watcher.cancel()
-    if kind == "error":
-        raise _as_api_error(value, None)
-    return kind, value
 
 
 async def _next_event(scheduler: Scheduler, ticket: Ticket) -> tuple[str, Any]:
@@ -302,7 +300,6 @@ async def _stream(state: State, ticket: Ticket, first: tuple[str, Any], arrived:
     finished = False
     try:
         kind, value = first
-        state.metrics.ttft[request.model].observe(time.perf_counter() - arrived)
         text = value if kind == "piece" else ""
         yield json.dumps(protocol.chunk(cid, request, {"role": "assistant", "content": text}))
         while kind == "piece":

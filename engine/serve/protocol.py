@@ -18,12 +18,14 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.answer.types import Mode, SpliceMode
+
 if TYPE_CHECKING:
     from engine.answer import Answer
 
 #: Model ids a server may offer: the mode, and the spliced variants (chunk-KV cache on).
-MODEL_IDS: dict[str, tuple[str, str | None]] = {
-    "rag": ("rag", None), "baked": ("baked", None), "hybrid": ("hybrid", None),
+MODEL_IDS: dict[str, tuple[Mode, SpliceMode]] = {
+    "rag": ("rag", "off"), "baked": ("baked", "off"), "hybrid": ("hybrid", "off"),
     "rag-spliced": ("rag", "on"), "hybrid-spliced": ("hybrid", "on"),
 }
 #: Most characters of one message, and of all messages together (a 135M model reads
@@ -58,8 +60,8 @@ class ChatRequest:
     """A checked chat-completions request: the question is the last user message."""
 
     model: str
-    mode: str
-    splice: str | None
+    mode: Mode
+    splice: SpliceMode  # "on" for the -spliced models
     question: str
     earlier_turns: int  # messages before the question (not used: see the README's "Server")
     stream: bool
@@ -238,7 +240,7 @@ def extension(answer: Answer, request: ChatRequest) -> dict[str, Any]:
                "spliced_tokens": t.generation.spliced_tokens, "decode_tokens": t.generation.decode_tokens}
     citations = [{"label": c.label, "source": c.source, "chunk_id": c.chunk_id, "heading": c.heading,
                   "span": list(c.span), "text": c.text, "cited": c.cited} for c in answer.citations]
-    return {"mode": answer.mode, "splice": request.splice or "off", "earlier_turns_ignored": request.earlier_turns,
+    return {"mode": answer.mode, "splice": request.splice, "earlier_turns_ignored": request.earlier_turns,
             "citations": citations, "timings": timings}
 
 

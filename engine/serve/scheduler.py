@@ -165,9 +165,8 @@ class Scheduler:
         request = ticket.request
         answer: Answer | None = None
         try:
-            stream = self.engine.stream(request.question, request.mode,  # type: ignore[arg-type]
-                                        max_tokens=request.max_tokens, splice=request.splice,  # type: ignore[arg-type]
-                                        temperature=request.temperature, stop=request.stop)
+            stream = self.engine.stream(request.question, request.mode, max_tokens=request.max_tokens,
+                                        splice=request.splice, temperature=request.temperature, stop=request.stop)
             with stream:
                 for piece in stream:
                     if ticket.cancelled is not None:

@@ -118,14 +118,23 @@ def test_a_bounded_load_has_no_failures_but_by_design_and_rss_stays_flat(server,
 
 
 def test_stopping_with_a_stream_in_flight_is_clean(server, tmp_path):
-    """SIGTERM while a stream runs and another waits: both end at once (an error event, then [DONE]; a 503),
-    and the process exits 0 without a traceback or an abort."""
+    """A second server, with a chunk-KV cache: the spliced model answers spliced. SIGTERM while a stream
+    runs and another waits: both end at once (an error event, then [DONE]; a 503), and the process exits
+    0 without a traceback or an abort."""
     from engine.serve.child import ServerProcess
 
-    second = ServerProcess.start(tmp_path, "--kb", str(server.stderr_path.parent / "kb"), "--threads", "1")
+    second = ServerProcess.start(tmp_path, "--kb", str(server.stderr_path.parent / "kb"), "--threads", "1",
+                                 "--kv-cache")
     events: list[str] = []
     waiting: list[int] = []
     with httpx.Client(base_url=second.url, timeout=60) as http:
+        # with a chunk-KV cache (and no adapter) the models are rag and its spliced variant
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["rag", "rag-spliced"]
+        for model, splice in (("rag-spliced", "on"), ("rag", "off")):
+            answer = http.post(CHAT, json={**LONG, "model": model, "stream": False, "max_tokens": 2}).json()
+            assert answer["bakeoff"]["splice"] == splice
+            assert (answer["bakeoff"]["timings"]["spliced_tokens"] > 0) == (splice == "on")
+
         def stream() -> None:
             with http.stream("POST", CHAT, json={**LONG, "model": "rag"}) as response:
                 events.extend(line for line in response.iter_lines() if line.startswith("data: "))
