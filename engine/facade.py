@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from engine import models
 from engine.answer import CONTEXTS, MODES, Answer, AnswerLayer, Context, Mode, PreparedAnswer
+from engine.answer.passages import check_hits
 from engine.answer.types import SPLICE_MODES, SpliceMode
 from engine.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
@@ -298,7 +299,7 @@ class Engine:
             return self._layer.baked(question, system_prompt=self._baked_system_prompt, adapters=adapters), ()
         budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
         if passages is not None:
-            hits, search, retrieval_ms, query_embedding = _given_hits(passages), None, 0.0, None
+            hits, search, retrieval_ms, query_embedding = check_hits(passages), None, 0.0, None
         elif self.kb is None:
             raise InputError(f"mode={mode!r} needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`), "
                              "or pass passages=")
@@ -375,28 +376,6 @@ def _kv_cache(kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None,
     if isinstance(kv_cache, (str, os.PathLike)):
         return ChunkKvCache(kv_cache)
     raise InputError(f"kv_cache must be a ChunkKvCache, a folder, True, False or None, got {type(kv_cache).__name__}")
-
-
-def _given_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
-    from engine.kb import Hit
-
-    hits = tuple(passages) if not isinstance(passages, (str, bytes)) else ()
-    if not hits or not all(isinstance(h, Hit) for h in hits):
-        raise InputError("passages= takes a non-empty sequence of engine.Hit (e.g. KnowledgeBase.search(...).hits)")
-    for i, hit in enumerate(hits):
-        for name in ("text", "source", "heading"):
-            value = getattr(hit, name)
-            if not isinstance(value, str):
-                raise InputError(f"passages[{i}].{name} must be a str, got {type(value).__name__}: pass hits as "
-                                 "KnowledgeBase.search returns them (or engine.Hit with str fields)")
-        if not hit.text.strip():
-            raise InputError(f"passages[{i}].text is empty: pass passages that hold text")
-        span, chunk_id = hit.span, hit.chunk_id
-        if (isinstance(chunk_id, bool) or not isinstance(chunk_id, int) or not isinstance(span, tuple)
-                or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
-            raise InputError(f"passages[{i}] needs an int chunk_id and a (start, end) span of ints, got "
-                             f"chunk_id={chunk_id!r}, span={span!r}")
-    return hits
 
 
 def _stops(stop: Sequence[str]) -> tuple[str, ...]:

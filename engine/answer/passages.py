@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from engine.answer.types import Passage
+from engine.errors import InputError
 
 if TYPE_CHECKING:
     from engine.kb import Hit
@@ -58,3 +59,31 @@ def sentence_passages(question: str, hits: Sequence[Hit], embedder: SentenceEmbe
             text = " ".join(s.text for s in mine)
             passages.append(Passage(len(passages) + 1, hit.chunk_id, hit.source, span, hit.heading, text))
     return passages
+
+
+def check_hits(passages: Sequence[Hit]) -> tuple[Hit, ...]:
+    """The hits a caller passed (``Engine.ask(passages=...)``), checked: engine.Hit values whose text,
+    source and heading are str, text not empty, an int chunk id and a span of two ints.
+
+    Raises:
+        InputError: naming the first passage and field that is not so.
+    """
+    from engine.kb import Hit
+
+    hits = tuple(passages) if not isinstance(passages, (str, bytes)) else ()
+    if not hits or not all(isinstance(h, Hit) for h in hits):
+        raise InputError("passages= takes a non-empty sequence of engine.Hit (e.g. KnowledgeBase.search(...).hits)")
+    for i, hit in enumerate(hits):
+        for name in ("text", "source", "heading"):
+            value = getattr(hit, name)
+            if not isinstance(value, str):
+                raise InputError(f"passages[{i}].{name} must be a str, got {type(value).__name__}: pass hits as "
+                                 "KnowledgeBase.search returns them (or engine.Hit with str fields)")
+        if not hit.text.strip():
+            raise InputError(f"passages[{i}].text is empty: pass passages that hold text")
+        span, chunk_id = hit.span, hit.chunk_id
+        if (isinstance(chunk_id, bool) or not isinstance(chunk_id, int) or not isinstance(span, tuple)
+                or len(span) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)):
+            raise InputError(f"passages[{i}] needs an int chunk_id and a (start, end) span of ints, got "
+                             f"chunk_id={chunk_id!r}, span={span!r}")
+    return hits
