@@ -142,7 +142,7 @@ class Engine:
             context=context, context_tokens=context_tokens, mmr_lambda=self.mmr_lambda,
             embedder=kb_embedder if context == "sentences" else None,
             tokenize_part=lambda text, first: generator.tokenize(text, add_special=first, parse_special=True))
-        self._calls.on_close(self, self.generator.cancel)
+        self._calls.on_close(self, lambda engine: engine.generator.cancel())
         self.kv_cache = _kv_cache(kv_cache, self.kb)
         self._states = None
         if self.kv_cache is not None:

@@ -122,7 +122,7 @@ class Generator:
         self._adapters: dict[str, core.LoraAdapter] = {}
         self._attached: dict[str, float] = {}
         self._gate = CallGate("this Generator")
-        NATIVE.on_close(self, self.cancel)
+        NATIVE.on_close(self, Generator.cancel)
         threads = config.n_threads or default_threads()
         self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap,
                                  use_extra_bufts=use_extra_buffer_types(config.extra_buffers))
@@ -418,7 +418,7 @@ class Generator:
         Afterwards every request raises :class:`~engine.errors.EngineClosedError`. Safe to
         call from any thread, more than once; the model is freed with the object.
         """
-        self._gate.on_close(self, self.cancel)
+        self._gate.on_close(self, Generator.cancel)
         self._gate.close(timeout_s)
 
     @contextlib.contextmanager

@@ -23,9 +23,11 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from engine.errors import EngineClosedError
 
+T = TypeVar("T")
 #: How long the process's exit waits for native calls in flight (a decode step, a search).
 EXIT_WAIT_S = 30.0
 
@@ -42,7 +44,8 @@ class CallGate:
         self._cond = threading.Condition()
         self._inside = 0
         self._closed = False
-        self._cancels: weakref.WeakKeyDictionary[object, Callable[[], None]] = weakref.WeakKeyDictionary()
+        # owner -> a function of the owner: holding no bound method keeps the owner collectable.
+        self._cancels: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
 
     @property
     def closed(self) -> bool:
@@ -66,8 +69,9 @@ class CallGate:
                 self._inside -= 1
                 self._cond.notify_all()
 
-    def on_close(self, owner: object, cancel: Callable[[], None]) -> None:
-        """Call ``cancel()`` when the gate closes, for as long as ``owner`` lives."""
+    def on_close(self, owner: T, cancel: Callable[[T], None]) -> None:
+        """Call ``cancel(owner)`` when the gate closes, if ``owner`` still lives (it is held weakly;
+        pass an unbound function such as ``Generator.cancel``, not a bound method of ``owner``)."""
         with self._cond:
             self._cancels[owner] = cancel
 
@@ -75,9 +79,9 @@ class CallGate:
         """Refuse new calls, cancel those that can be, and wait for the others; True when none is left."""
         with self._cond:
             self._closed = True
-            cancels = list(self._cancels.values())
-        for cancel in cancels:
-            cancel()
+            cancels = list(self._cancels.items())
+        for owner, cancel in cancels:
+            cancel(owner)
         with self._cond:
             return self._cond.wait_for(lambda: self._inside == 0, timeout_s)
 

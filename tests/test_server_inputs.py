@@ -99,6 +99,18 @@ def built_kb(embedder_dir, tmp_path_factory):
         return kb.path
 
 
+def test_engines_and_generators_are_freed_when_dropped(generator_model_path):
+    """The process-wide shutdown gate holds them weakly (it must not keep every model ever loaded alive)."""
+    import gc
+    import weakref
+
+    engine = Engine(generator_model_path, n_ctx=256, n_threads=1)
+    gone = [weakref.ref(engine), weakref.ref(engine.generator)]
+    del engine
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None]
+
+
 EXIT_WITH_THREADS = """
 import sys, threading, time
 from engine.facade import Engine
