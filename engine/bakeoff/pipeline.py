@@ -61,7 +61,7 @@ _QUICK_FACTS = 16  # trained and graded alike
 QUICK = RunProfile(
     "quick",
     FinetuneConfig(limit_facts=_QUICK_FACTS, spread_facts=True, document_windows="answers", epochs=4,
-                   reader_per_fact=1.5, max_train_seconds=420.0),
+                   reader_per_fact=1.5, max_train_seconds=600.0),
     CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=8, repetitions=2,
                   splice_questions=12, unseen_facts=16, splice_cold=False, probe_questions=16,
                   update_questions=16),
@@ -78,7 +78,7 @@ _STANDARD_FACTS = 100  # >= 100 questions on every split: train, held-out, after
 STANDARD = RunProfile(
     "standard",
     FinetuneConfig(limit_facts=_STANDARD_FACTS, spread_facts=True, document_windows="answers", epochs=4,
-                   reader_per_fact=0.5, practice_per_fact=0.3),
+                   reader_per_fact=0.5, practice_per_fact=0.3, max_train_seconds=1800.0),
     CompareConfig(limit_facts=_STANDARD_FACTS, spread_facts=True, timing_questions=8, repetitions=2,
                   splice_questions=24, splice_cold=False, probe_questions=100),
     estimates_s=(45.0, 6.0, 600.0, 1500.0),
