@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-reader", action="store_true",
                       help="train the question-alone (baked) examples only: no knowledge base needed, and the "
                            "adapter is not trained to read passages")
+    tune.add_argument("--counterfactual-share", type=float, default=None,
+                      help="share of the reader examples whose passages show another value than the one trained "
+                           "(the target is the passage's value; default 0.4)")
+    tune.add_argument("--practice-per-fact", type=float, default=None,
+                      help="reader examples per trained fact from facts not trained on, values replaced "
+                           "(default 0.5; none when every fact is trained)")
     tune.add_argument("--epochs", type=int, default=None)
     tune.add_argument("--rank", type=int, default=None)
     tune.add_argument("--limit-facts", type=int, default=None, help="train on the first N facts only")

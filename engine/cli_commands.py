@@ -219,7 +219,9 @@ def ask(args: argparse.Namespace) -> int:
 def _finetune_config(args: argparse.Namespace):
     from engine.finetune.config import FinetuneConfig
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("rank", args.rank), ("limit_facts", args.limit_facts))
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("rank", args.rank), ("limit_facts", args.limit_facts),
+                                   ("counterfactual_share", args.counterfactual_share),
+                                   ("practice_per_fact", args.practice_per_fact))
                  if v is not None}
     if args.no_reader:
         overrides["reader_per_fact"] = 0.0

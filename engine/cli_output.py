@@ -152,7 +152,8 @@ def print_finetune(report) -> None:
           f"final loss {report.final_loss:.3f}, {report.total_seconds:.0f} s")
     print(f"examples: {report.n_qa_examples} questions alone, {report.n_doc_examples} document windows, "
           f"{report.n_reader_examples} with retrieved passages ({report.n_reader_distractors_only} without the "
-          f"answer, {report.n_reader_spliced} as spliced blocks; {report.n_reader_skipped} skipped)")
+          f"answer, {report.n_reader_counterfactual} with a replaced value, {report.n_reader_practice} on facts "
+          f"not trained on, {report.n_reader_spliced} as spliced blocks; {report.n_reader_skipped} skipped)")
 
 
 def comparison_payload(result, files) -> dict:

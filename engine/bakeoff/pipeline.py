@@ -63,7 +63,7 @@ QUICK = RunProfile(
     FinetuneConfig(limit_facts=_QUICK_FACTS, spread_facts=True, document_windows="answers", epochs=4,
                    reader_per_fact=1.5, max_train_seconds=600.0),
     CompareConfig(limit_facts=_QUICK_FACTS, spread_facts=True, timing_questions=8, repetitions=2,
-                  splice_questions=12, unseen_facts=16, splice_cold=False, probe_questions=16,
+                  splice_questions=8, unseen_facts=16, splice_cold=False, probe_questions=12,
                   update_questions=16),
     estimates_s=(45.0, 6.0, 160.0, 330.0),
 )

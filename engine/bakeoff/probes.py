@@ -87,11 +87,11 @@ def probe_reading(engine: Engine, graded: Sequence[Question], docs_dir: Path, sc
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         edited_questions = [q for q in graded if q.fact_id in by_fact][:limit]
-        with _copy(engine.kb, docs_dir, scratch / "edited", edit=list(by_fact.values())) as kb:
+        with knowledge_base_copy(engine.kb, docs_dir, scratch / "edited", edit=list(by_fact.values())) as kb:
             result.answers += _ask(engine, kb, edited_questions, labels, "edited",
                                    lambda q: by_fact[q.fact_id].new, grade, say)
         removed_questions = [q for q in graded if q.fact_id in abstain_facts][:limit]
-        with _copy(engine.kb, docs_dir, scratch / "removed", remove=removed) as kb:
+        with knowledge_base_copy(engine.kb, docs_dir, scratch / "removed", remove=removed) as kb:
             result.answers += _ask(engine, kb, removed_questions, labels, "removed", lambda q: q.answers,
                                    grade, say)
     finally:
@@ -126,7 +126,7 @@ def _ask(engine: Engine, kb: KnowledgeBase, questions: Sequence[Question], label
     return answers
 
 
-def _copy(kb: KnowledgeBase, docs_dir: Path, into: Path, *, edit: Sequence[ValueEdit] = (),
+def knowledge_base_copy(kb: KnowledgeBase, docs_dir: Path, into: Path, *, edit: Sequence[ValueEdit] = (),
           remove: set[str] = frozenset()) -> KnowledgeBase:  # type: ignore[assignment]
     """A knowledge base of a copy of ``docs_dir`` with ``edit`` applied and the ``remove``d
     documents left out, built with ``kb``'s embedder, HNSW settings and chunking."""
