@@ -86,34 +86,36 @@ def test_a_full_queue_is_a_429_with_retry_after_not_a_hang(http):
 
 
 def test_a_bounded_load_has_no_failures_but_by_design_and_rss_stays_flat(server, http):
-    """8 clients x 5 requests over the three modes (the bench runs 8 x 20 and prints TTFT percentiles)."""
+    """8 clients x 5 requests against a queue of 4: a refused request (429) is retried after Retry-After, as
+    a client does, and every one is answered in the end (the bench runs 8 x 20 over every mode)."""
     wait_idle(http, 60)
     rss_before = server.rss_mb()
-    outcomes: list[tuple[str, int, float]] = []
-    models = ("baked", "rag", "hybrid")
+    answered: list[float] = []
+    refused: list[int] = []
 
     def client(index: int) -> None:
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=120) as own:
             for turn in range(5):
-                model = models[(index + turn) % 3] if turn % 2 else "baked"
-                started = time.perf_counter()
-                r = own.post(CHAT, json={"model": model, "max_tokens": 4,
-                                         "messages": [{"role": "user", "content": f"Who founded Fenwhistle? ({turn})"}]})
-                outcomes.append((model, r.status_code, time.perf_counter() - started))
-                if r.status_code == 429:
-                    time.sleep(min(float(r.headers["Retry-After"]), 2.0))
+                for _attempt in range(30):
+                    started = time.perf_counter()
+                    r = own.post(CHAT, json={"model": "baked", "max_tokens": 4, "messages": [
+                        {"role": "user", "content": f"Who founded Fenwhistle? ({index}, {turn})"}]})
+                    if r.status_code != 429:
+                        break
+                    refused.append(int(r.headers["Retry-After"]))
+                    time.sleep(min(int(r.headers["Retry-After"]), 2))
+                assert r.status_code == 200, r.text
+                answered.append(time.perf_counter() - started)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(300)
-    statuses = [s for _, s, _ in outcomes]
-    assert len(outcomes) == 40 and set(statuses) <= {200, 429}, statuses
-    answered = [t for _, s, t in outcomes if s == 200]
-    print(f"load: {len(answered)} answered, {statuses.count(429)} refused (429); "
+    print(f"load: {len(answered)} answered, {len(refused)} refused first (429, retried); "
           f"latency p50 {statistics.median(answered):.2f} s")
-    assert len(answered) >= 20
+    assert len(answered) == 40
+    assert refused and min(refused) >= 1  # the queue of 4 did refuse, with a usable Retry-After
     assert server.rss_mb() - rss_before < 40, (rss_before, server.rss_mb())
 
 
