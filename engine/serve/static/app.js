@@ -108,7 +108,8 @@ function showExtension(node, ext) {
     const button = document.createElement("button");
     button.type = "button";
     button.className = "cite" + (c.cited ? " cited" : "");
-    button.textContent = `${c.source.split("/").pop()} — ${c.heading || "passage"}`;
+    button.textContent = `[${c.label}] ${c.source.split("/").pop()} — ${c.heading || "passage"}`;
+    button.title = c.cited ? "the answer cites this passage" : "given to the model, not cited";
     const quote = document.createElement("blockquote");
     quote.textContent = c.text;
     quote.hidden = true;
