@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--kb", type=Path, default=None,
                      help="knowledge base folder (default: WORK/kb, built from the bundled set if missing)")
     srv.add_argument("--adapter", type=Path, default=None,
-                     help="fine-tuned adapter (default: the one `bakeoff run` trained in WORK, if any)")
+                     help="fine-tuned adapter (default: the one `bakeoff run` trained last in WORK, if any)")
     srv.add_argument("--work", type=Path, default=Path("bakeoff-run"), help="`bakeoff run`'s folder (default "
                                                                              "bakeoff-run)")
     srv.add_argument("--model", type=Path, default=None, help="base GGUF model")

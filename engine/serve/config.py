@@ -20,7 +20,8 @@ class ServeConfig:
 
     Attributes:
         kb: knowledge base folder (None: the bundled set, indexed under ``work``).
-        adapter: fine-tuned adapter (None: the one ``bakeoff run`` trained under ``work``, if any).
+        adapter: fine-tuned adapter (None: the one ``bakeoff run`` trained last under ``work``
+            (``work/<profile>/adapter.gguf``), if any).
         work: ``bakeoff run``'s working folder, where the defaults are looked for.
         model: base GGUF (None: the model cache's).
         host, port: where to listen; port 0 picks a free one (printed when ready).
@@ -90,7 +91,7 @@ def default_parts(config: ServeConfig, say: Callable[[str], None]) -> tuple[Path
 
             KnowledgeBase.build(BUNDLED_SET / "docs", kb).close()
     adapter = config.adapter
-    if adapter is None:
-        found = [config.work / p / "adapter.gguf" for p in ("quick", "full")]
-        adapter = next((p for p in found if p.is_file()), None)
+    if adapter is None:  # the adapter of the profile `bakeoff run` trained last
+        found = [p for p in config.work.glob("*/adapter.gguf") if p.is_file()]
+        adapter = max(found, key=lambda p: p.stat().st_mtime, default=None)
     return kb, adapter
