@@ -11,7 +11,7 @@ import pytest
 from engine import _native
 from engine._native import core
 from engine.errors import BuildMismatchError, GeneratorBusyError
-from engine.hardware import hardware
+from engine.hardware import hardware, use_extra_buffer_types
 
 
 def test_core_is_built_against_the_installed_llama_cpp_python():
@@ -53,7 +53,7 @@ def test_sanitize_utf8_replaces_only_invalid_bytes():
 
 
 def test_second_concurrent_call_on_one_native_session_is_refused(generator_model_path):
-    model = core.Model(str(generator_model_path))
+    model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())  # AMX: issue 20824
     session = core.Session(model, n_ctx=256, n_threads=1, n_threads_batch=1)
     sampling = core.SamplingOptions()
     sampling.ignore_eos = True

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine._native import core
+from engine.hardware import use_extra_buffer_types
 from engine.errors import ContextOverflowError, EngineError, InputError
 
 from test_core_threads import write_lora
@@ -21,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def model(generator_model_path) -> core.Model:
-    return core.Model(str(generator_model_path))
+    # the engine's policy for llama.cpp's extra CPU buffers: AMX's multi-token matmul crashes (issue 20824)
+    return core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +62,24 @@ def test_log_probs_agree_with_a_softmax_over_llama_cpp_logits(generator_model_pa
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
         import json
         import numpy as np
+        import llama_cpp.llama_cpp as raw
         from llama_cpp import Llama
         from engine._native import core
+        from engine.hardware import use_extra_buffer_types
+
+        # Both sides use the CPU buffers the engine's policy picks (off where AMX crashes,
+        # llama.cpp issue 20824); Llama() has no argument for it, so its default params are wrapped.
+        extra = use_extra_buffer_types()
+        defaults = raw.llama_model_default_params
+
+        def params():
+            chosen = defaults()
+            chosen.use_extra_bufts = extra
+            return chosen
+        raw.llama_model_default_params = params
 
         path = {str(generator_model_path)!r}
-        model = core.Model(path)
+        model = core.Model(path, use_extra_bufts=extra)
         tokens = model.tokenize("The capital of France is Paris, and the capital of Italy is Rome.")
         split = 6
         session = core.Session(model, n_ctx=256, flash_attn=0)

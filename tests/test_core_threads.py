@@ -17,6 +17,8 @@ import gguf
 import numpy as np
 import pytest
 
+from engine.hardware import use_extra_buffer_types
+
 N_EMBD, N_LAYER = 576, 30  # SmolLM2-135M
 
 
@@ -160,8 +162,10 @@ def test_cached_tokens_is_a_consistent_snapshot_while_generating(files):
     out = run_child(f"""
         import threading
         from engine._native import core
+        from engine.hardware import use_extra_buffer_types
 
-        model = core.Model({files["model"]!r})
+        # the engine's own policy: AMX's multi-token matmul crashes in this llama.cpp (issue 20824)
+        model = core.Model({files["model"]!r}, use_extra_bufts=use_extra_buffer_types())
         session = core.Session(model, n_ctx=512)
         sampling = core.SamplingOptions()
         sampling.ignore_eos = True
@@ -193,7 +197,7 @@ def test_a_cancel_token_cancels_its_request_before_it_starts_and_no_other(genera
     from engine._native import core
     from engine.errors import CancelledError
 
-    model = core.Model(str(generator_model_path))
+    model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())  # AMX: issue 20824
     session = core.Session(model, n_ctx=128)
     sampling = core.SamplingOptions()
     early = core.CancelToken()
