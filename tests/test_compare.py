@@ -94,7 +94,8 @@ def test_the_readers_are_probed_on_edited_values_and_removed_passages(comparison
     removed = [a for a in result.answers if a.split == "removed"]
     for label, row in result.follows.items():
         mine = [a for a in edited if a.mode == label]
-        assert row["n"] == len(mine) == 6, "the six graded questions of the three facts, each edited"
+        # F002's answer (the founder) stands in several documents: not editable, counted below
+        assert row["n"] == len(mine) == 4, "the graded questions of F001 and F071, each edited"
         assert row["passage"] == sum(a.correct for a in mine) / len(mine)
         assert 0 <= row["old"] <= 1 - row["passage"]
         assert all(a.cited_sources for a in mine), "answered from the edited copy's hits"
@@ -106,7 +107,7 @@ def test_the_readers_are_probed_on_edited_values_and_removed_passages(comparison
     sources = {q.id: q.source.split("/")[1] for q in QUESTIONS}
     assert all(sources[a.question_id] not in a.cited_sources for a in removed)
     assert {"edited/hybrid", "removed/hybrid-spliced"} <= set(phases)
-    assert result.edit_skips == {}, "each of the three facts has an answer only its document holds"
+    assert result.edit_skips == {"answer in several documents": 1}
 
 
 def test_the_setup_cost_of_a_change_is_the_reindex_measured_here(comparison):
