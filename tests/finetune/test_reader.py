@@ -35,6 +35,14 @@ def bundled_kb(embedder_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def reading_kb(embedder_dir, tmp_path_factory):
+    """The bundled set's knowledge base for the counterfactual tests (an Engine closes the one it was given)."""
+    with KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("kb") / "kb",
+                             embedder=Embedder(embedder_dir)) as kb:
+        yield kb
+
+
+@pytest.fixture(scope="module")
 def tokenizer(generator_model_path):
     return Tokenizer(generator_model_path)
 
@@ -143,12 +151,12 @@ def test_reader_questions_are_spread_over_the_facts():
     assert choose_reader_questions(items, 1.5, seed=0) == half != choose_reader_questions(items, 1.5, seed=1)
 
 
-def test_counterfactual_examples_answer_the_passage_value_which_no_document_holds(bundled_kb, tokenizer, kb_dir):
+def test_counterfactual_examples_answer_the_passage_value_which_no_document_holds(reading_kb, tokenizer, kb_dir):
     from engine.bakeoff.edits import Corpus
 
     corpus = Corpus(kb_dir / "docs")
     items = _train(16)
-    made = _examples(bundled_kb, tokenizer, items, distractor_share=0.0, block_share=0.5, counterfactual_share=1.0,
+    made = _examples(reading_kb, tokenizer, items, distractor_share=0.0, block_share=0.5, counterfactual_share=1.0,
                      corpus=corpus)
     assert made.counterfactual + made.not_edited == made.with_gold == len(made.examples)
     assert made.counterfactual >= 0.6 * len(items), "most values have a same-kind replacement"
@@ -169,7 +177,7 @@ def test_counterfactual_examples_answer_the_passage_value_which_no_document_hold
     assert edited == made.counterfactual
 
 
-def test_reading_practice_comes_from_facts_the_adapter_is_not_trained_on(bundled_kb, tokenizer, kb_dir):
+def test_reading_practice_comes_from_facts_the_adapter_is_not_trained_on(reading_kb, tokenizer, kb_dir):
     from engine.bakeoff.edits import Corpus
     from engine.finetune.recipe import _practice_questions
 
@@ -179,8 +187,8 @@ def test_reading_practice_comes_from_facts_the_adapter_is_not_trained_on(bundled
     assert len(practice) == 8 and not trained & {q.fact_id for q in practice}
     assert all(q.split == "train" and Path(q.source).name not in UNSEEN for q in practice)
     assert len({q.source for q in practice}) == 8, "spread over the documents"
-    made = _examples(bundled_kb, tokenizer, [], distractor_share=0.0, practice=practice,
+    made = _examples(reading_kb, tokenizer, [], distractor_share=0.0, practice=practice,
                      corpus=Corpus(kb_dir / "docs"))
     assert made.practice == len(made.examples) == 8 - made.skipped >= 5
     with pytest.raises(InputError, match="corpus"):
-        _examples(bundled_kb, tokenizer, [], practice=practice)
+        _examples(reading_kb, tokenizer, [], practice=practice)
