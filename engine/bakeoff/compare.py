@@ -423,18 +423,14 @@ def _freshness(engine: Engine, changed: Sequence[Question], modes: Sequence[Mode
     """
     if not changed or engine.kb is None:
         return []
-    from engine.kb import KnowledgeBase
+    from engine.bakeoff.probes import knowledge_base_copy
 
     scratch = Path(work_dir) if work_dir else docs_dir.parent / ".freshness"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         docs = scratch / "docs"
-        shutil.copytree(docs_dir, docs)
-        built = engine.kb.stats()
         updates = sorted({q.update_source for q in changed if q.update_source})
-        with KnowledgeBase.build(docs, scratch / "kb", embedder=engine.kb.embedder, hnsw=built.hnsw,
-                                 chunk_tokens=built.chunking.chunk_tokens,
-                                 overlap_tokens=built.chunking.overlap_tokens) as kb:
+        with knowledge_base_copy(engine.kb, docs_dir, scratch) as kb:
             for update in updates:
                 shutil.copyfile(docs_dir.parent / update, docs / Path(update).name)
             reindex_started = time.perf_counter()

@@ -69,7 +69,7 @@ def probe_reading(engine: Engine, graded: Sequence[Question], docs_dir: Path, sc
         say: progress (phase, done, total).
     """
     result = ProbeResult()
-    if engine.kb is None or "hybrid" not in engine.modes and "rag" not in engine.modes:
+    if engine.kb is None:  # no rag, no hybrid: nothing reads passages
         return result
     labels = [label for label, (mode, splice) in PROBE_MODES.items()
               if mode in engine.modes and (splice == "off" or engine.kv_cache is not None)]
@@ -96,10 +96,10 @@ def probe_reading(engine: Engine, graded: Sequence[Question], docs_dir: Path, sc
                                    grade, say)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    old = {q.id: q.answers for q in graded}
     for label in labels:
         edited = [a for a in result.answers if a.mode == label and a.split == "edited"]
         if edited:
-            old = {q.id: q.answers for q in graded}
             result.follows[label] = {"n": len(edited), "passage": _share(a.correct for a in edited),
                                      "old": _share(is_correct(a.answer, old[a.question_id]) for a in edited)}
         gone = [a for a in result.answers if a.mode == label and a.split == "removed"]
@@ -128,8 +128,8 @@ def _ask(engine: Engine, kb: KnowledgeBase, questions: Sequence[Question], label
 
 def knowledge_base_copy(kb: KnowledgeBase, docs_dir: Path, into: Path, *, edit: Sequence[ValueEdit] = (),
           remove: set[str] = frozenset()) -> KnowledgeBase:  # type: ignore[assignment]
-    """A knowledge base of a copy of ``docs_dir`` with ``edit`` applied and the ``remove``d
-    documents left out, built with ``kb``'s embedder, HNSW settings and chunking."""
+    """A knowledge base (``into/kb``) of a copy of ``docs_dir`` (``into/docs``) with ``edit`` applied and
+    the ``remove``d documents left out, built with ``kb``'s embedder, HNSW settings and chunking."""
     from engine.kb import KnowledgeBase
 
     docs = into / "docs"
