@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 
 QUERY = "How do I configure a logging handler to rotate files?"  # 10 words, a typical query
 CORPUS_SIZE = 3000

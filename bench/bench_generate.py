@@ -21,7 +21,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.generator import Generator, SamplingConfig
+from engine.generation.generator import Generator, SamplingConfig
 from engine.hardware import default_threads, use_extra_buffer_types
 
 ROUNDS = int(os.environ.get("BAKEOFF_BENCH_ROUNDS", "3"))

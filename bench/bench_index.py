@@ -196,7 +196,7 @@ def test_recall_on_isotropic_vectors_the_worst_case(claims):
 
 
 def test_synthetic_data_matches_real_embeddings(embedder_dir, claims):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.text import split_sentences
 
     embedder = Embedder(cache_dir=embedder_dir.parent)
@@ -225,7 +225,7 @@ def test_synthetic_data_matches_real_embeddings(embedder_dir, claims):
 
 
 def test_build_throughput_real_documents(tmp_path, embedder_dir, claims):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.kb.knowledge_base import KnowledgeBase
 
     embedder = Embedder(cache_dir=embedder_dir.parent)

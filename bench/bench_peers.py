@@ -37,8 +37,8 @@ import pytest
 chromadb = pytest.importorskip("chromadb", reason='install the "peers" extra: pip install -e .[peers]')
 faiss = pytest.importorskip("faiss", reason='install the "peers" extra: pip install -e .[peers]')
 
-from engine.bakeoff.qa import as_shown  # noqa: E402  (after the skips) the passage as the prompt shows it
-from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
+from engine.answer.render import shown_content  # noqa: E402  (after the skips) the passage as the prompt shows it
+from engine.questions.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
 from engine.kb import index  # noqa: E402
 from engine.kb.index import HnswConfig  # noqa: E402
 from engine.kb.knowledge_base import KnowledgeBase  # noqa: E402
@@ -82,14 +82,14 @@ def _corpus(name: str, kb: KnowledgeBase, queries: list[str]) -> Corpus:
         ids = np.asarray(generation.ids, np.int64).copy()
         vectors = np.asarray(generation.vectors, np.float32).copy()
         chunks = generation.store.get(ids)
-    shown = [as_shown(c.heading, c.text) for c in chunks]
+    shown = [shown_content(c.heading, c.text) for c in chunks]
     query_vectors = np.stack([kb.embedder.embed_query(q) for q in queries])
     return Corpus(name, kb, ids, vectors, shown, queries, query_vectors)
 
 
 @pytest.fixture(scope="module")
 def embedder(embedder_dir):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     return Embedder(cache_dir=embedder_dir.parent)
 
@@ -129,7 +129,7 @@ def _bakeoff(corpus: Corpus, tmp: Path) -> System:
     index.build_graph(corpus.vectors, corpus.ids, config)  # the build, vectors given (the kb's own is on disk)
     build_s = time.perf_counter() - start
     opened = KnowledgeBase.open(kb.path, embedder=kb.embedder)
-    rss = rss_of_loading("from engine.embedder import Embedder\nfrom engine.kb.knowledge_base import KnowledgeBase\n"
+    rss = rss_of_loading("from engine.embedding.embedder import Embedder\nfrom engine.kb.knowledge_base import KnowledgeBase\n"
                          "embedder = Embedder()\nembedder.embed_query('warm up')",
                          f"kept = KnowledgeBase.open({str(kb.path)!r}, embedder=embedder)\nkept.search('warm up')")
 
@@ -138,7 +138,7 @@ def _bakeoff(corpus: Corpus, tmp: Path) -> System:
             return index.search_graph(generation.graph, vector, k, len(generation.ids), config.ef)[0]
 
     def end_to_end(query: str) -> list[str]:
-        return [as_shown(h.heading, h.text) for h in opened.search(query, k=4).hits]
+        return [shown_content(h.heading, h.text) for h in opened.search(query, k=4).hits]
 
     return System("bakeoff", search, end_to_end, folder_bytes(kb.path / kb.manifest.generation), rss, build_s)
 

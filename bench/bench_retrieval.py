@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.bakeoff.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
+from engine.questions.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
 from engine.kb import knowledge_base as kbmod
 from engine.kb import store as storemod
 from engine.kb.knowledge_base import KnowledgeBase
@@ -108,7 +108,7 @@ def _write_docs(folder: Path, max_chars: int, names: list[str] | None = None) ->
 
 @pytest.fixture(scope="module")
 def embedders(embedder_dir):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     return {v: Embedder(variant=v, cache_dir=embedder_dir.parent) for v in ("fp32", "int8")}
 
@@ -132,7 +132,7 @@ def _current_store(kb_dir: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def embedders(embedder_dir):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     return {v: Embedder(variant=v, cache_dir=embedder_dir.parent) for v in ("fp32", "int8")}
 
@@ -252,7 +252,7 @@ def test_bundled_qa_defaults(embedders, claims, tmp_path_factory):
     Prints the fusion grid on the tuning half of the facts, the MMR curve, and recall on the
     reporting half (never used to choose) for the defaults and the previous defaults.
     """
-    from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions
+    from engine.questions.qa import BUNDLED_SET, is_correct, load_questions
 
     questions = load_questions(BUNDLED_SET / "qa.jsonl")
     kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp("qa") / "kb", embedder=embedders["fp32"])
@@ -304,7 +304,7 @@ def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
     holds one of its accepted answers. This is the int8 embedder's effect on retrieval
     that a user of the bundled set would see.
     """
-    from engine.bakeoff.qa import BUNDLED_SET, is_correct, load_questions
+    from engine.questions.qa import BUNDLED_SET, load_questions
 
     questions = load_questions(BUNDLED_SET / "qa.jsonl")
     recall = {}

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from engine import scoring
+from engine.kb import scoring
 
 N = 10_000
 
@@ -68,7 +68,7 @@ def test_compile_time(claims, tmp_path):
     import sys
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
-    probe = [sys.executable, "-c", "from engine import scoring; print(scoring.warm_up())"]
+    probe = [sys.executable, "-c", "from engine.kb import scoring; print(scoring.warm_up())"]
     cold, warm = (float(subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout)
                   for _ in range(2))
     claims.add("scoring", "kernels' first call in a new process, empty Numba cache (compile)", cold, "s")

@@ -33,7 +33,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from engine import Engine  # noqa: E402
-from engine.bakeoff.qa import load_questions  # noqa: E402
+from engine.questions.qa import load_questions  # noqa: E402
 from engine.serve.child import ServerProcess  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
-from engine.bakeoff.qa import load_questions
-from engine.chat import RAG_SYSTEM_PROMPT
-from engine.embedder import Embedder
+from engine.questions.qa import load_questions
+from engine.generation.chat import RAG_SYSTEM_PROMPT
+from engine.embedding.embedder import Embedder
 from engine.hardware import default_threads
 from engine.kb import KnowledgeBase
-from engine.kv_cache import ChunkKvCache
+from engine.generation.kv_cache import ChunkKvCache
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "engine" / "data" / "kb" / "docs"
@@ -75,7 +75,7 @@ def _measure(engine: Engine, kb: KnowledgeBase, k: int) -> dict[str, float]:
 
 def _k_shift_ms(engine: Engine, kb: KnowledgeBase, k: int = 3) -> dict[str, float]:
     """Tail prefill with the states shifted into place against states computed where they land (no shift)."""
-    from engine.splice import Splice
+    from engine.generation.splice import Splice
 
     shifted, in_place = [], []
     generator = engine.generator

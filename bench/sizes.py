@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from engine._memory import resident_bytes
 
 
 def rss_bytes() -> int:
-    """Resident memory of this process (Linux ``/proc``)."""
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    """Resident memory of this process."""
+    return resident_bytes()
 
 
 def folder_bytes(path: Path) -> int:

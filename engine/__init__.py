@@ -31,17 +31,17 @@ _LAZY = {
     "Mode": "engine.answer",
     "StopReason": "engine.answer",
     "SpliceMode": "engine.answer.types",
-    "ChunkKvCache": "engine.kv_cache",
-    "KvCacheStats": "engine.kv_cache",
-    "Splice": "engine.splice",
-    "Generator": "engine.generator",
-    "GeneratorConfig": "engine.generation_types",
-    "SamplingConfig": "engine.generation_types",
-    "Generation": "engine.generation_types",
-    "GenerationTimings": "engine.generation_types",
-    "ModelInfo": "engine.generation_types",
-    "TextStream": "engine.text_stream",
-    "Embedder": "engine.embedder",
+    "ChunkKvCache": "engine.generation.kv_cache",
+    "KvCacheStats": "engine.generation.kv_cache",
+    "Splice": "engine.generation.splice",
+    "Generator": "engine.generation.generator",
+    "GeneratorConfig": "engine.generation.types",
+    "SamplingConfig": "engine.generation.types",
+    "Generation": "engine.generation.types",
+    "GenerationTimings": "engine.generation.types",
+    "ModelInfo": "engine.generation.types",
+    "TextStream": "engine.generation.stream",
+    "Embedder": "engine.embedding.embedder",
     "KnowledgeBase": "engine.kb",
     "ChunkingConfig": "engine.kb",
     "HnswConfig": "engine.kb",
@@ -57,16 +57,16 @@ __all__ = sorted([*_LAZY, "errors", "models", "__version__"])
 if TYPE_CHECKING:
     from engine.answer import Answer, AnswerTimings, Citation, Mode, StopReason
     from engine.answer.types import SpliceMode
-    from engine.kv_cache import ChunkKvCache, KvCacheStats
-    from engine.splice import Splice
-    from engine.embedder import Embedder
+    from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
+    from engine.generation.splice import Splice
+    from engine.embedding.embedder import Embedder
     from engine.facade import AnswerStream, Engine
-    from engine.generation_types import (Generation, GenerationTimings, GeneratorConfig, ModelInfo,
+    from engine.generation.types import (Generation, GenerationTimings, GeneratorConfig, ModelInfo,
                                          SamplingConfig)
-    from engine.generator import Generator
+    from engine.generation.generator import Generator
     from engine.hardware import hardware
     from engine.kb import BuildReport, ChunkingConfig, HnswConfig, Hit, KnowledgeBase, SearchResult, SearchTimings
-    from engine.text_stream import TextStream
+    from engine.generation.stream import TextStream
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -26,16 +26,16 @@ from engine import models
 from engine.answer import CONTEXTS, MODES, Answer, AnswerLayer, Context, Mode, PreparedAnswer
 from engine.answer.passages import check_hits
 from engine.answer.types import SPLICE_MODES, SpliceMode
-from engine.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
+from engine.generation.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
-from engine.generator import Generator
-from engine.kv_cache import ChunkKvCache, KvCacheStats
+from engine.generation.generator import Generator
+from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
 from engine.shutdown import CallGate
-from engine.splice import Splice
-from engine.text_stream import TextStream
+from engine.generation.splice import Splice
+from engine.generation.stream import TextStream
 
 if TYPE_CHECKING:
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.kb import Hit, KnowledgeBase, SearchResult
 
 _ADAPTER_NAME = "baked"
@@ -65,7 +65,7 @@ class Engine:
             for question answering on the bundled set, see ``bench/bench_retrieval.py``).
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
-        kv_cache: precomputed chunk states for RAG (see :mod:`engine.kv_cache`): a
+        kv_cache: precomputed chunk states for RAG (see :mod:`engine.generation.kv_cache`): a
             :class:`ChunkKvCache`, a folder for one, True for ``KB_DIR/kv`` (filled by
             ``bakeoff index --kv-cache``, or on first use), or None/False for none. With a
             cache, ``ask(splice="on")`` is the default: only the question is evaluated, the
@@ -146,7 +146,7 @@ class Engine:
         self.kv_cache = _kv_cache(kv_cache, self.kb)
         self._states = None
         if self.kv_cache is not None:
-            from engine.chunk_states import ChunkStates
+            from engine.answer.chunk_states import ChunkStates
 
             adapters = {_ADAPTER_NAME: str(self.adapter_path)} if self.adapter_path is not None else {}
             self._states = ChunkStates(self.generator, self.kv_cache, adapters)

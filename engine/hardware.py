@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.generation_types import EXTRA_BUFFERS
+
+#: Settings of llama.cpp's extra CPU buffer types; :func:`use_extra_buffer_types` resolves "auto".
+EXTRA_BUFFERS = ("auto", "on", "off")
 
 _AMX = re.compile(r"\bAMX_INT8\s*=\s*1\b")
 
@@ -72,7 +74,7 @@ def default_threads() -> int:
     Its worker threads spin while they wait, so a thread for every CPU competes with
     the rest of the process and anything else running: on the 2-CPU machines this
     project is measured on, one thread answered fastest. llama-cpp-python chooses the
-    same. ``generator.fastest_thread_count`` measures instead of assuming.
+    same. ``engine.generation.threads.fastest_thread_count`` measures instead of assuming.
     """
     return max(1, usable_cpus() // 2)
 

@@ -41,6 +41,7 @@ import pytest
 if TYPE_CHECKING:
     from pytest_benchmark.fixture import BenchmarkFixture
 
+    from engine.answer.types import AnswerTimings
     from engine.facade import Answer, Engine
     from engine.kb import KnowledgeBase
 
@@ -170,32 +171,10 @@ def record_answer_timings(benchmark: BenchmarkFixture, answer: Answer) -> Answer
     return answer
 
 
-#: What a measured field's name ends with: its unit.
-_UNITS = ("_ms", "_tokens", "_per_s")
-
-
-def flat_timings(timings: object) -> dict[str, float | int | None]:
-    """The measured fields of an :class:`engine.AnswerTimings`, nested ones under dotted names.
-
-    A field is measured when its name carries a unit (``_ms``, ``_tokens``, ``_per_s``);
-    a nested timings object that is absent (``search`` of an answer that searched
-    nothing) gives ``None`` for each of its fields.
-    """
-    from engine import GenerationTimings, SearchTimings
-
-    nested = {"search": SearchTimings, "generation": GenerationTimings}
-    flat: dict[str, float | int | None] = {}
-
-    def walk(value: object, cls: type, prefix: str) -> None:
-        for field in dataclasses.fields(cls):
-            inner = getattr(value, field.name) if value is not None else None
-            if field.name in nested and not prefix:
-                walk(inner, nested[field.name], f"{field.name}.")
-            elif field.name.endswith(_UNITS):
-                flat[prefix + field.name] = inner
-
-    walk(timings, type(timings), "")
-    return flat
+def flat_timings(timings: AnswerTimings) -> dict[str, float | int | None]:
+    """The measured fields of an :class:`engine.AnswerTimings`, nested ones under dotted names
+    (:meth:`engine.AnswerTimings.flat`)."""
+    return timings.flat()
 
 
 def _setting(config: pytest.Config, option: _Option) -> _Setting | None:
@@ -224,7 +203,7 @@ def _knowledge_base(kb: _Setting | None, docs: _Setting | None,
     """Open ``kb``, or build a knowledge base from ``docs`` (the bundled set when None) for this session."""
     from engine import models
     from engine.kb import KnowledgeBase
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
 
     if kb is not None:
         with _reported(kb.origin):

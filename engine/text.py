@@ -4,7 +4,7 @@ A sentence ends at ``.``, ``!`` or ``?`` (a run of them, then any closing quotes
 brackets) followed by white space, so "2.3.1", "€39.90" and
 "e.g.," inside a sentence do not end it (the "2." of a numbered list item does).
 Both splitters below cut at that same sentence end, and every other break of
-``split_units`` is also a line break, so a sentence that ``engine.scoring`` ranks
+``split_units`` is also a line break, so a sentence that ``engine.kb.scoring`` ranks
 never straddles two of the units ``engine.kb.chunking`` packs into chunks. They
 differ only in what else breaks:
 

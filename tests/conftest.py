@@ -42,7 +42,7 @@ def tiny_finetune(generator_model_path, tmp_path_factory):
     """
     pytest.importorskip("torch")
     from engine.finetune import finetune
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
 
     config = _tiny_config()
     steps = []

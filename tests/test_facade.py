@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine import errors
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 from engine.facade import Engine
 from engine.kb import KnowledgeBase
-from engine.bakeoff.qa import BUNDLED_SET
+from engine.questions.qa import BUNDLED_SET
 
 DOCS = BUNDLED_SET / "docs"
 UPDATES = BUNDLED_SET / "updates"

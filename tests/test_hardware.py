@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from engine.errors import InputError
-from engine.generator import Generator, GeneratorConfig
+from engine.generation.generator import Generator, GeneratorConfig
 from engine.hardware import (cpu_backend_has_amx, default_threads, hardware, physical_cores, usable_cpus,
                              use_extra_buffer_types)
 
@@ -92,7 +92,7 @@ def test_the_thread_policy_does_not_load_llama_cpp():
 def _generate_in_child(model_path, extra_buffers: str) -> dict:
     script = textwrap.dedent(f"""
         import json
-        from engine.generator import Generator
+        from engine.generation.generator import Generator
         gen = Generator({str(model_path)!r}, n_ctx=256, n_threads=1, extra_buffers={extra_buffers!r})
         out = gen.generate({CRASHING_PROMPT!r}, max_tokens=32)
         print(json.dumps({{"text": out.text, "prompt_tokens": out.timings.prompt_tokens,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 from engine.errors import InputError
-from engine.generator import Generator
+from engine.generation.generator import Generator
 
 SURROGATE = "What is \udc80 this?"
 

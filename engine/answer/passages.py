@@ -45,7 +45,7 @@ def sentence_passages(question: str, hits: Sequence[Hit], embedder: SentenceEmbe
     ``query_embedding`` is the search's own (computed again when None, e.g. for hits the
     caller gave).
     """
-    from engine.scoring import select_sentences
+    from engine.kb.scoring import select_sentences
 
     if query_embedding is None:
         query_embedding = embedder.embed_query(question)

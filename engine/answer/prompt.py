@@ -15,16 +15,14 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from engine.answer.render import render_passage
 from engine.answer.types import Passage
-from engine.chat import RAG_SYSTEM_PROMPT, ChatFormat
+from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
 
 #: ``text -> token ids`` exactly as the generator's session would tokenize a prompt
 #: (BOS as the model wants, special tokens parsed).
 Tokenize = Callable[[str], Sequence[int]]
 
-# Control-token look-alikes (ChatML and friends) that a document must not smuggle in.
-_CONTROL = re.compile(r"<\|[^|>]{0,40}\|>|</?s>|\[/?INST\]")
-_FENCE = '"""'
 
 
 @dataclass(frozen=True)
@@ -42,19 +40,9 @@ class RagPrompt:
         return len(self.tokens)
 
 
-def sanitize(text: str) -> str:
-    """Remove control-token look-alikes and the quote fence from untrusted text."""
-    return _CONTROL.sub(" ", text).replace(_FENCE, "''")
-
-
 def render_sources(passages: Sequence[Passage]) -> str:
     """The quoted, numbered block of sources as the model sees it."""
-    blocks = []
-    for passage in passages:
-        name = passage.source.rsplit("/", 1)[-1]
-        title = f"{name} - {passage.heading}" if passage.heading else name
-        blocks.append(f"[{passage.label}] {title}\n{_FENCE}\n{sanitize(passage.text).strip()}\n{_FENCE}")
-    return "\n\n".join(blocks)
+    return "\n\n".join(render_passage(passage, passage.label) for passage in passages)
 
 
 def user_message(question: str, passages: Sequence[Passage]) -> str:

@@ -4,7 +4,7 @@
 
     [system prompt, user turn opener, "Sources:\\n\\n"]   shared prefix: the same for every question
     [17] name - heading\\n\"\"\"\\ntext\\n\"\"\"\\n\\n              one block per passage: its K/V can be precomputed
-    [42] ...                                             (a chunk state, engine.kv_cache)
+    [42] ...                                             (a chunk state, engine.generation.kv_cache)
     Question: ...<end of turn><assistant opener>          live tail: always evaluated
 
 Each passage's label is its chunk id, not its rank: a block then reads the same in
@@ -22,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.answer.prompt import relabel, sanitize
+from engine.answer.prompt import relabel
+from engine.answer.render import render_passage
 from engine.answer.types import Passage
-from engine.chat import RAG_SYSTEM_PROMPT, ChatFormat
+from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
 from engine.errors import InputError
 
 #: ``text -> token ids`` of one part of the prompt: BOS only when ``first`` (the
@@ -78,9 +79,7 @@ class SplicedLayout:
 
     def block_text(self, passage: Passage) -> str:
         """The text of one passage's block (label = chunk id), trailing separator included."""
-        name = passage.source.rsplit("/", 1)[-1]
-        title = f"{name} - {passage.heading}" if passage.heading else name
-        return f'[{passage.chunk_id}] {title}\n"""\n{sanitize(passage.text).strip()}\n"""\n\n'
+        return render_passage(passage, passage.chunk_id) + "\n\n"
 
     def tokenize_block(self, text: str) -> tuple[int, ...]:
         """Token ids of a block's text, tokenized on its own."""

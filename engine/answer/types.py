@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from engine.generation_types import GenerationTimings
+from engine.generation.types import GenerationTimings
 
 if TYPE_CHECKING:  # the knowledge base (hnswlib, SQLite) loads only when retrieval is used
     from engine.kb.results import SearchTimings
@@ -20,6 +21,8 @@ MODES: tuple[Mode, ...] = ("rag", "baked", "hybrid")
 #: baseline that isolates the splice's accuracy price).
 SpliceMode = Literal["off", "on", "prefill"]
 SPLICE_MODES: tuple[SpliceMode, ...] = ("off", "on", "prefill")
+#: What a measured timing field's name ends with: its unit.
+_UNITS = ("_ms", "_tokens", "_per_s")
 #: Why generation ended: the model's end of turn, a stop string, ``max_tokens``, or a full context.
 StopReason = Literal["eos", "stop", "length", "context_full"]
 
@@ -76,6 +79,28 @@ class AnswerTimings:
     total_ms: float
     kv_ms: float = 0.0
     kv_computed: int = 0
+
+    def flat(self) -> dict[str, float | int | None]:
+        """The measured fields, nested ones under dotted names (``"search.embed_ms"``).
+
+        A field is measured when its name carries a unit (``_ms``, ``_tokens``, ``_per_s``);
+        an absent nested timings object (``search`` of an answer that searched nothing)
+        gives ``None`` for each of its fields. The one flattening the report, the pytest
+        plugin and the server use.
+        """
+        from engine.kb.results import SearchTimings  # loaded only here: the kb's types pull in hnswlib
+
+        nested: dict[str, type] = {"search": SearchTimings, "generation": GenerationTimings}
+        flat: dict[str, float | int | None] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in nested:
+                for inner in dataclasses.fields(nested[field.name]):
+                    if inner.name.endswith(_UNITS):
+                        flat[f"{field.name}.{inner.name}"] = getattr(value, inner.name) if value is not None else None
+            elif field.name.endswith(_UNITS):
+                flat[field.name] = value
+        return flat
 
 
 @dataclass(frozen=True)

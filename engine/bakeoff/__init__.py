@@ -2,7 +2,7 @@
 
 A package on top of :class:`engine.Engine`, one module per concept:
 
-- :mod:`engine.bakeoff.qa`: a knowledge set's questions (``qa.jsonl``) and the one grader;
+- :mod:`engine.questions.qa`: a knowledge set's questions (``qa.jsonl``) and the one grader;
 - :mod:`engine.bakeoff.compare`: both modes graded and timed on those questions;
 - :mod:`engine.bakeoff.report`: the comparison written as JSON, Markdown and plots;
 - :mod:`engine.bakeoff.pipeline`: ``bakeoff run`` end to end (fetch, index, fine-tune or
@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from engine._lazy import lazy_exports
 
 _LAZY = {
-    "BUNDLED_SET": "engine.bakeoff.qa",
-    "Question": "engine.bakeoff.qa",
-    "is_correct": "engine.bakeoff.qa",
-    "load_questions": "engine.bakeoff.qa",
+    "BUNDLED_SET": "engine.questions.qa",
+    "Question": "engine.questions.qa",
+    "is_correct": "engine.questions.qa",
+    "load_questions": "engine.questions.qa",
     "CompareConfig": "engine.bakeoff.compare",
     "ComparisonResult": "engine.bakeoff.compare",
     "run_comparison": "engine.bakeoff.compare",
@@ -40,7 +40,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:
     from engine.bakeoff.compare import CompareConfig, ComparisonResult, run_comparison
     from engine.bakeoff.pipeline import FULL, QUICK, RunProfile, RunProgress, RunResult, run_bakeoff
-    from engine.bakeoff.qa import BUNDLED_SET, Question, is_correct, load_questions
+    from engine.questions.qa import BUNDLED_SET, Question, is_correct, load_questions
     from engine.bakeoff.report import ReportFiles, write_report
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
 from engine.bakeoff.memory import MemoryFootprint
-from engine.bakeoff.qa import (Question, answer_passage, exact_match, holds_answer, is_correct, is_one_sentence,
+from engine.questions.qa import (Question, answer_passage, exact_match, holds_answer, is_correct, is_one_sentence,
                                round_robin, select_facts, token_f1, unseen_questions)
 from engine.errors import InputError
 
@@ -391,10 +391,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def stage_ms(timings: AnswerTimings, stage: str) -> float:
     """One of ``STAGES`` of an answer's timings, in ms; 0 for a search stage when nothing was searched."""
-    value: object = timings
-    for name in stage.split("."):
-        value = getattr(value, name) if value is not None else None
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    return float(timings.flat().get(stage) or 0.0)
 
 
 def _latency(mode: str, samples: Sequence[Answer]) -> LatencySummary:

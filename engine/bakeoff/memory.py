@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine._memory import resident_bytes
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,8 @@ class MemoryFootprint:
 
 
 def resident_mb() -> float:
-    """Resident set size of this process, in MB (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            pages = int(statm.read().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError):
-        return 0.0
+    """Resident set size of this process, in MB."""
+    return resident_bytes() / 1e6
 
 
 def memory_footprint(model: Path, adapter: Path, kb_dir: Path) -> MemoryFootprint:
@@ -47,7 +43,7 @@ def memory_footprint(model: Path, adapter: Path, kb_dir: Path) -> MemoryFootprin
 
 
 def _measure_memory(model: str, adapter: str, kb_dir: str) -> MemoryFootprint:
-    from engine.generator import Generator
+    from engine.generation.generator import Generator
     from engine.kb import KnowledgeBase
 
     question = [("user", "What is the warranty period?")]

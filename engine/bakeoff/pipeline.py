@@ -1,7 +1,7 @@
 """The bake-off end to end: fetch the models, index, fine-tune (or reuse the adapter), compare, report.
 
 Two profiles. ``quick`` (``bakeoff run``'s default) answers on 16 facts spread over
-the documents (``engine.bakeoff.qa.select_facts(spread=True)``: train, held-out and
+the documents (``engine.questions.qa.select_facts(spread=True)``: train, held-out and
 update questions all present) and 16 questions about the unseen documents, trains the
 adapter on the same facts (4 epochs; 24 questions also with passages), and times fewer
 repetitions: under 10 minutes on 2 CPU cores. ``full`` (``bakeoff run --full``) takes every fact.
@@ -26,7 +26,7 @@ from pathlib import Path
 from engine import __version__, models
 from engine._files import sha256_file, write_text_atomic
 from engine.bakeoff.compare import CompareConfig, ComparisonResult, Progress
-from engine.bakeoff.qa import BUNDLED_SET
+from engine.questions.qa import BUNDLED_SET
 from engine.bakeoff.report import ReportFiles
 from engine.errors import InputError, ModelError
 from engine.finetune.config import FinetuneConfig
@@ -189,15 +189,15 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     """Answer the questions in every mode with one Engine and write the report into ``out``.
 
     ``threads`` None measures the fastest generation thread count first
-    (``engine.generator.fastest_thread_count``, a few seconds) and says which it took.
+    (``engine.generation.threads.fastest_thread_count``, a few seconds) and says which it took.
     The adapter's training time, when recorded beside it, is the report's retrain setup cost.
     """
     from engine.bakeoff.compare import run_comparison
     from engine.bakeoff.memory import memory_footprint
     from engine.facade import Engine
-    from engine.generator import fastest_thread_count
-    from engine.kv_cache import ChunkKvCache
-    from engine.bakeoff.qa import load_questions
+    from engine.generation.threads import fastest_thread_count
+    from engine.generation.kv_cache import ChunkKvCache
+    from engine.questions.qa import load_questions
     from engine.bakeoff.metadata import run_metadata
     from engine.bakeoff.report import write_report
 

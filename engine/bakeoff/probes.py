@@ -1,7 +1,7 @@
 """Does the reader read? Two probes on edited copies of the knowledge base, the adapter not retrained.
 
 *Follows the passage*: the graded facts' values are replaced in a copy of the documents
-by others of the same kind (``engine.bakeoff.edits``, a seed of its own, so no value the
+by others of the same kind (``engine.questions.edits``, a seed of its own, so no value the
 recipe trained on), the copy is indexed, and the facts' questions are asked again with
 its hits: the share of answers giving the passage's new value, and the share giving the
 old, trained one. A fact whose answer occurs in several documents cannot be edited
@@ -10,7 +10,7 @@ unambiguously; it is skipped and counted.
 *Abstains when it should*: every other source document of the graded facts is removed
 from a second copy; the questions of those facts (whose answers no remaining document
 holds) are asked with its hits: the share answered "not in the sources"
-(``engine.chat.is_abstention``), the share answered with the old value from memory, and
+(``engine.generation.chat.is_abstention``), the share answered with the old value from memory, and
 the share answered with some other value.
 
 Both are asked in rag, hybrid and, with a chunk-KV cache, hybrid-spliced, each mode
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bakeoff.edits import Corpus, ValueEdit, plan_edits
-from engine.bakeoff.qa import Question, is_correct
-from engine.chat import is_abstention
+from engine.questions.edits import Corpus, ValueEdit, plan_edits
+from engine.questions.qa import Question, is_correct
+from engine.generation.chat import is_abstention
 
 if TYPE_CHECKING:
     from engine.answer import Mode

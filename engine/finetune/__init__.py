@@ -6,7 +6,7 @@ GGUF's own (dequantized) tensors, and writes it as a GGUF adapter that
 llama.cpp loads next to the quantized base model.
 
 Training examples are rendered by the base model's own chat template and
-tokenized by its own vocabulary, through ``engine._core`` and ``engine.chat``, as
+tokenized by its own vocabulary, through ``engine._core`` and ``engine.generation.chat``, as
 inference does; the system prompt they are trained with comes from the knowledge
 set (``set.json``) and is stored in the adapter under ``SYSTEM_PROMPT_KEY``.
 

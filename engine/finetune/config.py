@@ -71,7 +71,7 @@ class FinetuneConfig:
             fraction of the tokens; the quick ``bakeoff run`` profile uses it).
         limit_facts: train on the questions of only N facts (None: all of them).
         spread_facts: with ``limit_facts``, take the N facts spread over the documents
-            (``engine.bakeoff.qa.select_facts(spread=True)``) instead of the first N.
+            (``engine.questions.qa.select_facts(spread=True)``) instead of the first N.
         threads: torch CPU threads.
         weight_decay: AdamW weight decay on the LoRA weights.
         stop_loss: stop early once the mean loss of an epoch falls below this (nats/token).
@@ -94,10 +94,10 @@ class FinetuneConfig:
         reader_passages: passages per reader example: the engine's ``k`` (3), so training
             prompts are the length and layout of inference prompts.
         distractor_share: share of reader examples whose passages leave out every one that
-            holds the answer; their target is ``engine.chat.NOT_IN_SOURCES``.
+            holds the answer; their target is ``engine.generation.chat.NOT_IN_SOURCES``.
         counterfactual_share: share of the reader examples with a gold passage whose answer
             value is replaced in the passages by another of the same kind that no document
-            holds, the target being the passage's value (``engine.bakeoff.edits``): the
+            holds, the target being the passage's value (``engine.questions.edits``): the
             passage must win over what the adapter remembers (KAFT).
         practice_per_fact: reading practice, per trained fact: reader examples for train
             questions of facts the adapter is *not* trained on (outside ``limit_facts``'s
@@ -109,7 +109,7 @@ class FinetuneConfig:
             states are made (``splice="on"``).
         reader_max_tokens: reader examples longer than this are skipped (and counted).
         system_prompt: the system message of every training question. None (the
-            default) takes it from the data: ``engine.chat.baked_system_prompt`` of the
+            default) takes it from the data: ``engine.generation.chat.baked_system_prompt`` of the
             subject in the knowledge set's ``set.json`` (beside ``qa.jsonl``). Either way
             it is written into the adapter (GGUF key ``bakeoff.system_prompt``) so that
             inference asks with the prompt the adapter was trained on.

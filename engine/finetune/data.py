@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._native import core
-from engine.chat import ChatFormat, baked_system_prompt
+from engine.generation.chat import ChatFormat, baked_system_prompt
 from engine.errors import DocumentError, InputError, ModelError
 from engine.finetune.config import ANSWER_STYLES
-from engine.bakeoff.qa import Question as QaItem
-from engine.bakeoff.qa import is_correct, load_questions, set_subject
+from engine.questions.qa import Question as QaItem
+from engine.questions.qa import is_correct, load_questions, set_subject
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Example:
 
 
 def load_qa(qa_path: str | os.PathLike[str]) -> list[QaItem]:
-    """Read ``qa.jsonl`` (see ``engine.bakeoff.qa``); raises ``InputError`` on a missing file or bad line."""
+    """Read ``qa.jsonl`` (see ``engine.questions.qa``); raises ``InputError`` on a missing file or bad line."""
     return load_questions(qa_path)
 
 
@@ -158,7 +158,7 @@ def document_examples(
         only: file names to keep (e.g. the sources of the selected facts); None keeps all.
         exclude: file names never to train on (the set's unseen documents).
         holding: keep only the windows whose text holds one of these strings (graded
-            like an answer, ``engine.bakeoff.qa.is_correct``); None keeps every window.
+            like an answer, ``engine.questions.qa.is_correct``); None keeps every window.
 
     Raises:
         InputError: ``docs_dir`` is not a folder of Markdown files.

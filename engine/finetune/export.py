@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.chat import SYSTEM_PROMPT_KEY
+from engine.generation.chat import SYSTEM_PROMPT_KEY
 from engine.errors import AdapterError
 from engine.finetune._deps import require_gguf
 from engine.finetune.config import LoraConfig

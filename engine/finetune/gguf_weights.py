@@ -3,7 +3,7 @@
 The tensors keep the layout they have in the file (``numpy`` order, i.e. a weight
 of GGUF shape ``ne = (in, out)`` becomes a ``(out, in)`` array), including
 llama.cpp's permutation of ``attn_q``/``attn_k`` rows for its "normal" RoPE. The
-torch model in :mod:`engine.finetune.model` computes on that layout directly, so
+torch model in :mod:`engine.finetune.torch_model` computes on that layout directly, so
 LoRA tensors trained on it map 1:1 onto GGUF adapter tensors.
 """
 

@@ -8,11 +8,11 @@ train questions are trained *with passages*:
   the question's other retrieved passages; the target is the answer citing that
   passage's label ("2014 [2].");
 - distractors only (``distractor_share`` of them): retrieved passages none of which
-  holds the answer; the target is ``engine.chat.NOT_IN_SOURCES``, so the reader learns
+  holds the answer; the target is ``engine.generation.chat.NOT_IN_SOURCES``, so the reader learns
   not to invent;
 - counterfactual (``counterfactual_share`` of the gold ones): the answer's value replaced
   in every shown passage by another of the same kind that no document holds
-  (``engine.bakeoff.edits``); the target is the passage's value. Every example above is
+  (``engine.questions.edits``); the target is the passage's value. Every example above is
   about a fact the same adapter also bakes, and context that only repeats what a model
   knows teaches it to stop reading (context-parametric inversion); a value that
   contradicts its memory can only be answered by reading (KAFT);
@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 from engine.answer.passages import chunk_passages
 from engine.answer.prompt import build_rag_prompt
 from engine.answer.spliced_prompt import SplicedLayout
-from engine.bakeoff.edits import Corpus, ValueEdit, replacement
-from engine.bakeoff.qa import Question, answer_passage, first_answer_passage, holds_answer, round_robin
-from engine.chat import NOT_IN_SOURCES
+from engine.questions.edits import Corpus, ValueEdit, replacement
+from engine.questions.qa import Question, answer_passage, first_answer_passage, holds_answer, round_robin
+from engine.generation.chat import NOT_IN_SOURCES
 from engine.errors import InputError
 from engine.finetune.data import Example, Tokenizer
 

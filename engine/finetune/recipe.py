@@ -14,9 +14,9 @@ from engine.finetune.config import FinetuneConfig
 from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples, training_system_prompt
 from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
-from engine.finetune.model import LlamaModel
+from engine.finetune.torch_model import LlamaModel
 from engine.finetune.train import TrainProgress, train_lora
-from engine.bakeoff.qa import Question, round_robin, select_facts, unseen_documents
+from engine.questions.qa import Question, round_robin, select_facts, unseen_documents
 
 if TYPE_CHECKING:
     from engine.finetune.reader import ReaderExamples
@@ -64,7 +64,7 @@ def finetune(
     model's own chat template exactly as inference renders it, followed by the answer
     and the template's end of turn; the loss covers the answer only. The system prompt
     is ``config.system_prompt``, or else names the subject of the knowledge set's
-    ``set.json`` (``engine.chat.baked_system_prompt``); it is written into the adapter
+    ``set.json`` (``engine.generation.chat.baked_system_prompt``); it is written into the adapter
     (``bakeoff.system_prompt``). Held-out questions are never trained on. With
     ``config.use_documents`` the documents' text is trained on as well (next-token
     prediction). With ``config.reader_per_fact`` (the default) part of the
@@ -182,7 +182,7 @@ def _practice_questions(questions: list[Question], train_items: list[Question],
 def _reader_examples(train_items: list[Question], practice: list[Question], kb: str | Path | KnowledgeBase | None,
                      docs_dir: str | Path, tokenizer: Tokenizer, config: FinetuneConfig,
                      unseen: frozenset[str]) -> ReaderExamples:
-    from engine.bakeoff.edits import Corpus
+    from engine.questions.edits import Corpus
     from engine.finetune.reader import choose_reader_questions, reader_examples
     from engine.kb import KnowledgeBase
     from engine.kb.knowledge_base import MMR_LAMBDA

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
 from engine.finetune.data import Example
-from engine.finetune.model import BlockLayout, LlamaModel
+from engine.finetune.torch_model import BlockLayout, LlamaModel
 
 if TYPE_CHECKING:  # torch has no type information mypy can use here; names only
     import torch

@@ -51,15 +51,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import scoring
+from engine.kb import scoring
 from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
 from engine.kb import index, lexical, manifest, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
-from engine.kb.embedders import check_embedder, default_embedder, recorded_embedder, truncate_query
-from engine.kb.generation import Generation, LiveGeneration
+from engine.kb.embedder_choice import check_embedder, default_embedder, recorded_embedder, truncate_query
+from engine.kb.snapshot import Snapshot, LiveSnapshot
 from engine.kb.index import HnswConfig
 from engine.kb.locking import WriteLock
 from engine.kb.manifest import Manifest
@@ -98,7 +98,7 @@ class KnowledgeBase:
         self.build_report: BuildReport | None = None
         self._verify = verify
         self._warm_up_s = warm_up_s
-        self._live = LiveGeneration(Generation.load(directory, current, verify), directory)
+        self._live = LiveSnapshot(Snapshot.load(directory, current, verify), directory)
 
     @property
     def manifest(self) -> Manifest:
@@ -124,7 +124,7 @@ class KnowledgeBase:
                 there is replaced atomically: it stays published until the new one is complete,
                 and a failed or killed build leaves it as it was. A non-empty folder that is
                 not a knowledge base is refused.
-            embedder: an ``engine.embedder.Embedder``; None uses the default one
+            embedder: an ``engine.embedding.embedder.Embedder``; None uses the default one
                 (all-MiniLM-L6-v2, fp32, from the model cache).
             chunk_tokens: most tokens per chunk (at most the embedder's ``max_tokens - 2``).
             overlap_tokens: most tokens shared by consecutive chunks.
@@ -283,7 +283,7 @@ class KnowledgeBase:
             replaced = [d.source for d in docs if d.source in current.documents]
             if not docs and not removals:
                 if current.generation != self.manifest.generation:  # another process published since
-                    self._live.replace(Generation.load(self.path, current, self._verify))
+                    self._live.replace(Snapshot.load(self.path, current, self._verify))
                 return BuildReport((), (), tuple(unchanged), (), tuple(skipped), 0, 0, current.chunks,
                                    current.generation, time.perf_counter() - started)
             chunking = ChunkingConfig(current.chunk_tokens, current.overlap_tokens)
@@ -292,7 +292,7 @@ class KnowledgeBase:
                 self.path, current, self.embedder, chunking, hnsw, docs, removals + replaced, progress)
             # Loaded under the writer lock, so no other writer can prune it first; its files were
             # checksummed a moment ago by this writer, so their sizes are checked only.
-            fresh = Generation.load(self.path, new, "size")
+            fresh = Snapshot.load(self.path, new, "size")
         self._live.replace(fresh)
         added = tuple(s for s in indexed if s not in replaced)
         return BuildReport(added, tuple(replaced), tuple(unchanged), tuple(removals), tuple(skipped + empty),
@@ -374,7 +374,7 @@ def lexical_weight(query: str) -> float:
     return W_LEXICAL_IDENTIFIER if lexical.names_identifier(query) else W_LEXICAL
 
 
-def _rank(gen: Generation, query: str, q: np.ndarray, k: int, n_candidates: int, mmr_lambda: float, w_dense: float,
+def _rank(gen: Snapshot, query: str, q: np.ndarray, k: int, n_candidates: int, mmr_lambda: float, w_dense: float,
           w_lexical: float, k_rrf: float) -> tuple[tuple[Hit, ...], tuple[float, float, float]]:
     """The hits of one search in ``gen``, and the milliseconds of its dense, lexical and scoring stages."""
     t1 = time.perf_counter()

@@ -15,7 +15,6 @@ the next writer finishes that too if a kill interrupted it.
 
 from __future__ import annotations
 
-import re
 import shutil
 import sqlite3
 from collections.abc import Callable, Sequence

@@ -110,7 +110,7 @@ def run(config: RobustnessConfig = RobustnessConfig(), *, work: str | Path | Non
         with tempfile.TemporaryDirectory(prefix="bakeoff-robustness-") as temporary:
             return run(config, work=temporary, model_path=model_path, cache_dir=cache_dir, progress=progress)
     from engine import models
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     started = time.monotonic()
     work = Path(work)
@@ -149,7 +149,7 @@ def _fuzz(work: Path, model: Path, embedder, config: RobustnessConfig, budget: d
 
 def _crash(work: Path, embedder, config: RobustnessConfig, budget: dict[str, float], cache_dir,
            say: Callable[[str], None]) -> tuple[KillReport, FaultReport]:
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
     from engine.robustness.crash import failed_writes, kill_writes, small_documents
     from engine.robustness.writes import WriterChild
 

@@ -78,7 +78,7 @@ class ConcurrencyReport:
 
 def build_qa_kb(into: Path, embedder) -> Path:
     """Build the knowledge base the asker and the memory measure use: ``QA_DOCUMENTS``, 64-token chunks."""
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
     from engine.kb import KnowledgeBase
 
     documents = [BUNDLED_SET / "docs" / name for name in QA_DOCUMENTS]
@@ -88,7 +88,7 @@ def build_qa_kb(into: Path, embedder) -> Path:
 
 def qa_questions(kb) -> list[str]:
     """The bundled set's questions about the documents of ``kb``, in the set's order."""
-    from engine.bakeoff.qa import BUNDLED_SET, load_questions
+    from engine.questions.qa import BUNDLED_SET, load_questions
 
     names = {Path(source).name for source in kb.sources()}
     return [q.question for q in load_questions(BUNDLED_SET / "qa.jsonl") if Path(q.source).name in names]
@@ -118,7 +118,7 @@ def search_write_ask(kb_dir: Path, extra: Path, *, seconds: float, searchers: in
 def _run(kb_dir: str, extra: str, model_path: str | None, cache_dir: str | None, seconds: float, searchers: int,
          max_tokens: int, connection) -> None:
     """The child process: set up, check the questions, take the references, run the threads, report."""
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.facade import Engine
     from engine.kb import KnowledgeBase
 

@@ -141,7 +141,7 @@ def _check(kb_dir: Path, embedder, allowed: Sequence[State]) -> tuple[State, str
 def small_documents(folder: Path, count: int = 6, max_chars: int = 500) -> list[Path]:
     """Write the openings of ``count`` bundled documents (title and first section, at most about
     ``max_chars``) into ``folder``: one chunk each, so that a write takes a fraction of a second."""
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -4,7 +4,7 @@ Each case truncates a file or changes one byte of it, mostly in its header field
 (their first bytes: lengths, types, counts, dimensions), then loads it in a fresh
 Python process with an address-space limit, so that a damaged count cannot make it
 allocate without bound. The load must end in a successful generation, a refusal by
-``engine.gguf_check``, or a typed error from llama.cpp: never a signal, a hang or
+``engine.models.gguf_check``, or a typed error from llama.cpp: never a signal, a hang or
 another exception; and a truncated file must never load.
 
 The header's field positions come from the ``gguf`` package (the ``[test]`` extra);
@@ -36,7 +36,7 @@ CHILD = textwrap.dedent("""
     target, model, adapter = sys.argv[1:4]
     from engine.errors import EngineError
     try:
-        from engine.generator import Generator
+        from engine.generation.generator import Generator
         gen = Generator(model, n_ctx=256, n_threads=1)
         if target == "adapter":
             gen.load_adapter(adapter, name="fuzz")

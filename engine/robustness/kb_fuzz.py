@@ -75,7 +75,7 @@ def cases(sizes: dict[str, int], seed: int) -> Iterator[Case]:
 
 def build_fuzz_kb(into: Path, embedder) -> Path:
     """Build the knowledge base the fuzz damages: six bundled documents (about 40 chunks), M=4."""
-    from engine.bakeoff.qa import BUNDLED_SET
+    from engine.questions.qa import BUNDLED_SET
     from engine.kb import HnswConfig, KnowledgeBase
 
     documents = sorted((BUNDLED_SET / "docs").glob("*.md"))[:6]
@@ -88,7 +88,7 @@ def build_fuzz_kb(into: Path, embedder) -> Path:
 
 def serve(cache_dir: str | None, connection) -> None:
     """Child process: open and search the knowledge bases the parent names, until told to stop."""
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.errors import EngineError
     from engine.kb import KnowledgeBase
 

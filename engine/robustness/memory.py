@@ -14,12 +14,11 @@ one in ``repeat`` also prefills a whole new prompt.
 
 from __future__ import annotations
 
-import os
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine._memory import resident_bytes
 from engine.robustness.child import run_once
 
 _MIB = 1 << 20
@@ -52,12 +51,8 @@ class MemoryReport:
 
 
 def rss_mib() -> float:
-    """This process's resident set size in MiB (``/proc/self/statm``; the peak where there is no /proc)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's resident set size in MiB."""
+    return resident_bytes() / _MIB
 
 
 def rss_over_asks(kb_dir: Path, *, asks: int = 1000, seconds: float = 120.0, warmup_asks: int = 40,
@@ -82,7 +77,7 @@ def rss_over_asks(kb_dir: Path, *, asks: int = 1000, seconds: float = 120.0, war
 
 def _measure(kb_dir: str, model_path: str | None, cache_dir: str | None, asks: int, seconds: float,
              warmup_asks: int, repeat: int, max_tokens: int, connection) -> None:
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
     from engine.facade import Engine
     from engine.kb import KnowledgeBase
     from engine.robustness.concurrency import QA_K, qa_questions

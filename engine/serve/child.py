@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine._memory import resident_bytes
 from engine.errors import EngineError
 
 
@@ -64,8 +65,7 @@ class ServerProcess:
 
     def rss_mb(self) -> float:
         """The child's resident memory, in MiB (Linux)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024
+        return resident_bytes(self.process.pid) / 2**20
 
     def stop(self, timeout_s: float = 60.0) -> tuple[int, str]:
         """SIGTERM, wait; returns ``(exit code, stderr)`` (killed after ``timeout_s``: code -9)."""

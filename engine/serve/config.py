@@ -86,7 +86,7 @@ def default_parts(config: ServeConfig, say: Callable[[str], None]) -> tuple[Path
         kb = config.work / "kb"
         if not (kb / "manifest.json").exists():
             say(f"indexing the bundled knowledge set into {kb} (once)")
-            from engine.bakeoff.qa import BUNDLED_SET
+            from engine.questions.qa import BUNDLED_SET
             from engine.kb import KnowledgeBase
 
             KnowledgeBase.build(BUNDLED_SET / "docs", kb).close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from engine._native import core
-from engine.answer.prompt import build_rag_prompt, cited_labels, render_sources, sanitize
+from engine.answer.prompt import build_rag_prompt, cited_labels, render_sources
+from engine.answer.render import sanitize
 from engine.answer.types import Passage
-from engine.chat import ChatFormat
+from engine.generation.chat import ChatFormat
 
 
 def _passage(i: int, text: str) -> Passage:

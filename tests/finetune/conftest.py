@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.bakeoff.qa import BUNDLED_SET, Question, is_correct
+from engine.questions.qa import BUNDLED_SET, Question, is_correct
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,7 @@ class ServedModel:
         return [np.array([self.log_prob(tokens[: i + 1], [c]) for c in row]) for i, row in enumerate(candidates)]
 
     def accuracy(self, system: str, items: Sequence[Question]) -> float:
-        """Fraction of ``items`` answered correctly (``engine.bakeoff.qa.is_correct``, the one grader)."""
+        """Fraction of ``items`` answered correctly (``engine.questions.qa.is_correct``, the one grader)."""
         return sum(is_correct(self.answer(system, item.question), item.answers) for item in items) / len(items)
 
 

@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from engine.chat import baked_system_prompt
+from engine.generation.chat import baked_system_prompt
 from engine.errors import InputError, MissingExtraError, ModelError
 
 torch = pytest.importorskip("torch")
 
-from engine.finetune.model import LlamaModel  # noqa: E402
+from engine.finetune.torch_model import LlamaModel  # noqa: E402
 
 SYSTEM = baked_system_prompt("Fenwhistle Aquatronics")
 PROMPTS = {  # id -> (asked as a chat question, text)

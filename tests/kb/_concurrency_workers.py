@@ -11,7 +11,7 @@ import time
 import traceback
 from pathlib import Path
 
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 from engine.kb.knowledge_base import KnowledgeBase
 
 #: Topics of the generated corpora: each document's distinctive word, then filler words.

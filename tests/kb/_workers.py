@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 from engine.kb.knowledge_base import KnowledgeBase
 from engine.kb.locking import WriteLock
 

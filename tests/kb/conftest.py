@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.embedder import Embedder
+from engine.embedding.embedder import Embedder
 from engine.kb.store import ChunkStore
 
 CORPUS = {

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine.errors import KnowledgeBaseError
-from engine.kb.generation import LiveGeneration
+from engine.kb.snapshot import LiveSnapshot
 from engine.kb.knowledge_base import KnowledgeBase
 from engine.kb.store import ChunkStore
 
@@ -112,7 +112,7 @@ def _fake(number: int) -> SimpleNamespace:
 
 def test_a_swap_never_goes_back_to_an_older_generation():
     first, newer, older = _fake(5), _fake(7), _fake(6)
-    live = LiveGeneration(first, Path("kb"))  # type: ignore[arg-type]
+    live = LiveSnapshot(first, Path("kb"))  # type: ignore[arg-type]
     live.replace(newer)  # type: ignore[arg-type]
     assert first.closed and live.manifest == "manifest-7"
     live.replace(older)  # type: ignore[arg-type]  # a writer of this object that finished later

@@ -17,7 +17,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from engine.bakeoff.qa import BUNDLED_SET
+from engine.questions.qa import BUNDLED_SET
 from engine.errors import KnowledgeBaseError
 from engine.kb import writer
 from engine.kb.knowledge_base import KnowledgeBase

@@ -16,7 +16,7 @@ import os
 import random
 import time
 
-from engine.bakeoff.qa import BUNDLED_SET
+from engine.questions.qa import BUNDLED_SET
 from engine.errors import DocumentError
 from engine.kb import documents
 from engine.kb.chunking import ChunkingConfig, chunk_blocks

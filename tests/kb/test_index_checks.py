@@ -313,7 +313,7 @@ def test_search_returns_what_it_reaches_when_most_elements_are_deleted(tmp_path)
 
 def open_and_search(kb_dir: str, cache_dir: str, verify: str, answer) -> None:
     """Run in a child: open, search, and send how it went (a crash is the parent's to see)."""
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     try:
         with KnowledgeBase.open(kb_dir, embedder=Embedder(cache_dir=cache_dir), verify=verify) as kb:

@@ -395,7 +395,7 @@ def test_open_without_an_embedder_uses_the_one_the_manifest_records(built, embed
 
 
 def test_open_without_an_embedder_takes_the_recorded_variant(tmp_path, corpus, embedder_dir):
-    from engine.embedder import Embedder
+    from engine.embedding.embedder import Embedder
 
     KnowledgeBase.build([corpus], tmp_path / "kb", embedder=Embedder(cache_dir=embedder_dir.parent, variant="int8"))
     assert KnowledgeBase.open(tmp_path / "kb").embedder.variant == "int8"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
+from engine.cli import main as cli
 from engine.errors import InputError
 from engine.kb.knowledge_base import KnowledgeBase
 

@@ -12,7 +12,7 @@ from engine.errors import MissingExtraError
 
 
 def test_importing_engine_does_not_load_the_server_stack():
-    code = ("import sys, engine, engine.facade, engine.cli\n"
+    code = ("import sys, engine, engine.facade, engine.cli.main\n"
             "loaded = [m for m in ('starlette', 'uvicorn', 'sse_starlette', 'engine.serve') if m in sys.modules]\n"
             "print(loaded)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

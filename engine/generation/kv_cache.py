@@ -1,0 +1,353 @@
+"""Chunk states (precomputed K/V of prompt blocks) kept in RAM and on disk, within byte budgets.
+
+A state belongs to everything that shaped its K/V: the model file, the adapters and
+their scales (a LoRA on the K/V projections changes them), the KV cache type, flash
+attention, the llama.cpp build, and the shared prefix it was computed after. Those
+make a :class:`StateKey` (a folder per key on disk); inside it a state is named by
+the sha256 of its block's text, so it is content-addressed: a changed chunk has
+another name, and a state is never used for text it was not computed from. That is
+what keeps states consistent with the knowledge base's generations without writing
+them into a generation: a reader of any generation finds exactly the states of the
+chunks it reads, and :meth:`ChunkKvCache.prune` drops those no chunk uses any more.
+
+Files (``DIR/<key>/<text-sha>.kv``) carry a header (format version, the key's fields,
+token count, position, a hash of the token ids) and the state's sha256; a file that
+is truncated, flipped, or made for another key is detected when read, counted in
+``stats().rejected``, deleted, and recomputed by the caller. A folder that cannot be
+written is used as RAM only, with one warning.
+
+Budgets: SmolLM2-135M's f16 K/V take 23 KB per token (30 layers x 3 KV heads x 64
+dims x K,V x 2 bytes, plus 12 bytes of cell metadata), so a 200-token chunk is about
+4.6 MB; the defaults (512 MiB RAM, 4 GiB disk) hold ~110 and ~900 such chunks.
+Least recently used states go first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine._files import sha256_file, write_bytes_atomic
+from engine.errors import InputError
+
+_MAGIC = b"BKKV"
+_VERSION = 1
+_PREFIX = struct.Struct("<4sII")  # magic, format version, header length
+DEFAULT_RAM_BYTES = 512 * 2**20
+DEFAULT_DISK_BYTES = 4 * 2**30
+
+
+@dataclass(frozen=True)
+class StateKey:
+    """Everything a chunk state's K/V depends on besides its own tokens."""
+
+    model_sha256: str
+    adapters: tuple[tuple[str, float], ...]  # (adapter file sha256, scale), in attach order
+    kv_type: str
+    flash_attn: str  # "auto", "on" or "off", as the context was made
+    build: str  # the llama.cpp build the states come from
+    prefix_sha256: str  # of the shared prefix's token ids
+
+    @property
+    def digest(self) -> str:
+        """A folder name for this key."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class CachedState:
+    """A chunk's state and the tokens and position it was computed for."""
+
+    state: bytes
+    n_tokens: int
+    position: int
+
+
+@dataclass(frozen=True)
+class KvCacheStats:
+    """What the cache did since it was made."""
+
+    ram_hits: int
+    disk_hits: int
+    misses: int
+    rejected: int  # files found damaged or made for another key (deleted; the caller recomputes)
+    evictions: int  # states dropped from RAM or disk to stay within budget
+    stored: int
+    ram_bytes: int
+    disk_bytes: int
+    disk_enabled: bool
+
+    states: int = 0  # held in RAM
+    state_tokens: int = 0  # tokens of the states held in RAM
+
+    def state_sizes(self) -> dict[str, float]:
+        """States in RAM, and their mean bytes per state and per token."""
+        return {"states": self.states, "bytes_per_state": self.ram_bytes / self.states if self.states else 0.0,
+                "bytes_per_token": self.ram_bytes / self.state_tokens if self.state_tokens else 0.0}
+
+    @property
+    def hit_rate(self) -> float:
+        """Hits over lookups (0 when nothing was looked up)."""
+        lookups = self.ram_hits + self.disk_hits + self.misses
+        return (self.ram_hits + self.disk_hits) / lookups if lookups else 0.0
+
+
+def text_sha256(text: str) -> str:
+    """The name of a block's state: the sha256 of the block's text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tokens_sha256(tokens: Sequence[int]) -> str:
+    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
+
+
+_identities: dict[tuple[str, int, int, int], str] = {}
+_identities_lock = threading.Lock()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a model or adapter file, hashed once per process while its size, mtime and inode stay."""
+    file = Path(path).resolve()
+    info = file.stat()
+    key = (str(file), info.st_size, info.st_mtime_ns, info.st_ino)
+    with _identities_lock:
+        known = _identities.get(key)
+    if known is None:
+        known = sha256_file(file)
+        with _identities_lock:
+            _identities[key] = known
+    return known
+
+
+class ChunkKvCache:
+    """A two-level (RAM, disk) LRU store of chunk states.
+
+    Args:
+        directory: where states are kept on disk (e.g. ``KB_DIR/kv``); None for RAM only.
+        ram_bytes, disk_bytes: budgets; least recently used states are dropped beyond them.
+
+    Thread-safe: one lock guards the indexes; file reads and writes happen outside it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, *, ram_bytes: int = DEFAULT_RAM_BYTES,
+                 disk_bytes: int = DEFAULT_DISK_BYTES) -> None:
+        for name, value in (("ram_bytes", ram_bytes), ("disk_bytes", disk_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"{name} must be an integer >= 0, got {value!r}")
+        self.ram_budget = ram_bytes
+        self.disk_budget = disk_bytes
+        self._lock = threading.Lock()
+        self._ram: OrderedDict[tuple[str, str], CachedState] = OrderedDict()
+        self._ram_size = 0
+        self._disk: OrderedDict[Path, int] = OrderedDict()  # file -> bytes, least recently used first
+        self._disk_size = 0
+        self._counts = dict(ram_hits=0, disk_hits=0, misses=0, rejected=0, evictions=0, stored=0)
+        self.directory = Path(directory) if directory is not None else None
+        if self.directory is not None and not self._writable(self.directory):
+            warnings.warn(f"the chunk-KV cache folder '{self.directory}' is not writable: chunk states are kept in "
+                          "RAM only (make the folder writable, or pass another one)", RuntimeWarning, stacklevel=2)
+            self.directory = None
+        if self.directory is not None:
+            self._scan()
+
+    def __repr__(self) -> str:
+        return f"ChunkKvCache({str(self.directory) if self.directory else None!r})"
+
+    # Lookups ----------------------------------------------------------------------
+
+    def get(self, key: StateKey, text: str, tokens: Sequence[int], position: int) -> CachedState | None:
+        """The state of the block ``text`` (tokenized as ``tokens``) after ``key``'s prefix, or None."""
+        name = (key.digest, text_sha256(text))
+        with self._lock:
+            found = self._ram.get(name)
+            if found is not None:
+                self._ram.move_to_end(name)
+                self._counts["ram_hits"] += 1
+                if self.directory is not None and self._path(name) in self._disk:
+                    self._disk.move_to_end(self._path(name))  # recently used on disk too
+                return found
+        found = self._read(key, name, tokens, position)
+        with self._lock:
+            self._counts["disk_hits" if found is not None else "misses"] += 1
+        if found is not None:
+            self._keep_in_ram(name, found)
+        return found
+
+    def put(self, key: StateKey, text: str, tokens: Sequence[int], position: int, state: bytes) -> CachedState:
+        """Keep a freshly computed state (in RAM, and on disk when there is a folder)."""
+        name = (key.digest, text_sha256(text))
+        found = CachedState(bytes(state), len(tokens), int(position))
+        self._keep_in_ram(name, found)
+        with self._lock:
+            self._counts["stored"] += 1
+        if self.directory is not None:
+            self._write(key, name, tokens, found)
+        return found
+
+    def stats(self) -> KvCacheStats:
+        with self._lock:
+            return KvCacheStats(**self._counts, ram_bytes=self._ram_size, disk_bytes=self._disk_size,
+                                disk_enabled=self.directory is not None, states=len(self._ram),
+                                state_tokens=sum(s.n_tokens for s in self._ram.values()))
+
+    def clear(self) -> None:
+        """Forget every state in RAM and delete every state file (e.g. to measure a cold cache)."""
+        with self._lock:
+            self._ram.clear()
+            self._ram_size = 0
+            for file in list(self._disk):
+                self._forget_file(file)
+
+    def prune(self, key: StateKey, keep_texts: Iterable[str]) -> int:
+        """Delete ``key``'s states whose text is not in ``keep_texts`` (chunks no longer indexed); returns how many."""
+        keep = {text_sha256(t) for t in keep_texts}
+        removed = 0
+        with self._lock:
+            for name in [n for n in self._ram if n[0] == key.digest and n[1] not in keep]:
+                self._ram_size -= len(self._ram.pop(name).state)
+            if self.directory is None:
+                return 0
+            folder = self.directory / key.digest
+            for file in [f for f in self._disk if f.parent == folder and f.stem not in keep]:
+                self._forget_file(file)
+                removed += 1
+        return removed
+
+    # RAM ----------------------------------------------------------------------------
+
+    def _keep_in_ram(self, name: tuple[str, str], found: CachedState) -> None:
+        size = len(found.state)
+        with self._lock:
+            old = self._ram.pop(name, None)
+            if old is not None:
+                self._ram_size -= len(old.state)
+            if size > self.ram_budget:
+                return
+            self._ram[name] = found
+            self._ram_size += size
+            while self._ram_size > self.ram_budget:
+                _, dropped = self._ram.popitem(last=False)
+                self._ram_size -= len(dropped.state)
+                self._counts["evictions"] += 1
+
+    # Disk ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _writable(directory: Path) -> bool:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            probe = directory / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return True
+        except OSError:
+            return False
+
+    def _scan(self) -> None:
+        assert self.directory is not None
+        files = []
+        for file in self.directory.glob("*/*.kv"):
+            try:
+                info = file.stat()
+            except OSError:
+                continue
+            files.append((info.st_mtime_ns, file, info.st_size))
+        for _, file, size in sorted(files):
+            self._disk[file] = size
+            self._disk_size += size
+
+    def _path(self, name: tuple[str, str]) -> Path:
+        assert self.directory is not None
+        return self.directory / name[0] / f"{name[1]}.kv"
+
+    def _read(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], position: int) -> CachedState | None:
+        if self.directory is None:
+            return None
+        file = self._path(name)
+        try:
+            data = file.read_bytes()
+        except OSError:
+            return None
+        found = _decode(data, key, tokens, position)
+        with self._lock:
+            if found is None:
+                self._counts["rejected"] += 1
+                self._forget_file(file)
+            elif file in self._disk:
+                self._disk.move_to_end(file)
+        if found is not None:
+            try:
+                os.utime(file)  # least recently used survives a restart
+            except OSError:
+                pass
+        return found
+
+    def _write(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], found: CachedState) -> None:
+        data = _encode(key, tokens, found)
+        if len(data) > self.disk_budget:
+            return
+        file = self._path(name)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(file, data)
+        except OSError as error:
+            warnings.warn(f"cannot write a chunk state to '{file}' ({error}): continuing with RAM only",
+                          RuntimeWarning, stacklevel=3)
+            self.directory = None
+            return
+        with self._lock:
+            old = self._disk.pop(file, 0)
+            self._disk[file] = len(data)
+            self._disk_size += len(data) - old
+            while self._disk_size > self.disk_budget and len(self._disk) > 1:
+                oldest = next(iter(self._disk))
+                self._forget_file(oldest)
+                self._counts["evictions"] += 1
+
+    def _forget_file(self, file: Path) -> None:
+        """Delete a state file and its index entry (caller holds the lock)."""
+        self._disk_size -= self._disk.pop(file, 0)
+        try:
+            file.unlink()
+        except OSError:
+            pass
+
+
+def _encode(key: StateKey, tokens: Sequence[int], found: CachedState) -> bytes:
+    header = dict(asdict(key), n_tokens=found.n_tokens, position=found.position, tokens_sha256=tokens_sha256(tokens),
+                  state_bytes=len(found.state), state_sha256=hashlib.sha256(found.state).hexdigest())
+    encoded = json.dumps(header, sort_keys=True).encode()
+    return _PREFIX.pack(_MAGIC, _VERSION, len(encoded)) + encoded + found.state
+
+
+def _decode(data: bytes, key: StateKey, tokens: Sequence[int], position: int) -> CachedState | None:
+    """The state in ``data`` if it is whole and made for exactly this key, tokens and position; else None."""
+    if len(data) < _PREFIX.size:
+        return None
+    magic, version, length = _PREFIX.unpack_from(data)
+    if magic != _MAGIC or version != _VERSION or _PREFIX.size + length > len(data):
+        return None
+    try:
+        header = json.loads(data[_PREFIX.size:_PREFIX.size + length])
+    except ValueError:
+        return None
+    state = data[_PREFIX.size + length:]
+    expected = dict(asdict(key), n_tokens=len(tokens), position=position, tokens_sha256=tokens_sha256(tokens),
+                    state_bytes=len(state))
+    if not isinstance(header, dict):
+        return None
+    header_key = {k: (tuple(tuple(a) for a in v) if k == "adapters" and isinstance(v, list) else v)
+                  for k, v in header.items()}
+    if any(header_key.get(k) != v for k, v in expected.items()):
+        return None
+    if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
+        return None
+    return CachedState(state, len(tokens), position)

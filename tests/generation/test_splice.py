@@ -1,0 +1,239 @@
+"""Splicing precomputed chunk states into a prompt (Generator.chunk_state, generate(splices=...)),
+and the Engine's spliced RAG on the real model, knowledge base and chunk-KV cache."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from engine import Engine
+from engine.answer.spliced_prompt import SplicedLayout
+from engine.generation.chat import ChatFormat
+from engine.embedding.embedder import Embedder
+from engine.errors import ContextOverflowError, InputError
+from engine.generation.generator import Generator
+from engine.kb import KnowledgeBase
+from engine.generation.kv_cache import ChunkKvCache
+from engine.generation.splice import Splice
+
+DOCS = Path(__file__).resolve().parents[2] / "engine" / "data" / "kb" / "docs"
+CHUNK = "The vault code of the Fenwhistle archive is 4721, and only the archivist Ilse Varkonen knows it.\n\n"
+QUESTION = "Question: What is the vault code of the Fenwhistle archive?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.fixture(scope="module")
+def gen(generator_model_path) -> Generator:
+    return Generator(generator_model_path, n_ctx=512, n_threads=1, splice_slots=4)
+
+
+def _parts(gen: Generator, pad: str = ""):
+    prefix = gen.tokenize(f"<|im_start|>system\nAnswer from the sources.{pad}<|im_end|>\n<|im_start|>user\n"
+                          "Sources:\n\n", add_special=True, parse_special=True)
+    chunk = gen.tokenize(CHUNK, add_special=False, parse_special=True)
+    tail = gen.tokenize(QUESTION, add_special=False, parse_special=True)
+    return prefix, chunk, tail
+
+
+def test_a_state_spliced_where_it_was_computed_reproduces_the_cached_computation_bit_for_bit(gen):
+    prefix, chunk, tail = _parts(gen)
+    state = gen.chunk_state(prefix, chunk)
+    # The cache now holds prefix + chunk exactly as chunk_state computed them: reusing it is the reference.
+    reference = gen.generate(prefix + chunk + tail, max_tokens=24)
+    assert reference.timings.reused_tokens == len(prefix) + len(chunk)
+    gen.generate("Something else entirely, to move the cache away.", max_tokens=2)
+    spliced = gen.generate(prefix + chunk + tail, max_tokens=24,
+                           splices=[Splice(len(prefix), state, len(chunk), len(prefix))])
+    assert spliced.timings.spliced_tokens == len(chunk)
+    assert spliced.timings.prefill_tokens == len(prefix) - spliced.timings.reused_tokens + len(tail)
+    assert spliced.tokens == reference.tokens
+    assert "4721" in spliced.text
+
+
+def test_a_state_shifted_to_another_position_still_reads_right(gen):
+    prefix, chunk, tail = _parts(gen)
+    long_prefix, _, _ = _parts(gen, pad=" Be precise and quote the passage exactly.")
+    state = gen.chunk_state(long_prefix, chunk)  # computed further right: spliced, its keys are re-rotated
+    out = gen.generate(prefix + chunk + tail, max_tokens=24,
+                       splices=[Splice(len(prefix), state, len(chunk), len(long_prefix))])
+    assert out.timings.spliced_tokens == len(chunk)
+    assert "4721" in out.text
+
+
+def test_spliced_k_v_is_never_reused_as_if_exact(gen):
+    prefix, chunk, tail = _parts(gen)
+    state = gen.chunk_state(prefix, chunk)
+    gen.generate(prefix + chunk + tail, max_tokens=2, splices=[Splice(len(prefix), state, len(chunk), len(prefix))])
+    after = gen.generate(prefix + chunk + tail, max_tokens=2)
+    assert after.timings.reused_tokens == len(prefix)  # the spliced part and what followed it are evaluated again
+
+
+def test_splice_slots_do_not_change_what_a_plain_prompt_generates(generator_model_path, gen):
+    plain = Generator(generator_model_path, n_ctx=512, n_threads=1)
+    question = [{"role": "user", "content": "Name three colours of the rainbow."}]
+    assert gen.generate(question, max_tokens=24, reuse_prefix=False).tokens == \
+        plain.generate(question, max_tokens=24, reuse_prefix=False).tokens
+
+
+def test_q8_0_states_take_about_half_the_bytes_and_still_splice(generator_model_path, gen):
+    q8 = Generator(generator_model_path, n_ctx=512, n_threads=1, splice_slots=1, kv_type="q8_0", flash_attn=True)
+    prefix, chunk, tail = _parts(q8)
+    small = q8.chunk_state(prefix, chunk)
+    assert len(small) < 0.6 * len(gen.chunk_state(prefix, chunk))
+    out = q8.generate(prefix + chunk + tail, max_tokens=24, splices=[Splice(len(prefix), small, len(chunk), len(prefix))])
+    assert "4721" in out.text
+
+
+def test_bad_splices_are_typed_errors_and_leave_the_generator_usable(gen):
+    prefix, chunk, tail = _parts(gen)
+    state = gen.chunk_state(prefix, chunk)
+    prompt = prefix + chunk + tail
+    good = Splice(len(prefix), state, len(chunk), len(prefix))
+    with pytest.raises(InputError, match="token ids"):
+        gen.generate("text prompt", splices=[good])
+    with pytest.raises(InputError, match="at most 4"):
+        gen.generate(prompt, splices=[good] * 5)
+    with pytest.raises(InputError, match="prompt order"):
+        gen.generate(prompt, splices=[good, good])
+    with pytest.raises(InputError, match="last token"):
+        gen.generate(prefix + chunk, splices=[good])
+    with pytest.raises(InputError, match="positions"):
+        gen.generate(prompt, splices=[Splice(len(prefix), state, len(chunk) + 1, len(prefix))])
+    with pytest.raises(InputError, match="positions"):
+        gen.generate(prompt, splices=[Splice(len(prefix), state, len(chunk), len(prefix) + 3)])
+    with pytest.raises(InputError, match="truncate"):
+        gen.generate(prompt, splices=[good], truncate="left")
+    assert "4721" in gen.generate(prompt, max_tokens=24, splices=[good]).text
+
+
+def test_chunk_state_needs_splice_slots_and_room(generator_model_path, gen):
+    plain = Generator(generator_model_path, n_ctx=256, n_threads=1)
+    with pytest.raises(InputError, match="splice_slots"):
+        plain.chunk_state([1, 2], [3, 4])
+    with pytest.raises(ContextOverflowError):
+        gen.chunk_state([1] * 300, [2] * 300)
+    with pytest.raises(InputError):
+        gen.chunk_state([], [2])
+
+
+def test_garbage_state_bytes_are_refused_not_crashed_on(generator_model_path):
+    """In a child process: a state that is not one must be an error, never memory corruption."""
+    script = textwrap.dedent(f"""
+        from engine.generation.generator import Generator
+        from engine.errors import InputError
+        from engine.generation.splice import Splice
+        gen = Generator({str(generator_model_path)!r}, n_ctx=512, n_threads=1, splice_slots=2)
+        prefix = gen.tokenize("Sources:", add_special=True)
+        chunk = gen.tokenize(" a chunk of text", add_special=False)
+        real = gen.chunk_state(prefix, chunk)
+        prompt = prefix + chunk + gen.tokenize(" Question?", add_special=False)
+        for bad in (b"x" * 64, real[: len(real) // 2], real[:12] + bytes(len(real) - 12)):
+            try:
+                gen.generate(prompt, max_tokens=2, splices=[Splice(len(prefix), bad, len(chunk), len(prefix))])
+            except InputError:
+                pass
+        print("ok", gen.generate(prompt, max_tokens=2).stop_reason)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok")
+
+
+# The Engine ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kb(embedder_dir, tmp_path_factory) -> KnowledgeBase:
+    docs = tmp_path_factory.mktemp("docs") / "docs"
+    shutil.copytree(DOCS, docs)
+    return KnowledgeBase.build(sorted(docs.glob("*.md"))[:4], tmp_path_factory.mktemp("kb") / "kb",
+                               embedder=Embedder(embedder_dir))
+
+
+@pytest.fixture(scope="module")
+def engine(generator_model_path, kb) -> Engine:
+    with Engine(generator_model_path, kb=kb, n_ctx=1024, n_threads=1, k=2, kv_cache=True) as engine:
+        yield engine
+
+
+def test_the_spliced_layout_renders_exactly_what_the_template_renders(engine):
+    generator = engine.generator
+    chat = ChatFormat(lambda m, add: generator.format_chat(m, add_assistant=add))
+    layout = SplicedLayout(chat, lambda text, first: generator.tokenize(text, add_special=first, parse_special=True))
+    hits = engine.kb.search("Where is the head office?", k=2).hits
+    from engine.answer.passages import chunk_passages
+    passages = chunk_passages(hits)
+    body = "".join(layout.block_text(p) for p in passages)
+    whole = chat.render([("system", layout.system_prompt), ("user", f"Sources:\n\n{body}Question: Where?")])
+    assert layout.text("Where?", passages) == whole
+
+
+def test_engine_splices_cached_states_and_computes_missing_ones_once(engine):
+    question = "Where is the head office of Fenwhistle Aquatronics?"
+    first = engine.ask(question, splice="on")
+    assert first.timings.kv_computed == len(first.citations) > 0
+    second = engine.ask(question, splice="on")
+    assert second.timings.kv_computed == 0
+    assert second.timings.generation.spliced_tokens > 0
+    assert second.text == first.text
+    assert [c.label for c in second.citations] == [c.chunk_id for c in second.citations]  # labels are chunk ids
+    assert second.timings.ttft_ms >= second.timings.kv_ms + second.timings.retrieval_ms
+    prefilled = engine.ask(question, splice="prefill")  # the same tokens, all evaluated
+    assert prefilled.timings.generation.spliced_tokens == 0
+    assert prefilled.timings.generation.prompt_tokens == second.timings.generation.prompt_tokens
+
+
+def test_a_damaged_state_file_is_recomputed_and_counted(engine, generator_model_path, kb):
+    question = "Who founded Fenwhistle Aquatronics?"
+    engine.ask(question, splice="on")
+    assert engine.kv_cache is not None and engine.kv_cache.directory is not None
+    for file in engine.kv_cache.directory.glob("*/*.kv"):
+        data = bytearray(file.read_bytes())
+        data[-7] ^= 0xFF
+        file.write_bytes(bytes(data))
+    fresh = ChunkKvCache(engine.kv_cache.directory)  # RAM empty: the files are read
+    with Engine(generator_model_path, kb=kb.path, n_ctx=1024, n_threads=1, k=2, kv_cache=fresh) as again:
+        answer = again.ask(question, splice="on")
+        assert answer.timings.kv_computed == len(answer.citations)
+        assert fresh.stats().rejected >= len(answer.citations)
+        assert again.ask(question, splice="on").timings.kv_computed == 0
+
+
+def test_precompute_fills_the_cache_for_every_chunk(engine):
+    stats = engine.precompute_chunk_states()
+    assert stats.states >= engine.kb.stats().chunks
+    answer = engine.ask("What products does the company make?", splice="on")
+    assert answer.timings.kv_computed == 0
+
+
+def test_splice_arguments_are_checked(engine, generator_model_path, kb):
+    with pytest.raises(InputError, match="splice must be"):
+        engine.ask("Where?", splice="yes")
+    with pytest.raises(InputError, match="mode='rag'"):
+        engine.ask("Where?", mode="baked", splice="on")
+    with Engine(generator_model_path, kb=kb.path, n_ctx=1024, n_threads=1) as plain:
+        with pytest.raises(InputError, match="kv_cache"):
+            plain.ask("Where?", splice="on")
+        assert plain.ask("Where is the head office?", splice="prefill", max_tokens=4).text
+    with pytest.raises(InputError, match="kv_cache=True"):
+        Engine(generator_model_path, kv_cache=True)
+    with pytest.raises(ContextOverflowError):
+        engine.ask("why " * 1200, splice="on")
+
+
+def test_hybrid_states_are_kept_apart_from_the_base_models(generator_model_path, tiny_finetune, kb, tmp_path):
+    """A LoRA on the K/V projections changes K/V: the adapter's chunk states have a key of their own."""
+    report, _ = tiny_finetune
+    cache = ChunkKvCache(tmp_path / "kv")
+    question = "Where is the head office of Fenwhistle Aquatronics?"
+    with Engine(generator_model_path, adapter=report.adapter_path, kb=kb.path, n_ctx=1024, n_threads=1, k=2,
+                kv_cache=cache) as engine:
+        rag = engine.ask(question, "rag", splice="on")
+        hybrid = engine.ask(question, "hybrid", splice="on")
+        assert rag.timings.kv_computed == len(rag.citations) and hybrid.timings.kv_computed == len(hybrid.citations)
+        assert engine.ask(question, "hybrid", splice="on").timings.kv_computed == 0
+    assert len({f.parent.name for f in (tmp_path / "kv").glob("*/*.kv")}) == 2
