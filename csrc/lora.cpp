@@ -2,9 +2,9 @@
 
 #include <cstdlib>
 #include <optional>
-#include <vector>
 
 #include "errors.h"
+#include "llama_sizes.h"
 #include "log.h"
 #include "text.h"
 
@@ -28,26 +28,22 @@ LoraAdapter::LoraAdapter(std::shared_ptr<Model> model, const std::string& path)
 
 namespace {
 
-// Calls read(buf, size) (a llama_adapter_meta_* getter, snprintf-like: returns the
-// full length, or < 0 when absent) with a buffer large enough; nullopt when absent.
+// An adapter's metadata string (a llama_adapter_meta_* getter), sanitized as text for
+// Python; nullopt when absent.
 template <typename Read>
-std::optional<std::string> read_meta_string(Read read) {
-  std::vector<char> buf(256);
-  int32_t n = read(buf.data(), buf.size());
-  if (n < 0) return std::nullopt;
-  if (static_cast<size_t>(n) >= buf.size()) {
-    buf.resize(static_cast<size_t>(n) + 1);
-    n = read(buf.data(), buf.size());
-    if (n < 0) return std::nullopt;
-  }
-  return sanitize_utf8(std::string(buf.data(), static_cast<size_t>(n)));
+std::optional<std::string> read_meta_string(Read read, const std::string& what, const std::string& path) {
+  auto value = read_grown<AdapterLoadError>(read, 256, "read " + what + " of adapter '" + path + "'",
+                                            "the file's metadata may be damaged: export the adapter again");
+  if (value) *value = sanitize_utf8(*value);
+  return value;
 }
 
 }  // namespace
 
 std::string LoraAdapter::meta(const std::string& key) const {
   auto value = read_meta_string(
-      [&](char* buf, size_t size) { return llama_adapter_meta_val_str(adapter_.get(), key.c_str(), buf, size); });
+      [&](char* buf, size_t size) { return llama_adapter_meta_val_str(adapter_.get(), key.c_str(), buf, size); },
+      "metadata key '" + key + "'", path_);
   return value.value_or("");
 }
 
@@ -55,10 +51,13 @@ std::map<std::string, std::string> LoraAdapter::metadata() const {
   std::map<std::string, std::string> out;
   const int32_t count = llama_adapter_meta_count(adapter_.get());
   for (int32_t i = 0; i < count; ++i) {
+    const std::string index = std::to_string(i);
     auto key = read_meta_string(
-        [&](char* buf, size_t size) { return llama_adapter_meta_key_by_index(adapter_.get(), i, buf, size); });
+        [&](char* buf, size_t size) { return llama_adapter_meta_key_by_index(adapter_.get(), i, buf, size); },
+        "the name of metadata key #" + index, path_);
     auto value = read_meta_string(
-        [&](char* buf, size_t size) { return llama_adapter_meta_val_str_by_index(adapter_.get(), i, buf, size); });
+        [&](char* buf, size_t size) { return llama_adapter_meta_val_str_by_index(adapter_.get(), i, buf, size); },
+        "the value of metadata key #" + index, path_);
     if (key && value) out.emplace(std::move(*key), std::move(*value));
   }
   return out;

@@ -7,6 +7,7 @@
 #include <mutex>
 
 #include "errors.h"
+#include "llama_sizes.h"
 #include "log.h"
 #include "text.h"
 
@@ -88,14 +89,11 @@ Model::Model(const std::string& path, const ModelOptions& options) {
 }
 
 std::string Model::meta(const std::string& key) const {
-  std::vector<char> buf(256);
-  int32_t n = llama_model_meta_val_str(model_.get(), key.c_str(), buf.data(), buf.size());
-  if (n < 0) return "";
-  if (static_cast<size_t>(n) >= buf.size()) {
-    buf.resize(n + 1);
-    n = llama_model_meta_val_str(model_.get(), key.c_str(), buf.data(), buf.size());
-  }
-  return sanitize_utf8(std::string(buf.data(), n));  // an untrusted file's bytes; Python needs UTF-8
+  const auto value = read_grown<ModelLoadError>(
+      [&](char* buf, size_t size) { return llama_model_meta_val_str(model_.get(), key.c_str(), buf, size); }, 256,
+      "read metadata key '" + key + "' of model '" + info_.path + "'",
+      "the file's metadata may be damaged: download the model again");
+  return sanitize_utf8(value.value_or(""));  // an untrusted file's bytes; Python needs UTF-8
 }
 
 std::vector<llama_token> Model::tokenize(const std::string& text, bool add_special, bool parse_special) const {
@@ -158,20 +156,18 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     chat.push_back({role.c_str(), content.c_str()});
     total += role.size() + content.size();
   }
-  std::string out(2 * total + 256, '\0');
-  int32_t n = llama_chat_apply_template(chosen.c_str(), chat.data(), chat.size(), add_assistant, out.data(),
-                                        static_cast<int32_t>(out.size()));
-  if (n < 0) {
+  auto rendered = read_grown<InvalidInput>(
+      [&](char* buf, size_t size) {
+        return llama_chat_apply_template(chosen.c_str(), chat.data(), chat.size(), add_assistant, buf,
+                                         static_cast<int32_t>(size));
+      },
+      2 * total + 256, "render the chat template of model '" + info_.path + "'",
+      "format the prompt yourself and pass it as a string");
+  if (!rendered) {
     throw InvalidInput("llama.cpp does not recognise this model's chat template: format the prompt yourself and "
                        "pass it as a string");
   }
-  if (static_cast<size_t>(n) > out.size()) {
-    out.resize(n);
-    n = llama_chat_apply_template(chosen.c_str(), chat.data(), chat.size(), add_assistant, out.data(),
-                                  static_cast<int32_t>(out.size()));
-  }
-  out.resize(n);
-  return out;
+  return std::move(*rendered);
 }
 
 }  // namespace bakeoff
