@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import ast
 import random
-import time
 import re
 import sysconfig
+import time
 from pathlib import Path
 
 import numpy as np

@@ -37,13 +37,14 @@ import pytest
 chromadb = pytest.importorskip("chromadb", reason='install the "peers" extra: pip install -e .[peers]')
 faiss = pytest.importorskip("faiss", reason='install the "peers" extra: pip install -e .[peers]')
 
+from bench_retrieval import stdlib_kb  # noqa: E402
+from sizes import folder_bytes  # noqa: E402
+
 from engine.answer.render import shown_content  # noqa: E402  (after the skips) the passage as the prompt shows it
-from engine.questions.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
 from engine.kb import index  # noqa: E402
 from engine.kb.index import HnswConfig  # noqa: E402
 from engine.kb.knowledge_base import KnowledgeBase  # noqa: E402
-from bench_retrieval import stdlib_kb  # noqa: E402
-from sizes import folder_bytes  # noqa: E402
+from engine.questions.qa import BUNDLED_SET, is_correct, load_questions  # noqa: E402
 
 K = 10
 QUERIES = 200

@@ -31,15 +31,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from engine.questions.edits import Corpus, plan_edits  # noqa: E402
 from engine.bakeoff.pipeline import QUICK  # noqa: E402
 from engine.bakeoff.probes import PROBE_SEED, knowledge_base_copy  # noqa: E402
-from engine.questions.qa import BUNDLED_SET, is_correct, load_questions, select_facts  # noqa: E402
 from engine.bakeoff.stats import wilson_interval  # noqa: E402
 from engine.embedding.embedder import Embedder  # noqa: E402
 from engine.facade import Engine  # noqa: E402
 from engine.finetune import finetune  # noqa: E402
 from engine.kb import KnowledgeBase  # noqa: E402
+from engine.questions.edits import Corpus, plan_edits  # noqa: E402
+from engine.questions.qa import BUNDLED_SET, is_correct, load_questions, select_facts  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # No training clock: a clock that stops a busy machine's training early makes the designs incomparable.

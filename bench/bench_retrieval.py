@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.questions.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
 from engine.kb import knowledge_base as kbmod
 from engine.kb import store as storemod
 from engine.kb.knowledge_base import KnowledgeBase
 from engine.kb.manifest import read as read_manifest
+from engine.questions.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
 
 RESULTS = Path(__file__).parent / "results"
 KB_DIR = RESULTS / "kb-10k"

@@ -27,11 +27,11 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import pytest
-
 from bench_index import DIM, REALISTIC, _graph
+from sizes import folder_bytes, rss_bytes
+
 from engine.kb import index
 from engine.kb.index import HnswConfig
-from sizes import folder_bytes, rss_bytes
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (1_000, 10_000, 100_000, 1_000_000)

@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
-from engine.questions.qa import load_questions
-from engine.generation.chat import RAG_SYSTEM_PROMPT
 from engine.embedding.embedder import Embedder
+from engine.generation.chat import RAG_SYSTEM_PROMPT
+from engine.generation.kv_cache import ChunkKvCache
 from engine.hardware import default_threads
 from engine.kb import KnowledgeBase
-from engine.generation.kv_cache import ChunkKvCache
+from engine.questions.qa import load_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "engine" / "data" / "kb" / "docs"

@@ -57,16 +57,15 @@ __all__ = sorted([*_LAZY, "errors", "models", "__version__"])
 if TYPE_CHECKING:
     from engine.answer import Answer, AnswerTimings, Citation, Mode, StopReason
     from engine.answer.types import SpliceMode
-    from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
-    from engine.generation.splice import Splice
     from engine.embedding.embedder import Embedder
     from engine.facade import AnswerStream, Engine
-    from engine.generation.types import (Generation, GenerationTimings, GeneratorConfig, ModelInfo,
-                                         SamplingConfig)
     from engine.generation.generator import Generator
-    from engine.hardware import hardware
-    from engine.kb import BuildReport, ChunkingConfig, HnswConfig, Hit, KnowledgeBase, SearchResult, SearchTimings
+    from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
+    from engine.generation.splice import Splice
     from engine.generation.stream import TextStream
+    from engine.generation.types import Generation, GenerationTimings, GeneratorConfig, ModelInfo, SamplingConfig
+    from engine.hardware import hardware
+    from engine.kb import BuildReport, ChunkingConfig, Hit, HnswConfig, KnowledgeBase, SearchResult, SearchTimings
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

@@ -26,13 +26,14 @@ from engine import models
 from engine.answer import CONTEXTS, MODES, Answer, AnswerLayer, Context, Mode, PreparedAnswer
 from engine.answer.passages import check_hits
 from engine.answer.types import SPLICE_MODES, SpliceMode
-from engine.generation.chat import SYSTEM_PROMPT_KEY, ChatFormat, baked_system_prompt
 from engine.errors import AdapterError, InputError
+from engine.generation.chat import SYSTEM_PROMPT_KEY, baked_system_prompt
 from engine.generation.generator import Generator
 from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
-from engine.shutdown import CallGate
 from engine.generation.splice import Splice
 from engine.generation.stream import TextStream
+from engine.generation.tokenizer import Tokenizer
+from engine.shutdown import CallGate
 
 if TYPE_CHECKING:
     from engine.embedding.embedder import Embedder
@@ -127,21 +128,16 @@ class Engine:
             self.generator.load_adapter(self.adapter_path, name=_ADAPTER_NAME)
             trained_with = self.generator.adapter_metadata(_ADAPTER_NAME).get(SYSTEM_PROMPT_KEY)
             self._baked_system_prompt = trained_with or self._baked_system_prompt
-        self.kb: KnowledgeBase | None = None
-        kb_embedder: Embedder | None = None
-        if kb is not None:
-            self.kb, kb_embedder = _open_kb(kb, embedder)
+        self.kb: KnowledgeBase | None = _open_kb(kb, embedder) if kb is not None else None
         self.k = k
         self.mmr_lambda = float(mmr_lambda)
         self.prompt_budget_tokens = prompt_budget_tokens
-        generator = self.generator
+        tokens = Tokenizer.of(self.generator)
         self._layer = AnswerLayer(
-            chat=ChatFormat(lambda messages, add: generator.format_chat(messages, add_assistant=add)),
-            tokenize=lambda text: generator.tokenize(text, add_special=True, parse_special=True),
-            count_text=lambda text: len(generator.tokenize(text, add_special=False)),
+            chat=tokens.chat, tokenize=tokens.encode_prompt, count_text=tokens.count_text,
             context=context, context_tokens=context_tokens, mmr_lambda=self.mmr_lambda,
-            embedder=kb_embedder if context == "sentences" else None,
-            tokenize_part=lambda text, first: generator.tokenize(text, add_special=first, parse_special=True))
+            embedder=self.kb if context == "sentences" else None,  # sentences ranked in the kb's own space
+            tokenize_part=tokens.encode_part)
         self._calls.on_close(self, lambda engine: engine.generator.cancel())
         self.kv_cache = _kv_cache(kv_cache, self.kb)
         self._states = None
@@ -354,12 +350,10 @@ class AnswerStream:
         self.close()
 
 
-def _open_kb(kb: str | os.PathLike[str] | KnowledgeBase,
-             embedder: Embedder | None) -> tuple[KnowledgeBase, Embedder]:
+def _open_kb(kb: str | os.PathLike[str] | KnowledgeBase, embedder: Embedder | None) -> KnowledgeBase:
     from engine.kb import KnowledgeBase
 
-    opened = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb, embedder=embedder)
-    return opened, opened.embedder
+    return kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb, embedder=embedder)
 
 
 def _kv_cache(kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None,

@@ -29,7 +29,6 @@ extension, ONNX Runtime, Numba) are imported inside the fixture.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass

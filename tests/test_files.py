@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from engine._files import (atomic_writer, fsync_dir, move_into_place, sha256_file, temp_sibling, write_bytes_atomic,
-                           write_text_atomic)
+from engine._files import (
+    atomic_writer,
+    fsync_dir,
+    move_into_place,
+    sha256_file,
+    temp_sibling,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 from engine.errors import InputError
 
 

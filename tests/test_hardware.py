@@ -18,8 +18,14 @@ import pytest
 
 from engine.errors import InputError
 from engine.generation.generator import Generator, GeneratorConfig
-from engine.hardware import (cpu_backend_has_amx, default_threads, hardware, physical_cores, usable_cpus,
-                             use_extra_buffer_types)
+from engine.hardware import (
+    cpu_backend_has_amx,
+    default_threads,
+    hardware,
+    physical_cores,
+    usable_cpus,
+    use_extra_buffer_types,
+)
 
 # System lines as llama.cpp 0.3.36 prints them: an AMX Xeon (Sapphire Rapids) and an AVX-512 EPYC.
 AMX_LINE = ("CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from engine._native import core
 from engine.answer.spliced_prompt import ChunkBlock
 from engine.generation.generator import Generator
-from engine.hardware import use_extra_buffer_types
 from engine.generation.kv_cache import ChunkKvCache, StateKey, file_sha256, tokens_sha256
 from engine.generation.splice import Splice
+from engine.hardware import use_extra_buffer_types
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ from engine.answer.passages import Context, SentenceEmbedder, chunk_passages, se
 from engine.answer.prompt import Tokenize, build_rag_prompt, cited_labels
 from engine.answer.spliced_prompt import ChunkBlock, SplicedLayout, TokenizePart
 from engine.answer.types import Answer, AnswerTimings, Citation, Mode, Passage
-from engine.generation.chat import ChatFormat
 from engine.errors import InputError
+from engine.generation.chat import ChatFormat
 from engine.generation.types import Generation
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ CONTEXTS: tuple[Context, ...] = ("chunks", "sentences")
 
 
 class SentenceEmbedder(Protocol):
-    """What sentence selection needs of an embedder (``engine.Embedder`` has it)."""
+    """What sentence selection needs of an embedding space (``KnowledgeBase`` and ``Embedder`` have it)."""
 
     def embed(self, texts: list[str]) -> np.ndarray: ...
     def embed_query(self, text: str) -> np.ndarray: ...

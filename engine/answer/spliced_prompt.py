@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from engine.answer.prompt import relabel
 from engine.answer.render import render_passage
 from engine.answer.types import Passage
-from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
 from engine.errors import InputError
+from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
 
 #: ``text -> token ids`` of one part of the prompt: BOS only when ``first`` (the
 #: shared prefix), special tokens parsed as the whole-prompt path parses them.

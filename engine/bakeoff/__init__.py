@@ -40,7 +40,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:
     from engine.bakeoff.compare import CompareConfig, ComparisonResult, run_comparison
     from engine.bakeoff.pipeline import FULL, QUICK, RunProfile, RunProgress, RunResult, run_bakeoff
-    from engine.questions.qa import BUNDLED_SET, Question, is_correct, load_questions
     from engine.bakeoff.report import ReportFiles, write_report
+    from engine.questions.qa import BUNDLED_SET, Question, is_correct, load_questions
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), __all__)

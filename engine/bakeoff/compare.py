@@ -29,8 +29,8 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,9 +39,19 @@ from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
 from engine.bakeoff.memory import MemoryFootprint
-from engine.questions.qa import (Question, answer_passage, exact_match, holds_answer, is_correct, is_one_sentence,
-                               round_robin, select_facts, token_f1, unseen_questions)
 from engine.errors import InputError
+from engine.questions.qa import (
+    Question,
+    answer_passage,
+    exact_match,
+    holds_answer,
+    is_correct,
+    is_one_sentence,
+    round_robin,
+    select_facts,
+    token_f1,
+    unseen_questions,
+)
 
 if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
     from engine.answer import Answer, AnswerTimings, Mode
@@ -341,7 +351,7 @@ def _grade_spliced(engine: Engine, questions: Sequence[Question], modes: Sequenc
     assert engine.kb is not None and engine.kv_cache is not None  # the caller checks
     graded = []
     # Searched once: every variant is given exactly these passages.
-    hits = [engine.kb.search(q.question, k=engine.k, mmr_lambda=engine.mmr_lambda).hits for q in questions]
+    hits = [engine.retrieve(q.question).hits for q in questions]
     for label, (mode, splice) in SPLICE_VARIANTS.items():
         if mode not in modes:
             continue

@@ -26,10 +26,10 @@ from pathlib import Path
 from engine import __version__, models
 from engine._files import sha256_file, write_text_atomic
 from engine.bakeoff.compare import CompareConfig, ComparisonResult, Progress
-from engine.questions.qa import BUNDLED_SET
 from engine.bakeoff.report import ReportFiles
 from engine.errors import InputError, ModelError
 from engine.finetune.config import FinetuneConfig
+from engine.questions.qa import BUNDLED_SET
 
 
 @dataclass(frozen=True)
@@ -194,12 +194,12 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     """
     from engine.bakeoff.compare import run_comparison
     from engine.bakeoff.memory import memory_footprint
-    from engine.facade import Engine
-    from engine.generation.threads import fastest_thread_count
-    from engine.generation.kv_cache import ChunkKvCache
-    from engine.questions.qa import load_questions
     from engine.bakeoff.metadata import run_metadata
     from engine.bakeoff.report import write_report
+    from engine.facade import Engine
+    from engine.generation.kv_cache import ChunkKvCache
+    from engine.generation.threads import fastest_thread_count
+    from engine.questions.qa import load_questions
 
     config.validate()  # before minutes of measuring
     questions = load_questions(qa)

@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.bakeoff.compare import READER_MODES, STAGES, ComparisonResult
-from engine.bakeoff.report import (ABSTAINS, FOLLOWS, SPLIT_LABELS, STAGE_LABELS, accuracy_intervals, interval,
-                                   metadata_value, ordered, retrieval_ms, timed_modes)
+from engine.bakeoff.report import (
+    ABSTAINS,
+    FOLLOWS,
+    SPLIT_LABELS,
+    STAGE_LABELS,
+    accuracy_intervals,
+    interval,
+    metadata_value,
+    ordered,
+    retrieval_ms,
+    timed_modes,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

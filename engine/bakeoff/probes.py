@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.generation.chat import is_abstention
 from engine.questions.edits import Corpus, ValueEdit, plan_edits
 from engine.questions.qa import Question, is_correct
-from engine.generation.chat import is_abstention
 
 if TYPE_CHECKING:
     from engine.answer import Mode

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.cli import output as out
 from engine import errors, models
+from engine.cli import output as out
 from engine.questions.qa import BUNDLED_SET
 
 BUNDLED_DOCS = BUNDLED_SET / "docs"

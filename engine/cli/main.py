@@ -17,9 +17,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine import errors, models
 from engine.cli import commands
 from engine.cli import output as out
-from engine import errors, models
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,11 +20,11 @@ from typing import Literal
 
 import numpy as np
 
+from engine.embedding.export import FP32_NAME, INT8_NAME, OUTPUT_NAME
 from engine.errors import InputError, ModelError
 from engine.generation.types import check_text  # the one str + UTF-8 check of caller text
 from engine.hardware import max_threads, physical_cores
 from engine.shutdown import NATIVE
-from engine.embedding.export import FP32_NAME, INT8_NAME, OUTPUT_NAME
 
 _FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
 _TOKENIZER = "tokenizer.json"

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.embedding import quantize as onnx_quantize
 from engine._files import write_bytes_atomic
+from engine.embedding import quantize as onnx_quantize
 from engine.errors import ModelError
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine._native import core
-from engine.generation.chat import ChatFormat, baked_system_prompt
-from engine.errors import DocumentError, InputError, ModelError
+from engine.errors import DocumentError, InputError
 from engine.finetune.config import ANSWER_STYLES
+from engine.generation.chat import baked_system_prompt
+from engine.generation.tokenizer import Tokenizer
 from engine.questions.qa import Question as QaItem
 from engine.questions.qa import is_correct, load_questions, set_subject
 
@@ -68,57 +68,6 @@ def answer_target(answer: str, style: str = "sentence") -> str:
     if style == "sentence":
         return answer if answer[-1:] in ".!?" else f"{answer}."
     raise InputError(f"unknown answer style {style!r}; use one of {', '.join(ANSWER_STYLES)}")
-
-
-class Tokenizer:
-    """A GGUF model's vocabulary and chat template, through ``engine._core`` (no weights used).
-
-    Args:
-        model_path: the base model's ``.gguf``.
-
-    Raises:
-        ModelError: the file is missing or llama.cpp cannot load it.
-    """
-
-    def __init__(self, model_path: str | os.PathLike[str]) -> None:
-        path = Path(model_path)
-        if not path.is_file():
-            raise ModelError(f"base model {path} does not exist: fetch it with `bakeoff models fetch`")
-        # Memory-mapped and not repacked: only the vocabulary and the template are used.
-        self._model = core.Model(str(path), use_extra_bufts=False)
-        self.chat = ChatFormat(self._render)
-
-    def _render(self, messages: Sequence[tuple[str, str]], add_assistant: bool) -> str:
-        try:
-            return self._model.apply_chat_template(messages, add_assistant=add_assistant)
-        except InputError as exc:
-            raise ModelError(f"{self._model.info.path} cannot render a chat ({exc}); fine-tuning renders its "
-                             "examples through the model's own chat template: use a model that has one "
-                             "(an Instruct GGUF)") from None
-
-    def encode_prompt(self, text: str) -> list[int]:
-        """Tokens of a whole prompt exactly as inference tokenizes it: special-token text
-        such as ``<|im_start|>`` parsed, BOS added when the model wants one."""
-        return self._model.tokenize(text, add_special=True, parse_special=True)
-
-    def encode_completion(self, text: str) -> list[int]:
-        """Tokens of text the model generates after a prompt (an answer and its end of
-        turn): special-token text parsed, never a BOS."""
-        return self._model.tokenize(text, add_special=False, parse_special=True)
-
-    def encode_part(self, text: str, first: bool) -> list[int]:
-        """Tokens of one part of a spliced-layout prompt, as the engine tokenizes it: special-token
-        text parsed, BOS only on the ``first`` part (see ``engine.answer.spliced_prompt``)."""
-        return self._model.tokenize(text, add_special=first, parse_special=True)
-
-    def encode_document(self, text: str) -> list[int]:
-        """Tokens of a document's plain text: no BOS, and text that looks like a control
-        token stays text (a document cannot end a turn)."""
-        return self._model.tokenize(text, add_special=False, parse_special=False)
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        """Text of ``tokens``, control tokens written out; invalid UTF-8 becomes U+FFFD."""
-        return core.sanitize_utf8(self._model.detokenize(list(tokens), render_special=True))
 
 
 def qa_examples(items: list[QaItem], tokenizer: Tokenizer, *, system_prompt: str, answer_style: str,

@@ -18,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.generation.chat import SYSTEM_PROMPT_KEY
 from engine.errors import AdapterError
 from engine.finetune._deps import require_gguf
 from engine.finetune.config import LoraConfig
 from engine.finetune.gguf_write import publish, staging_path
+from engine.generation.chat import SYSTEM_PROMPT_KEY
 
 if TYPE_CHECKING:
     import torch

@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING
 from engine.answer.passages import chunk_passages
 from engine.answer.prompt import build_rag_prompt
 from engine.answer.spliced_prompt import SplicedLayout
+from engine.errors import InputError
+from engine.finetune.data import Example
+from engine.generation.chat import NOT_IN_SOURCES
+from engine.generation.tokenizer import Tokenizer
 from engine.questions.edits import Corpus, ValueEdit, replacement
 from engine.questions.qa import Question, answer_passage, first_answer_passage, holds_answer, round_robin
-from engine.generation.chat import NOT_IN_SOURCES
-from engine.errors import InputError
-from engine.finetune.data import Example, Tokenizer
 
 if TYPE_CHECKING:
     from engine.kb import Hit, KnowledgeBase

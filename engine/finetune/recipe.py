@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 from engine.errors import InputError
 from engine.finetune._deps import require_torch
 from engine.finetune.config import FinetuneConfig
-from engine.finetune.data import Tokenizer, document_examples, load_qa, qa_examples, training_system_prompt
+from engine.finetune.data import document_examples, load_qa, qa_examples, training_system_prompt
 from engine.finetune.export import write_adapter
 from engine.finetune.gguf_weights import load_base
 from engine.finetune.torch_model import LlamaModel
 from engine.finetune.train import TrainProgress, train_lora
+from engine.generation.tokenizer import Tokenizer
 from engine.questions.qa import Question, round_robin, select_facts, unseen_documents
 
 if TYPE_CHECKING:
@@ -182,10 +183,10 @@ def _practice_questions(questions: list[Question], train_items: list[Question],
 def _reader_examples(train_items: list[Question], practice: list[Question], kb: str | Path | KnowledgeBase | None,
                      docs_dir: str | Path, tokenizer: Tokenizer, config: FinetuneConfig,
                      unseen: frozenset[str]) -> ReaderExamples:
-    from engine.questions.edits import Corpus
     from engine.finetune.reader import choose_reader_questions, reader_examples
     from engine.kb import KnowledgeBase
     from engine.kb.knowledge_base import MMR_LAMBDA
+    from engine.questions.edits import Corpus
 
     chosen = choose_reader_questions(train_items, config.reader_per_fact, seed=config.seed)
     opened = kb if isinstance(kb, KnowledgeBase) else KnowledgeBase.open(kb)  # type: ignore[arg-type]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.errors import InputError
 from engine.finetune._deps import require_torch

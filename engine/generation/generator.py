@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Literal
 
 from engine import models
-from engine.models import gguf_check
 from engine._native import core
 from engine.errors import AdapterError, InputError, ModelError
+from engine.generation.splice import Splice
+from engine.generation.stream import TextStream
 from engine.generation.types import (  # noqa: F401  (re-exported: the public names of this module)
     KV_TYPES,
     Generation,
@@ -53,9 +54,8 @@ from engine.generation.types import (  # noqa: F401  (re-exported: the public na
     is_token_ids,
 )
 from engine.hardware import default_threads, use_extra_buffer_types
+from engine.models import gguf_check
 from engine.shutdown import NATIVE, CallGate
-from engine.generation.splice import Splice
-from engine.generation.stream import TextStream
 
 
 @dataclass

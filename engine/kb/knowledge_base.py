@@ -46,24 +46,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from engine.kb import scoring
 from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
-from engine.kb import index, lexical, manifest, selection, writer
+from engine.kb import index, lexical, manifest, scoring, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
 from engine.kb.embedder_choice import check_embedder, default_embedder, recorded_embedder, truncate_query
-from engine.kb.snapshot import Snapshot, LiveSnapshot
 from engine.kb.index import HnswConfig
 from engine.kb.locking import WriteLock
 from engine.kb.manifest import Manifest
 from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
+from engine.kb.snapshot import LiveSnapshot, Snapshot
 from engine.kb.writer import BuildProgress, BuildReport
 
 Progress = Callable[[BuildProgress], None]
@@ -341,6 +340,20 @@ class KnowledgeBase:
                                     float(w_dense), float(w_lexical), float(k_rrf))
         timings = SearchTimings((t1 - t0) * 1e3, *stages_ms, (time.perf_counter() - t0) * 1e3)
         return SearchResult(query, hits, timings, truncated, q)
+
+    # The knowledge base's vector space, for ranking other text (a hit's sentences) the way it
+    # ranks its chunks: callers ask the knowledge base, not its embedder.
+    def embed_query(self, text: str) -> np.ndarray:
+        """A query's vector in this knowledge base's space."""
+        return self.embedder.embed_query(text)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of passages (not queries) in this knowledge base's space."""
+        return self.embedder.embed(list(texts))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this knowledge base's embedder."""
+        return self.embedder.count_tokens(text)
 
     def chunks(self) -> list[Hit]:
         """Every chunk of the generation this object reads, in id order, as hits of score 0.

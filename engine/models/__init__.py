@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from engine.models.cache import default_cache_dir, model_dir, model_path, remove, verify_file
 from engine.models.fetch import fetch
-from engine.models.registry import (DEFAULT_EMBEDDER, DEFAULT_GENERATOR, MODELS_DIR_ENV, FetchedModel, ModelFile,
-                                    ModelSpec, load_manifest, spec)
+from engine.models.registry import (
+                                    DEFAULT_EMBEDDER,
+                                    DEFAULT_GENERATOR,
+                                    MODELS_DIR_ENV,
+                                    FetchedModel,
+                                    ModelFile,
+                                    ModelSpec,
+                                    load_manifest,
+                                    spec,
+)
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_GENERATOR", "MODELS_DIR_ENV", "FetchedModel", "ModelFile", "ModelSpec",
            "default_cache_dir", "fetch", "load_manifest", "model_dir", "model_path", "remove", "spec", "verify_file"]

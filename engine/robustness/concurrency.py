@@ -78,8 +78,8 @@ class ConcurrencyReport:
 
 def build_qa_kb(into: Path, embedder) -> Path:
     """Build the knowledge base the asker and the memory measure use: ``QA_DOCUMENTS``, 64-token chunks."""
-    from engine.questions.qa import BUNDLED_SET
     from engine.kb import KnowledgeBase
+    from engine.questions.qa import BUNDLED_SET
 
     documents = [BUNDLED_SET / "docs" / name for name in QA_DOCUMENTS]
     KnowledgeBase.build(documents, into, embedder=embedder, chunk_tokens=QA_CHUNK_TOKENS, overlap_tokens=8).close()
@@ -199,7 +199,7 @@ def _untouched(kb, engine, candidates: list[str], extra: str) -> list[str]:
     """Two questions whose retrieved chunks are the same with ``extra`` in the knowledge base and
     without, and differ from each other (so that the asker's prompts differ); fewer if none are found."""
     def passages() -> list[tuple[int, ...]]:
-        return [tuple(h.chunk_id for h in kb.search(q, k=engine.k, mmr_lambda=engine.mmr_lambda).hits)
+        return [tuple(h.chunk_id for h in engine.retrieve(q, kb=kb).hits)
                 for q in candidates]
 
     without = passages()

@@ -75,8 +75,8 @@ def cases(sizes: dict[str, int], seed: int) -> Iterator[Case]:
 
 def build_fuzz_kb(into: Path, embedder) -> Path:
     """Build the knowledge base the fuzz damages: six bundled documents (about 40 chunks), M=4."""
-    from engine.questions.qa import BUNDLED_SET
     from engine.kb import HnswConfig, KnowledgeBase
+    from engine.questions.qa import BUNDLED_SET
 
     documents = sorted((BUNDLED_SET / "docs").glob("*.md"))[:6]
     KnowledgeBase.build(documents, into, embedder=embedder, hnsw=HnswConfig(M=4, ef_construction=20)).close()

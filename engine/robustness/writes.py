@@ -141,8 +141,8 @@ class WriterChild:
 
 def _serve(cache_dir: str | None, connection) -> None:
     """The spawned child: load the embedder, then fork one process per write the parent sends."""
-    from engine.kb import scoring
     from engine.embedding.embedder import Embedder
+    from engine.kb import scoring
 
     embedder = Embedder(cache_dir=cache_dir, threads=1)
     scoring.warm_up()

@@ -86,8 +86,8 @@ def default_parts(config: ServeConfig, say: Callable[[str], None]) -> tuple[Path
         kb = config.work / "kb"
         if not (kb / "manifest.json").exists():
             say(f"indexing the bundled knowledge set into {kb} (once)")
-            from engine.questions.qa import BUNDLED_SET
             from engine.kb import KnowledgeBase
+            from engine.questions.qa import BUNDLED_SET
 
             KnowledgeBase.build(BUNDLED_SET / "docs", kb).close()
     adapter = config.adapter

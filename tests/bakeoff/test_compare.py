@@ -8,16 +8,31 @@ from types import SimpleNamespace
 import pytest
 
 from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
-from engine.questions.qa import answer_passage, exact_match, is_one_sentence, normalize, token_f1
-from engine.bakeoff.compare import (READER_MODE, READER_MODES, STAGES, CompareConfig, run_comparison,
-                                    select_questions, stage_ms)
+from engine.bakeoff.compare import (
+    READER_MODE,
+    READER_MODES,
+    STAGES,
+    CompareConfig,
+    run_comparison,
+    select_questions,
+    stage_ms,
+)
+from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
 from engine.embedding.embedder import Embedder
 from engine.errors import InputError
 from engine.facade import Engine
 from engine.generation.kv_cache import ChunkKvCache
 from engine.kb import KnowledgeBase
-from engine.questions.qa import BUNDLED_SET, is_correct, load_questions
-from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
+from engine.questions.qa import (
+    BUNDLED_SET,
+    answer_passage,
+    exact_match,
+    is_correct,
+    is_one_sentence,
+    load_questions,
+    normalize,
+    token_f1,
+)
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 

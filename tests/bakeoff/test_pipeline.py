@@ -10,12 +10,19 @@ import pytest
 
 from engine.bakeoff import pipeline
 from engine.bakeoff.compare import CompareConfig
-from engine.bakeoff.pipeline import (PHASES, QUICK, RunProfile, RunProgress, adapter_fingerprint, adapter_is_current,
-                                     run_bakeoff)
-from engine.questions.qa import BUNDLED_SET, load_questions, select_facts, unseen_documents, unseen_questions
+from engine.bakeoff.pipeline import (
+    PHASES,
+    QUICK,
+    RunProfile,
+    RunProgress,
+    adapter_fingerprint,
+    adapter_is_current,
+    run_bakeoff,
+)
 from engine.errors import InputError
 from engine.finetune.config import FinetuneConfig
 from engine.kb import KnowledgeBase
+from engine.questions.qa import BUNDLED_SET, load_questions, select_facts, unseen_documents, unseen_questions
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 TRAINED = [q for q in QUESTIONS if q.split != "unseen"]  # the facts of the documents fine-tuning may see

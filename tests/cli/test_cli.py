@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from engine import models
-from engine.cli import commands as cli_commands, main as cli
+from engine.cli import commands as cli_commands
+from engine.cli import main as cli
 from engine.questions.qa import BUNDLED_SET
 
 DOCS = BUNDLED_SET / "docs"

@@ -9,12 +9,12 @@ torch = pytest.importorskip("torch")
 gguf = pytest.importorskip("gguf")
 
 from engine._native import core  # noqa: E402
-from engine.generation.chat import baked_system_prompt  # noqa: E402
 from engine.errors import AdapterError, InputError  # noqa: E402
 from engine.finetune import SYSTEM_PROMPT_KEY  # noqa: E402
 from engine.finetune.config import LoraConfig  # noqa: E402
 from engine.finetune.export import write_adapter  # noqa: E402
 from engine.finetune.torch_model import LlamaModel  # noqa: E402
+from engine.generation.chat import baked_system_prompt  # noqa: E402
 
 CONFIG = LoraConfig(rank=8, alpha=16.0)
 SYSTEM = baked_system_prompt("Fenwhistle Aquatronics")

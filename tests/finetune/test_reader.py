@@ -9,19 +9,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.questions.qa import BUNDLED_SET, is_correct, load_questions, select_facts, unseen_documents  # noqa: E402
-from engine.generation.chat import NOT_IN_SOURCES  # noqa: E402
 from engine.embedding.embedder import Embedder  # noqa: E402
 from engine.errors import InputError  # noqa: E402
 from engine.facade import Engine  # noqa: E402
 from engine.finetune.config import FinetuneConfig  # noqa: E402
-from engine.finetune.data import Tokenizer  # noqa: E402
 from engine.finetune.gguf_weights import load_base  # noqa: E402
-from engine.finetune.torch_model import BlockLayout, LlamaModel  # noqa: E402
 from engine.finetune.reader import cited_target, reader_examples  # noqa: E402
 from engine.finetune.recipe import finetune  # noqa: E402
+from engine.finetune.torch_model import BlockLayout, LlamaModel  # noqa: E402
+from engine.generation.chat import NOT_IN_SOURCES  # noqa: E402
+from engine.generation.tokenizer import Tokenizer  # noqa: E402
 from engine.kb import KnowledgeBase  # noqa: E402
 from engine.kb.knowledge_base import MMR_LAMBDA  # noqa: E402
+from engine.questions.qa import BUNDLED_SET, is_correct, load_questions, select_facts, unseen_documents  # noqa: E402
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 UNSEEN = unseen_documents(BUNDLED_SET)
@@ -178,8 +178,8 @@ def test_counterfactual_examples_answer_the_passage_value_which_no_document_hold
 
 
 def test_reading_practice_comes_from_facts_the_adapter_is_not_trained_on(reading_kb, tokenizer, kb_dir):
-    from engine.questions.edits import Corpus
     from engine.finetune.recipe import _practice_questions
+    from engine.questions.edits import Corpus
 
     items = _train(16)
     practice = _practice_questions(QUESTIONS, items, dataclasses.replace(FinetuneConfig(), practice_per_fact=0.5))

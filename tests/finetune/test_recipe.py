@@ -11,22 +11,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine._native import core  # noqa: E402
-from engine.generation.chat import baked_system_prompt  # noqa: E402
 from engine.errors import InputError  # noqa: E402
 from engine.finetune import SYSTEM_PROMPT_KEY  # noqa: E402
 from engine.finetune.config import FinetuneConfig  # noqa: E402
-from engine.finetune.data import (  # noqa: E402
-    Example,
-    Tokenizer,
-    answer_target,
-    document_examples,
-    load_qa,
-    qa_examples,
-    training_system_prompt,
-)
-from engine.finetune.torch_model import LlamaModel  # noqa: E402
+from engine.finetune.data import Example, answer_target, document_examples, load_qa, qa_examples, training_system_prompt  # noqa: E402
 from engine.finetune.recipe import FinetuneReport, finetune  # noqa: E402
+from engine.finetune.torch_model import LlamaModel  # noqa: E402
 from engine.finetune.train import train_lora  # noqa: E402
+from engine.generation.chat import baked_system_prompt  # noqa: E402
+from engine.generation.tokenizer import Tokenizer  # noqa: E402
 from engine.questions.qa import select_facts  # noqa: E402
 
 TINY = FinetuneConfig(limit_facts=5, batch_size=5, epochs=8, stop_loss=0.05, use_documents=False,

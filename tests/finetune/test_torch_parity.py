@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine.generation.chat import baked_system_prompt
 from engine.errors import InputError, MissingExtraError, ModelError
+from engine.generation.chat import baked_system_prompt
 
 torch = pytest.importorskip("torch")
 

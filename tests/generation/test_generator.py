@@ -9,13 +9,7 @@ import time
 import gguf
 import pytest
 
-from engine.errors import (
-    CancelledError,
-    ContextOverflowError,
-    GenerationError,
-    InputError,
-    ModelError,
-)
+from engine.errors import CancelledError, ContextOverflowError, GenerationError, InputError, ModelError
 from engine.generation.generator import Generation, Generator, SamplingConfig
 from engine.hardware import hardware
 

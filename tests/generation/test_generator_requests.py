@@ -8,12 +8,11 @@ import threading
 import time
 
 import pytest
+from lora_files import write_lora
 
 from engine.errors import AdapterError, CancelledError, ContextOverflowError, InputError
 from engine.generation.generator import Generator, SamplingConfig
 from engine.generation.stream import TextStream
-
-from lora_files import write_lora
 
 LONG = SamplingConfig(ignore_eos=True)
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]

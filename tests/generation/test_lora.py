@@ -8,10 +8,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from lora_files import write_lora
 
 from engine.errors import AdapterError
 from engine.generation.generator import Generator
-from lora_files import write_lora
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 

@@ -13,13 +13,13 @@ import pytest
 
 from engine import Engine
 from engine.answer.spliced_prompt import SplicedLayout
-from engine.generation.chat import ChatFormat
 from engine.embedding.embedder import Embedder
 from engine.errors import ContextOverflowError, InputError
+from engine.generation.chat import ChatFormat
 from engine.generation.generator import Generator
-from engine.kb import KnowledgeBase
 from engine.generation.kv_cache import ChunkKvCache
 from engine.generation.splice import Splice
+from engine.kb import KnowledgeBase
 
 DOCS = Path(__file__).resolve().parents[2] / "engine" / "data" / "kb" / "docs"
 CHUNK = "The vault code of the Fenwhistle archive is 4721, and only the archivist Ilse Varkonen knows it.\n\n"

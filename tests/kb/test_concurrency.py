@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from engine.errors import KnowledgeBaseError
-from engine.kb.snapshot import LiveSnapshot
 from engine.kb.knowledge_base import KnowledgeBase
+from engine.kb.snapshot import LiveSnapshot
 from engine.kb.store import ChunkStore
 
 from . import _concurrency_workers as workers

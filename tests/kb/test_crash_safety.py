@@ -17,11 +17,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from engine.questions.qa import BUNDLED_SET
 from engine.errors import KnowledgeBaseError
 from engine.kb import writer
 from engine.kb.knowledge_base import KnowledgeBase
 from engine.kb.store import ChunkStore
+from engine.questions.qa import BUNDLED_SET
 from engine.robustness.crash import failed_writes, kill_writes, small_documents
 from engine.robustness.writes import WriterChild
 

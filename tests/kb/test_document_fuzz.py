@@ -16,10 +16,10 @@ import os
 import random
 import time
 
-from engine.questions.qa import BUNDLED_SET
 from engine.errors import DocumentError
 from engine.kb import documents
 from engine.kb.chunking import ChunkingConfig, chunk_blocks
+from engine.questions.qa import BUNDLED_SET
 
 SEED = int(os.environ.get("BAKEOFF_DOC_FUZZ_SEED", "3"))
 SECONDS = float(os.environ.get("BAKEOFF_DOC_FUZZ_SECONDS", "15"))

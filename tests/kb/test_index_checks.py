@@ -24,7 +24,6 @@ from engine.kb import index
 from engine.kb.index import HnswConfig
 from engine.kb.knowledge_base import KnowledgeBase
 
-
 HEADER = "<QQQQQQiIQQQdQ"  # hnswlib 0.8.0 saveIndex: see engine/kb/hnsw_file.py
 DIM, M = 16, 8
 

@@ -20,7 +20,6 @@ from engine.errors import KnowledgeBaseCorruptError, KnowledgeBaseMismatchError
 from engine.kb import manifest
 from engine.kb.knowledge_base import KnowledgeBase
 
-
 REBUILD = "bakeoff index --rebuild"
 
 

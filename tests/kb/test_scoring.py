@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.kb import scoring
 from engine.errors import InputError
+from engine.kb import scoring
 
 SIZES = [0, 1, 2, 7, 100, 1000, 10_000]
 

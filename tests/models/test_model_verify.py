@@ -9,13 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from lora_files import write_lora
 
 from engine import models
 from engine.embedding.embedder import Embedder
 from engine.errors import AdapterError, ModelError
 from engine.generation.generator import Generator
-
-from lora_files import write_lora
 
 GENERATOR = models.DEFAULT_GENERATOR
 STAMP = ".verified.json"

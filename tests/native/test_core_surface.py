@@ -10,12 +10,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from lora_files import write_lora
 
 from engine._native import core
-from engine.hardware import use_extra_buffer_types
 from engine.errors import ContextOverflowError, EngineError, InputError
-
-from lora_files import write_lora
+from engine.hardware import use_extra_buffer_types
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from lora_files import N_EMBD, write_alien, write_lora
 
 from engine.hardware import use_extra_buffer_types
-from lora_files import N_EMBD, write_alien, write_lora
+
 
 def run_child(script: str, timeout: float = 240) -> str:
     """Run ``script`` in a fresh interpreter; its stdout, or a failed test naming how it died."""

@@ -7,10 +7,9 @@ import re
 
 import pytest
 
-from engine.questions.edits import (SKIP_AMBIGUOUS, SKIP_NOT_FOUND, Corpus, ValueEdit, occurs, plan_edits,
-                                  replacement)
-from engine.questions.qa import BUNDLED_SET, load_questions
 from engine.generation.chat import NOT_IN_SOURCES, is_abstention
+from engine.questions.edits import SKIP_AMBIGUOUS, SKIP_NOT_FOUND, Corpus, ValueEdit, occurs, plan_edits, replacement
+from engine.questions.qa import BUNDLED_SET, load_questions
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")
 CORPUS = Corpus(BUNDLED_SET / "docs")

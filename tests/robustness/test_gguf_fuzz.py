@@ -20,12 +20,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from lora_files import write_lora
 
+from engine.errors import AdapterError, ModelError
 from engine.models import gguf_check
 from engine.robustness.gguf_fuzz import fuzz_gguf
-from engine.errors import AdapterError, ModelError
-
-from lora_files import write_lora
 
 FUZZ_SECONDS = float(os.environ.get("BAKEOFF_FUZZ_SECONDS", "30"))
 FUZZ_SEED = int(os.environ.get("BAKEOFF_FUZZ_SEED", "0"))

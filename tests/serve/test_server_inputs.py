@@ -10,13 +10,13 @@ import sys
 import textwrap
 
 import pytest
+from lora_files import write_lora
 
 from engine.errors import AdapterError, EngineClosedError, InputError
 from engine.facade import Engine
 from engine.generation.generator import Generator
 from engine.hardware import max_threads
 from engine.kb import Hit
-from lora_files import write_lora
 
 HIT = Hit(chunk_id=1, text="The Brookling B5 pump has a five-year warranty.", source="/docs/pumps.md",
           span=(0, 47), heading="Pumps", score=1.0)
@@ -91,8 +91,8 @@ def test_a_closed_engine_refuses_new_questions(generator_model_path):
 @pytest.fixture(scope="module")
 def built_kb(embedder_dir, tmp_path_factory):
     """A knowledge base of three bundled documents."""
-    from engine.questions.qa import BUNDLED_SET
     from engine.kb import KnowledgeBase
+    from engine.questions.qa import BUNDLED_SET
 
     docs = sorted((BUNDLED_SET / "docs").glob("*.md"))[:3]
     with KnowledgeBase.build(docs, tmp_path_factory.mktemp("kb") / "kb") as kb:
