@@ -1,13 +1,30 @@
 #pragma once
-// Sizes across llama.cpp's C API. Its string getters work like snprintf: they return
-// the length they need and write at most the buffer they are given, so the caller
-// grows the buffer and calls again; one helper does that dance for every getter.
+// Sizes across llama.cpp's C API. Its lengths are int32_t, so every size_t we hand it
+// goes through llama_length. Its string getters work like snprintf: they return the
+// length they need and write at most the buffer they are given, so the caller grows
+// the buffer and calls again; read_grown does that dance for every getter.
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 
+#include "errors.h"
+
 namespace bakeoff {
+
+constexpr size_t kLlamaMaxLength = static_cast<size_t>(std::numeric_limits<int32_t>::max());
+
+// n as a llama.cpp length. A cast of a larger size would wrap to a negative or short
+// length that llama.cpp reads silently, so that throws InvalidInput instead, naming
+// `what` (e.g. "the text to tokenize") and the unit its size is counted in.
+inline int32_t llama_length(size_t n, const std::string& what, const std::string& unit) {
+  if (n > kLlamaMaxLength) {
+    throw InvalidInput(what + " is " + std::to_string(n) + " " + unit + ", over llama.cpp's limit of " +
+                       std::to_string(kLlamaMaxLength) + " " + unit + ": split it into smaller pieces");
+  }
+  return static_cast<int32_t>(n);
+}
 
 // Calls read(buf, size), a llama.cpp getter returning the length it needs (< 0 on
 // failure), with first_size bytes, then once more with a buffer that fits. nullopt when

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <mutex>
@@ -96,15 +97,20 @@ std::string Model::meta(const std::string& key) const {
   return sanitize_utf8(value.value_or(""));  // an untrusted file's bytes; Python needs UTF-8
 }
 
-std::vector<llama_token> Model::tokenize(const std::string& text, bool add_special, bool parse_special) const {
-  std::vector<llama_token> tokens(text.size() + 8);
-  int32_t n = llama_tokenize(vocab_, text.data(), static_cast<int32_t>(text.size()), tokens.data(),
-                             static_cast<int32_t>(tokens.size()), add_special, parse_special);
+std::vector<llama_token> Model::tokenize(std::string_view text, bool add_special, bool parse_special) const {
+  const int32_t text_len = llama_length(text.size(), "the text to tokenize", "bytes");
+  // At most one id per byte plus the special ones, but no more than llama.cpp can count;
+  // when that is too few, it says how many it needs (n < 0) and the second call has them.
+  std::vector<llama_token> tokens(std::min(text.size() + 8, kLlamaMaxLength));
+  auto run = [&] {
+    return llama_tokenize(vocab_, text.data(), text_len, tokens.data(),
+                          llama_length(tokens.size(), "the token buffer", "tokens"), add_special, parse_special);
+  };
+  int32_t n = run();
   if (n == INT32_MIN) throw InvalidInput("text is too long to tokenize: split it");
   if (n < 0) {
-    tokens.resize(-n);
-    n = llama_tokenize(vocab_, text.data(), static_cast<int32_t>(text.size()), tokens.data(),
-                       static_cast<int32_t>(tokens.size()), add_special, parse_special);
+    tokens.resize(-static_cast<int64_t>(n));
+    n = run();
   }
   tokens.resize(std::max(n, 0));
   return tokens;
@@ -114,8 +120,9 @@ std::string Model::token_piece(llama_token token, bool render_special) const {
   char buf[128];
   int32_t n = llama_token_to_piece(vocab_, token, buf, sizeof buf, 0, render_special);
   if (n >= 0) return std::string(buf, n);
-  std::string out(-n, '\0');
-  n = llama_token_to_piece(vocab_, token, out.data(), static_cast<int32_t>(out.size()), 0, render_special);
+  std::string out(-static_cast<int64_t>(n), '\0');
+  n = llama_token_to_piece(vocab_, token, out.data(), llama_length(out.size(), "a token's text", "bytes"), 0,
+                           render_special);
   out.resize(std::max(n, 0));
   return out;
 }
@@ -131,13 +138,16 @@ void Model::check_tokens(const std::vector<llama_token>& tokens, const std::stri
 
 std::string Model::detokenize(const std::vector<llama_token>& tokens, bool render_special) const {
   check_tokens(tokens, "token");
-  std::string out(tokens.size() * 8 + 16, '\0');
-  int32_t n = llama_detokenize(vocab_, tokens.data(), static_cast<int32_t>(tokens.size()), out.data(),
-                               static_cast<int32_t>(out.size()), false, render_special);
+  const int32_t n_tokens = llama_length(tokens.size(), "the tokens to detokenize", "tokens");
+  std::string out(std::min(tokens.size() * 8 + 16, kLlamaMaxLength), '\0');
+  auto run = [&] {
+    return llama_detokenize(vocab_, tokens.data(), n_tokens, out.data(),
+                            llama_length(out.size(), "the detokenized text", "bytes"), false, render_special);
+  };
+  int32_t n = run();
   if (n < 0) {
-    out.resize(-n);
-    n = llama_detokenize(vocab_, tokens.data(), static_cast<int32_t>(tokens.size()), out.data(),
-                         static_cast<int32_t>(out.size()), false, render_special);
+    out.resize(-static_cast<int64_t>(n));
+    n = run();
   }
   out.resize(std::max(n, 0));
   return out;
@@ -156,12 +166,13 @@ std::string Model::apply_chat_template(const std::vector<std::pair<std::string, 
     chat.push_back({role.c_str(), content.c_str()});
     total += role.size() + content.size();
   }
+  llama_length(total, "the text of the chat messages", "bytes");
   auto rendered = read_grown<InvalidInput>(
       [&](char* buf, size_t size) {
         return llama_chat_apply_template(chosen.c_str(), chat.data(), chat.size(), add_assistant, buf,
-                                         static_cast<int32_t>(size));
+                                         llama_length(size, "the rendered chat", "bytes"));
       },
-      2 * total + 256, "render the chat template of model '" + info_.path + "'",
+      std::min(2 * total + 256, kLlamaMaxLength), "render the chat template of model '" + info_.path + "'",
       "format the prompt yourself and pass it as a string");
   if (!rendered) {
     throw InvalidInput("llama.cpp does not recognise this model's chat template: format the prompt yourself and "

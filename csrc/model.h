@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -56,7 +57,9 @@ class Model {
   // The value of a GGUF metadata key, or "" when absent.
   std::string meta(const std::string& key) const;
 
-  std::vector<llama_token> tokenize(const std::string& text, bool add_special, bool parse_special) const;
+  // text is a view: the binding passes Python's own buffer, uncopied. Throws InvalidInput
+  // for text over llama.cpp's 2 GiB limit.
+  std::vector<llama_token> tokenize(std::string_view text, bool add_special, bool parse_special) const;
   // Bytes of the tokens (may be invalid UTF-8 when cut mid-character).
   std::string detokenize(const std::vector<llama_token>& tokens, bool render_special) const;
   std::string token_piece(llama_token token, bool render_special) const;
