@@ -19,6 +19,8 @@ LLAMA_CPP_PYTHON_VERSION: str
 """The llama-cpp-python version whose llama.h / libllama this module was built against."""
 NATIVE_BUILD: bool
 """True when compiled with -march=native (CMake option BAKEOFF_NATIVE)."""
+KV_TYPES: tuple[str, ...]
+"""The K/V cache element types ``Session(kv_type=...)`` takes ("f16" first), from the native table."""
 
 class BackendDevice(metaclass=_pybind11_type):
     """A ggml device llama.cpp can run on (read-only)."""
@@ -234,7 +236,8 @@ class Session(metaclass=_pybind11_type):
         warmup: bool = True,
         splice_slots: int = 0,
     ) -> None:
-        """Create the context (flash_attn: -1 auto, 0 off, 1 on). Raises InputError for unusable settings."""
+        """Create the context (flash_attn: -1 auto, 0 off, 1 on; ``kv_type`` one of ``KV_TYPES``).
+        Raises InputError for unusable settings."""
     def generate(
         self,
         prompt: str | Sequence[int],

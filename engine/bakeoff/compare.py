@@ -27,37 +27,25 @@ cold (the cache emptied before every question, so states are computed on the fly
 from __future__ import annotations
 
 import functools
-import os
 import shutil
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
+from engine.bakeoff.grading import GradedAnswer, grade
+from engine.bakeoff.latency import LatencySummary, Progress, time_mode
 from engine.bakeoff.memory import MemoryFootprint
 from engine.errors import InputError
-from engine.questions.qa import (
-    Question,
-    answer_passage,
-    exact_match,
-    holds_answer,
-    is_correct,
-    is_one_sentence,
-    round_robin,
-    select_facts,
-    token_f1,
-    unseen_questions,
-)
+from engine.questions.qa import Question, answer_passage, round_robin, select_facts, unseen_questions
 
 if TYPE_CHECKING:  # the engine (native core, ONNX Runtime) loads when a comparison runs, not on import
-    from engine.answer import Answer, AnswerTimings, Mode
+    from engine.answer import Mode
     from engine.facade import Engine
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total)
 MODES_COMPARED: tuple[Mode, ...] = ("rag", "baked", "hybrid")
 #: The splits an answer is graded on: the question set's, and "updated" (after the v2 documents)
 SPLITS = ("train", "heldout", "updated", "unseen")
@@ -70,12 +58,6 @@ SPLICE_VARIANTS: dict[str, tuple[Mode, SpliceMode]] = {
     "rag-prefill": ("rag", "prefill"), "rag-spliced": ("rag", "on"),
     "hybrid-prefill": ("hybrid", "prefill"), "hybrid-spliced": ("hybrid", "on")}
 SPLICED_COLD = "rag-spliced-cold"
-#: The stages of an answer, in the order they run, named by where they sit in ``AnswerTimings``
-#: ("search.embed_ms" is ``timings.search.embed_ms``; 0 when nothing was searched).
-STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms",
-          "prompt_build_ms", "kv_ms", "generation.splice_ms", "generation.prefill_ms", "generation.decode_ms")
-
-
 @dataclass(frozen=True)
 class CompareConfig:
     """What the comparison runs.
@@ -135,43 +117,6 @@ class CompareConfig:
         if self.limit_facts is not None and (isinstance(self.limit_facts, bool)
                                              or not isinstance(self.limit_facts, int) or self.limit_facts < 1):
             raise InputError(f"limit_facts must be None (every fact) or an integer >= 1, got {self.limit_facts!r}")
-
-
-@dataclass(frozen=True)
-class GradedAnswer:
-    """One answer and whether it contains an accepted string."""
-
-    question_id: str
-    fact_id: str
-    split: str  # one of SPLITS, or a probe's: "edited", "removed" (engine.bakeoff.probes)
-    mode: str
-    question: str
-    answer: str
-    correct: bool
-    cited_sources: tuple[str, ...]
-    answer_in_context: bool | None  # rag: a passage given to the model holds an accepted string
-    ttft_ms: float
-    total_ms: float
-    exact: bool = False  # the normalised answer equals a normalised accepted string (qa.exact_match)
-    f1: float = 0.0  # best token F1 against the accepted strings (qa.token_f1)
-    one_sentence: bool = False
-    cites_label: bool | None = None  # rag: the answer names the [label] of a passage it was given
-    citation_precision: float | None = None  # rag: share of the passages it cites that hold an accepted string
-
-
-@dataclass(frozen=True)
-class LatencySummary:
-    """Latency of one mode over the timed answers (milliseconds)."""
-
-    mode: str
-    samples: int
-    stage_p50_ms: dict[str, float]
-    ttft_p50_ms: float
-    ttft_p95_ms: float
-    total_p50_ms: float
-    total_p95_ms: float
-    prompt_tokens_p50: float
-    decode_tokens_p50: float
 
 
 @dataclass
@@ -275,14 +220,16 @@ def run_comparison(
         result.answers += _grade_spliced(engine, graded[: config.splice_questions], modes, config, say,
                                          result.kv_cache)
     timing = graded[: config.timing_questions]
+    timed = functools.partial(time_mode, engine, timing, warmup=config.warmup, repetitions=config.repetitions,
+                              max_tokens=config.max_tokens, say=say)
     for mode in modes:
-        result.latency[mode] = _time_mode(engine, timing, mode, config, say)
+        result.latency[mode] = timed(mode)
     if splicing:
         for mode in (m for m in modes if m != "baked"):
-            result.latency[f"{mode}-spliced"] = _time_mode(engine, timing, mode, config, say, splice="on",
+            result.latency[f"{mode}-spliced"] = timed(mode, splice="on",
                                                            label=f"{mode}-spliced")
         if config.splice_cold:
-            result.latency[SPLICED_COLD] = _time_mode(engine, timing, "rag", config, say, splice="on",
+            result.latency[SPLICED_COLD] = timed("rag", splice="on",
                                                       label=SPLICED_COLD, cold=True)
     if config.freshness and docs_dir is not None:
         # every wording of each selected fact that an update changes: the split is then big enough to tell
@@ -307,25 +254,6 @@ def run_comparison(
     _summarise(result)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def grade(engine: Engine, q: Question, mode: Mode, split: str, accepted: tuple[str, ...], max_tokens: int,
-           *, passages: Sequence | None = None, label: str | None = None, splice: SpliceMode = "off") -> GradedAnswer:
-    """Ask ``q`` in ``mode`` (from ``passages`` when given) and grade it; ``label`` names the mode in the results."""
-    answer = engine.ask(q.question, mode, max_tokens=max_tokens, passages=passages,
-                        splice=splice if mode != "baked" else None)
-    in_context = cites = precision = None
-    if mode != "baked":
-        in_context = any(holds_answer(c, accepted) for c in answer.citations)
-        cited = [c for c in answer.citations if c.cited]
-        cites = bool(cited)
-        if cited:
-            precision = sum(holds_answer(c, accepted) for c in cited) / len(cited)
-    return GradedAnswer(q.id, q.fact_id, split, label or mode, q.question, answer.text,
-                        is_correct(answer.text, accepted), tuple(os.path.basename(c.source) for c in answer.citations),
-                        in_context, answer.timings.ttft_ms, answer.timings.total_ms,
-                        exact_match(answer.text, accepted), token_f1(answer.text, accepted),
-                        is_one_sentence(answer.text), cites, precision)
 
 
 def _grade_reader(engine: Engine, questions: Sequence[Question], modes: Sequence[Mode], config: CompareConfig,
@@ -367,55 +295,6 @@ def _grade_spliced(engine: Engine, questions: Sequence[Question], modes: Sequenc
             kv_summary["hit_rate"] = found / lookups if lookups else 0.0
             kv_summary.update(after.state_sizes())
     return graded
-
-
-def _time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, config: CompareConfig,
-               say: Progress, *, splice: SpliceMode | None = None, label: str | None = None,
-               cold: bool = False) -> LatencySummary:
-    """Latency of ``mode`` (``splice`` for rag) after a warm-up; ``cold`` empties the chunk-KV cache before each."""
-    label = label or mode
-    if mode != "baked" and splice is None:
-        splice = "off"  # the engine's default may be "on" (it has a chunk-KV cache): the mode's row is full prefill
-    for q in questions[: config.warmup]:
-        engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice)
-    samples: list[Answer] = []
-    total = len(questions) * config.repetitions
-    for _ in range(config.repetitions):
-        for q in questions:
-            if cold and engine.kv_cache is not None:
-                engine.kv_cache.clear()
-            samples.append(engine.ask(q.question, mode, max_tokens=config.max_tokens, splice=splice))
-            say(f"latency/{label}", len(samples), total)
-    return _latency(label, samples)
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def stage_ms(timings: AnswerTimings, stage: str) -> float:
-    """One of ``STAGES`` of an answer's timings, in ms; 0 for a search stage when nothing was searched."""
-    return float(timings.flat().get(stage) or 0.0)
-
-
-def _latency(mode: str, samples: Sequence[Answer]) -> LatencySummary:
-    timings = [a.timings for a in samples]
-    stage_p50 = {stage: statistics.median(stage_ms(t, stage) for t in timings) for stage in STAGES}
-    ttft = [t.ttft_ms for t in timings]
-    total = [t.total_ms for t in timings]
-    return LatencySummary(
-        mode=mode, samples=len(samples), stage_p50_ms=stage_p50,
-        ttft_p50_ms=_percentile(ttft, 0.5), ttft_p95_ms=_percentile(ttft, 0.95),
-        total_p50_ms=_percentile(total, 0.5), total_p95_ms=_percentile(total, 0.95),
-        prompt_tokens_p50=statistics.median(t.generation.prompt_tokens for t in timings),
-        decode_tokens_p50=statistics.median(t.generation.decode_tokens for t in timings),
-    )
 
 
 def _freshness(engine: Engine, changed: Sequence[Question], modes: Sequence[Mode], docs_dir: Path,

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from engine import __version__, models
 from engine._files import sha256_file, write_text_atomic
-from engine.bakeoff.compare import CompareConfig, ComparisonResult, Progress
+from engine.bakeoff.compare import CompareConfig, ComparisonResult
+from engine.bakeoff.latency import Progress
 from engine.bakeoff.report import ReportFiles
 from engine.errors import InputError, ModelError
 from engine.finetune.config import FinetuneConfig

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.bakeoff.compare import READER_MODES, STAGES, ComparisonResult
+from engine.bakeoff.compare import READER_MODES, ComparisonResult
+from engine.bakeoff.latency import STAGES
 from engine.bakeoff.report import (
     ABSTAINS,
     FOLLOWS,

@@ -32,7 +32,7 @@ from engine.questions.qa import Question, is_correct
 if TYPE_CHECKING:
     from engine.answer import Mode
     from engine.answer.types import SpliceMode
-    from engine.bakeoff.compare import GradedAnswer
+    from engine.bakeoff.grading import GradedAnswer
     from engine.facade import Engine
     from engine.kb import Hit, KnowledgeBase
 
@@ -64,7 +64,7 @@ def probe_reading(engine: Engine, graded: Sequence[Question], docs_dir: Path, sc
         graded: the comparison's graded questions (train and held-out).
         docs_dir: the v1 documents.
         scratch: a folder for the two copies (removed afterwards).
-        grade: ``compare.grade``: asks one question and grades it.
+        grade: ``grading.grade``: asks one question and grades it.
         limit: questions per probe (None: every graded question of the probed facts).
         say: progress (phase, done, total).
     """

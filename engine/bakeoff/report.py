@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._files import write_text_atomic
-from engine.bakeoff.compare import READER_MODES, SPLITS, STAGES, ComparisonResult
+from engine.bakeoff.compare import READER_MODES, SPLITS, ComparisonResult
+from engine.bakeoff.latency import STAGES
 from engine.bakeoff.metadata import run_metadata
 from engine.bakeoff.stats import half_width, wilson_interval
 

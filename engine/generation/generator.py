@@ -27,17 +27,17 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Literal
+from typing import Unpack
 
 from engine import models
 from engine._native import core
-from engine.errors import AdapterError, InputError, ModelError
-from engine.generation.splice import Splice
+from engine.errors import InputError, ModelError
+from engine.generation.adapters import Adapters
+from engine.generation.requests import Request, RequestOptions, build_request
 from engine.generation.stream import TextStream
 from engine.generation.types import (  # noqa: F401  (re-exported: the public names of this module)
-    KV_TYPES,
     Generation,
     GenerationTimings,
     GeneratorConfig,
@@ -48,26 +48,12 @@ from engine.generation.types import (  # noqa: F401  (re-exported: the public na
     TokenIds,
     chat_roles,
     check_messages,
-    check_request,
     check_text,
     check_token_ids,
-    is_token_ids,
 )
 from engine.hardware import default_threads, use_extra_buffer_types
 from engine.models import gguf_check
 from engine.shutdown import NATIVE, CallGate
-
-
-@dataclass
-class _Request:
-    prompt: str | list[int]  # text to tokenize, or token ids used as they are
-    max_tokens: int
-    sampling: core.SamplingOptions
-    stop: list[str]
-    adapters: list[tuple[core.LoraAdapter, float]]
-    truncate_left: bool
-    reuse_prefix: bool = True
-    splices: tuple[Splice, ...] = ()
 
 
 class Generator:
@@ -119,13 +105,12 @@ class Generator:
         # Cancel tokens of the requests submitted and not finished (see cancel()).
         self._pending: set[core.CancelToken] = set()
         self._pending_lock = threading.Lock()
-        self._adapters: dict[str, core.LoraAdapter] = {}
-        self._attached: dict[str, float] = {}
         self._gate = CallGate("this Generator")
         NATIVE.on_close(self, Generator.cancel)
         threads = config.n_threads or default_threads()
         self._model = core.Model(str(path), n_gpu_layers=config.n_gpu_layers, use_mmap=config.use_mmap,
                                  use_extra_bufts=use_extra_buffer_types(config.extra_buffers))
+        self._adapters = Adapters(self._model)
         flash = -1 if config.flash_attn is None else int(config.flash_attn)
         self._session = core.Session(self._model, n_ctx=config.n_ctx, n_batch=config.n_batch, n_threads=threads,
                                      n_threads_batch=config.n_threads_batch or threads, flash_attn=flash,
@@ -144,7 +129,7 @@ class Generator:
         self._devices = tuple(d.name for d in devices)
 
     def __repr__(self) -> str:
-        return f"Generator({self.info.path!r}, n_ctx={self.n_ctx}, adapters={sorted(self._adapters)})"
+        return f"Generator({self.info.path!r}, n_ctx={self.n_ctx}, adapters={sorted(self._adapters.names)})"
 
     @property
     def n_ctx(self) -> int:
@@ -200,22 +185,12 @@ class Generator:
         Raises:
             AdapterError: missing file, not a LoRA GGUF, a damaged header, or made for another model.
         """
-        file = Path(path)
-        name = file.stem if name is None else name
-        if not isinstance(name, str) or not name:
-            raise InputError(f"adapter name must be a non-empty str, got {name!r}")
-        if not file.is_file():
-            raise AdapterError(f"no adapter file at '{file}': check the path")
-        if name in self._adapters:
-            raise AdapterError(f"an adapter named {name!r} is already loaded: pass another name=")
-        gguf_check.check_gguf(file, adapter=True)
-        self._adapters[name] = core.LoraAdapter(self._model, str(file))
-        return name
+        return self._adapters.load(path, name)
 
     @property
     def adapters(self) -> tuple[str, ...]:
         """Names of the loaded adapters."""
-        return tuple(self._adapters)
+        return self._adapters.names
 
     def adapter_metadata(self, name: str) -> dict[str, str]:
         """The GGUF key/value metadata of loaded adapter ``name``, values as text.
@@ -227,58 +202,19 @@ class Generator:
         Raises:
             AdapterError: no adapter of that name is loaded.
         """
-        return dict(self._adapter(name).metadata)
-
-    def _adapter(self, name: str) -> core.LoraAdapter:
-        if not isinstance(name, str) or name not in self._adapters:
-            raise AdapterError(f"no adapter named {name!r} is loaded (loaded: {sorted(self._adapters)}): "
-                               "call load_adapter() first")
-        return self._adapters[name]
+        return dict(self._adapters.get(name).metadata)
 
     def attach(self, name: str, scale: float = 1.0) -> None:
         """Use adapter ``name`` at ``scale`` for every request that does not pass ``adapters=``."""
-        self._resolve_adapters({name: scale})
-        self._attached[name] = float(scale)
+        self._adapters.attach(name, scale)
 
     def detach(self, name: str | None = None) -> None:
         """Stop using adapter ``name`` by default (all adapters when None). It stays loaded."""
-        if name is None:
-            self._attached.clear()
-        else:
-            self._attached.pop(name, None)
-
-    def _resolve_adapters(self, adapters: Mapping[str, float] | None) -> list[tuple[core.LoraAdapter, float]]:
-        chosen = self._attached if adapters is None else adapters
-        if not isinstance(chosen, Mapping):
-            raise InputError(f"adapters must be a mapping of adapter name to scale, got {type(chosen).__name__}")
-        resolved = []
-        for name, scale in chosen.items():
-            adapter = self._adapter(name)
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise InputError(f"adapter scale must be a finite number, got {scale!r} for {name!r}")
-            if scale != 0:
-                resolved.append((adapter, float(scale)))
-        return resolved
+        self._adapters.detach(name)
 
     # Generation ---------------------------------------------------------------
 
-    def generate(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        repeat_penalty: float = 1.0,
-        stop: Sequence[str] = (),
-        grammar: str | None = None,
-        sampling: SamplingConfig | None = None,
-        adapters: Mapping[str, float] | None = None,
-        truncate: Literal["error", "left"] = "error",
-        reuse_prefix: bool = True,
-        splices: Sequence[Splice] = (),
-    ) -> Generation:
+    def generate(self, prompt: Prompt, **options: Unpack[RequestOptions]) -> Generation:
         """Generate a completion of ``prompt``: a string, chat messages formatted with the
         model's own template, or token ids.
 
@@ -288,8 +224,10 @@ class Generator:
                 ``(role, content)``; or token ids (ints in ``[0, n_vocab)``, e.g. from
                 :meth:`tokenize`), used as they are: nothing is tokenized again and
                 ``timings.tokenize_ms`` is 0.
-            max_tokens: most tokens to generate (>= 1).
-            temperature, top_k, top_p, repeat_penalty: sampling; ``sampling=`` overrides them.
+            **options: see :class:`~engine.generation.requests.RequestOptions`; all optional:
+            max_tokens: most tokens to generate (>= 1; 128).
+            temperature, top_k, top_p, repeat_penalty: sampling (0.0, 40, 0.95, 1.0); ``sampling=``
+                (a :class:`SamplingConfig`) overrides them.
             stop: strings that end generation; they are not part of the text.
             grammar: a GBNF grammar (rule ``root``) the output must follow.
             adapters: ``{name: scale}`` of loaded LoRA adapters for this request
@@ -310,27 +248,10 @@ class Generator:
             CancelledError: :meth:`cancel` was called after this call began.
             KeyboardInterrupt: Ctrl-C while generating on the main thread.
         """
-        request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
-                                sampling, adapters, truncate, reuse_prefix, splices)
+        request = self._request(prompt, options)
         return self._run(request, self._submit(), None)
 
-    def stream(
-        self,
-        prompt: Prompt,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        repeat_penalty: float = 1.0,
-        stop: Sequence[str] = (),
-        grammar: str | None = None,
-        sampling: SamplingConfig | None = None,
-        adapters: Mapping[str, float] | None = None,
-        truncate: Literal["error", "left"] = "error",
-        reuse_prefix: bool = True,
-        splices: Sequence[Splice] = (),
-    ) -> TextStream:
+    def stream(self, prompt: Prompt, **options: Unpack[RequestOptions]) -> TextStream:
         """Like :meth:`generate`, but yields text pieces (valid UTF-8) as they are produced.
 
         The concatenated pieces equal ``generate(...).text``; once exhausted, the
@@ -338,8 +259,7 @@ class Generator:
         a ``with`` block, or dropping it cancels generation. Argument errors raise here;
         the request counts as submitted from this call (see :meth:`cancel`).
         """
-        request = self._request(prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar,
-                                sampling, adapters, truncate, reuse_prefix, splices)
+        request = self._request(prompt, options)
         token = self._submit()
         return TextStream(functools.partial(self._run, request, token), functools.partial(self._withdraw, token))
 
@@ -369,7 +289,7 @@ class Generator:
         """
         ctx = check_token_ids(context, self.info.n_vocab, "context")
         cont = check_token_ids(continuation, self.info.n_vocab, "continuation")
-        resolved = self._resolve_adapters(adapters)
+        resolved = self._adapters.resolve(adapters)
         with self._native(), self._lock:
             return math.fsum(self._session.log_probs(ctx, cont, adapters=resolved))
 
@@ -390,7 +310,7 @@ class Generator:
         """
         ctx = check_token_ids(prefix, self.info.n_vocab, "prefix")
         body = check_token_ids(chunk, self.info.n_vocab, "chunk")
-        resolved = self._resolve_adapters(adapters)
+        resolved = self._adapters.resolve(adapters)
         with self._native(), self._lock:
             return self._session.chunk_state(ctx, body, adapters=resolved)
 
@@ -440,32 +360,15 @@ class Generator:
         with self._pending_lock:
             self._pending.discard(token)
 
-    def _request(self, prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, stop, grammar, sampling,
-                 adapters, truncate, reuse_prefix, splices=()) -> _Request:
-        if sampling is None:
-            sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
-                                      repeat_penalty=repeat_penalty)
-        stops = check_request(max_tokens, sampling, stop, grammar, truncate)
-        if isinstance(prompt, str):
-            native_prompt: str | list[int] = check_text(prompt, "prompt")
-        elif is_token_ids(prompt):
-            native_prompt = check_token_ids(prompt, self.info.n_vocab, "prompt")
-        else:
-            native_prompt = self.format_chat(prompt)
-        options = core.SamplingOptions()
-        for f in fields(SamplingConfig):
-            if f.name != "seed":
-                setattr(options, f.name, getattr(sampling, f.name))
-        options.seed = self.config.seed if sampling.seed is None else sampling.seed
-        options.grammar = grammar or ""
-        splices = tuple(splices)
-        if splices and (isinstance(native_prompt, str) or not all(isinstance(s, Splice) for s in splices)):
-            raise InputError("splices= takes engine.Splice values and a prompt of token ids (the splices name "
-                             "token positions)")
-        return _Request(native_prompt, max_tokens, options, stops, self._resolve_adapters(adapters), truncate == "left",
-                        bool(reuse_prefix), splices)
+    def _request(self, prompt: Prompt, options: RequestOptions) -> Request:
+        unknown = set(options) - RequestOptions.__optional_keys__
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}: the options are "
+                            f"{sorted(RequestOptions.__optional_keys__)}")
+        return build_request(prompt, n_vocab=self.info.n_vocab, seed=self.config.seed, format_chat=self.format_chat,
+                             resolve_adapters=self._adapters.resolve, **options)
 
-    def _run(self, request: _Request, token: core.CancelToken,
+    def _run(self, request: Request, token: core.CancelToken,
              on_piece: Callable[[str], None] | None) -> Generation:
         """Run one submitted request when its turn comes (takes the lock for the call)."""
         try:

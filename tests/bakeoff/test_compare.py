@@ -8,15 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
-from engine.bakeoff.compare import (
-    READER_MODE,
-    READER_MODES,
-    STAGES,
-    CompareConfig,
-    run_comparison,
-    select_questions,
-    stage_ms,
-)
+from engine.bakeoff.compare import READER_MODE, READER_MODES, CompareConfig, run_comparison, select_questions
+from engine.bakeoff.latency import STAGES, stage_ms
 from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
 from engine.embedding.embedder import Embedder
 from engine.errors import InputError

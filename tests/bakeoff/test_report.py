@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from engine.bakeoff.compare import STAGES, ComparisonResult, GradedAnswer, LatencySummary
+from engine.bakeoff.compare import ComparisonResult
+from engine.bakeoff.grading import GradedAnswer
+from engine.bakeoff.latency import STAGES, LatencySummary
 from engine.bakeoff.memory import MemoryFootprint
 from engine.bakeoff.metadata import cpu_model, git_commit, run_metadata
 from engine.bakeoff.plots import figures, footer_text

@@ -3,14 +3,21 @@ or made for anything else than what is asked (another model, adapter, KV setting
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
 import warnings
 
 import pytest
 
 from engine.errors import InputError
-from engine.generation.kv_cache import ChunkKvCache, StateKey
+from engine.generation.kv_cache import ChunkKvCache, StateKey, text_sha256
 
 KEY = StateKey("m" * 64, (), "f16", "auto", "build-1", "p" * 64)
 TOKENS = (11, 12, 13)
@@ -95,7 +102,6 @@ def test_budgets_evict_the_least_recently_used(tmp_path):
     assert stats.evictions >= 2
     assert len(_files(cache)) == 3
     names = {f.stem for f in _files(cache)}
-    from engine.generation.kv_cache import text_sha256
     assert text_sha256("b") not in names  # least recently used on disk went first
 
 
@@ -133,3 +139,224 @@ def test_prune_and_clear(tmp_path):
 def test_a_bad_budget_is_a_typed_error(tmp_path, budget):
     with pytest.raises(InputError, match="ram_bytes"):
         ChunkKvCache(tmp_path, ram_bytes=budget)
+
+
+# Hostile folders (issue 21) ----------------------------------------------------------
+
+def _state_file(folder, text: str = "block", key: StateKey = KEY):
+    from engine.generation.kv_cache import text_sha256
+
+    file = folder / key.digest / f"{text_sha256(text)}.kv"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return file
+
+
+def _get_in_a_child(folder, text: str = "block") -> dict:
+    """cache.get in a child process with 1 GiB of address space and a deadline: a hang or a runaway
+    allocation fails the test instead of the machine."""
+    script = textwrap.dedent(f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+        from engine.generation.kv_cache import ChunkKvCache, StateKey
+        key = StateKey({KEY.model_sha256!r}, (), {KEY.kv_type!r}, {KEY.flash_attn!r}, {KEY.build!r},
+                       {KEY.prefix_sha256!r})
+        cache = ChunkKvCache({str(folder)!r})
+        found = cache.get(key, {text!r}, {TOKENS!r}, 7)
+        print(json.dumps(dict(found=found is not None, rejected=cache.stats().rejected)))
+    """)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading the cache folder hung")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("entry", ["fifo", "dev-zero", "sparse-20GB", "directory", "symlink-to-a-state"])
+def test_an_entry_that_is_not_a_regular_file_of_plausible_size_is_a_miss_and_replaced(tmp_path, entry):
+    file = _state_file(tmp_path)
+    if entry == "fifo":
+        os.mkfifo(file)
+    elif entry == "dev-zero":
+        file.symlink_to("/dev/zero")
+    elif entry == "sparse-20GB":
+        with open(file, "wb") as handle:
+            handle.truncate(20 * 2**30)
+    elif entry == "directory":
+        file.mkdir()
+    else:
+        real = tmp_path / "elsewhere.kv"
+        ChunkKvCache(tmp_path / "other").put(KEY, "block", TOKENS, 7, STATE)
+        real.write_bytes(next((tmp_path / "other").glob("*/*.kv")).read_bytes())
+        file.symlink_to(real)
+    try:
+        seen = _get_in_a_child(tmp_path)
+    finally:
+        if entry == "fifo":  # let a reader that is still blocked in open() go
+            with contextlib.suppress(OSError):
+                os.close(os.open(file, os.O_WRONLY | os.O_NONBLOCK))
+    assert seen == {"found": False, "rejected": 1}
+    # The caller recomputes the state: it is written anew in the bad entry's place (a regular file).
+    cache = ChunkKvCache(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache.put(KEY, "block", TOKENS, 7, STATE)
+    assert file.is_file() and not file.is_symlink()
+    again = ChunkKvCache(tmp_path).get(KEY, "block", TOKENS, 7)
+    assert again is not None and again.state == STATE
+
+
+def test_a_file_larger_than_any_state_the_cache_keeps_is_refused_before_it_is_read(tmp_path):
+    cache = ChunkKvCache(tmp_path, ram_bytes=len(STATE) + 2000)
+    cache.put(KEY, "block", TOKENS, 7, STATE)
+    file = _state_file(tmp_path)
+    with open(file, "ab") as handle:  # a real state with a tail: bigger than the budget allows
+        handle.truncate(file.stat().st_size + 10 * len(STATE))
+    small = ChunkKvCache(tmp_path, ram_bytes=len(STATE) + 2000)
+    assert small.get(KEY, "block", TOKENS, 7) is None
+    assert small.stats().rejected == 1 and not file.exists()
+
+
+def test_four_threads_asking_for_the_same_states_on_an_empty_folder_write_every_one(tmp_path):
+    texts = [f"chunk {i}" for i in range(6)]
+    big = STATE * 20  # 200 KB: writes long enough to overlap
+    for round_ in range(3):
+        folder = tmp_path / f"round-{round_}"
+        cache = ChunkKvCache(folder)
+        start = threading.Barrier(4)
+        errors = []
+
+        def ask() -> None:
+            try:
+                start.wait()
+                for text in texts:
+                    if cache.get(KEY, text, TOKENS, 0) is None:
+                        cache.put(KEY, text, TOKENS, 0, big)
+            except BaseException as error:  # noqa: BLE001 (reported below)
+                errors.append(error)
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            threads = [threading.Thread(target=ask) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        assert not errors and not [str(w.message) for w in caught]
+        assert cache.stats().disk_enabled
+        assert len(_files(cache)) == 6
+        assert not list(folder.glob("*/.*"))  # no temporary file left behind
+        fresh = ChunkKvCache(folder)
+        assert all(fresh.get(KEY, text, TOKENS, 0) is not None for text in texts)
+        assert fresh.stats().disk_hits == 6
+
+
+def test_a_failed_write_costs_that_state_only(tmp_path):
+    blocked = _state_file(tmp_path, "b")
+    blocked.mkdir()
+    (blocked / "inside").write_text("a directory that cannot be replaced by a file")
+    cache = ChunkKvCache(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for text in ("a", "b", "c", "b", "d"):
+            cache.put(KEY, text, TOKENS, 0, STATE)
+    assert len(caught) <= 1  # said once, not per state
+    stats = cache.stats()
+    assert stats.disk_enabled and stats.failed_writes == 2
+    assert {f.stem for f in _files(cache)} == {text_sha256(t) for t in "acd"}
+    found = cache.get(KEY, "b", TOKENS, 0)  # served from RAM
+    assert found is not None and found.state == STATE
+    fresh = ChunkKvCache(tmp_path)  # a new process: recomputes "b", reads the others from disk
+    assert fresh.get(KEY, "b", TOKENS, 0) is None
+    assert all(fresh.get(KEY, t, TOKENS, 0) is not None for t in "acd")
+
+
+def _header(file) -> tuple[dict, bytes]:
+    data = file.read_bytes()
+    magic, version, length = struct.unpack_from("<4sII", data)
+    return json.loads(data[12:12 + length]), data[12 + length:]
+
+
+def _rewrite(file, header: dict | bytes, state: bytes, version: int | None = None) -> None:
+    encoded = header if isinstance(header, bytes) else json.dumps(header).encode()
+    if version is None:
+        version = struct.unpack_from("<4sII", file.read_bytes())[1]
+    file.write_bytes(struct.pack("<4sII", b"BKKV", version, len(encoded)) + encoded + state)
+
+
+@pytest.mark.parametrize("forgery", ["adapters-not-pairs", "adapters-not-a-list", "header-a-list", "deep-nesting",
+                                     "not-utf8", "huge-header-length"])
+def test_a_malformed_header_is_rejected_and_deleted_never_raised(tmp_path, forgery):
+    ChunkKvCache(tmp_path).put(KEY, "block", TOKENS, 7, STATE)
+    file = _state_file(tmp_path)
+    header, state = _header(file)
+    if forgery == "adapters-not-pairs":
+        _rewrite(file, dict(header, adapters=[1, 2]), state)
+    elif forgery == "adapters-not-a-list":
+        _rewrite(file, dict(header, adapters=7), state)
+    elif forgery == "header-a-list":
+        _rewrite(file, b"[1, 2, 3]", state)
+    elif forgery == "deep-nesting":
+        _rewrite(file, b"[" * 100_000 + b"]" * 100_000, state)
+    elif forgery == "not-utf8":
+        _rewrite(file, b"\xff\xfe{}", state)
+    else:
+        data = bytearray(file.read_bytes())
+        data[8:12] = struct.pack("<I", 2**32 - 1)
+        file.write_bytes(bytes(data))
+    cache = ChunkKvCache(tmp_path)
+    assert cache.get(KEY, "block", TOKENS, 7) is None
+    assert cache.stats().rejected == 1 and not file.exists()
+
+
+def test_the_header_names_the_whole_key_and_an_old_format_is_replaced(tmp_path):
+    ChunkKvCache(tmp_path).put(KEY, "block", TOKENS, 7, STATE)
+    file = _state_file(tmp_path)
+    header, state = _header(file)
+    assert header["key_digest"] == KEY.full_digest and header["position"] == 7 and header["n_tokens"] == 3
+    # The same file with the format version before the key digest: a miss, deleted, then written anew.
+    old = {k: v for k, v in header.items() if k != "key_digest"}
+    _rewrite(file, old, state, version=1)
+    cache = ChunkKvCache(tmp_path)
+    assert cache.get(KEY, "block", TOKENS, 7) is None and not file.exists()
+    cache.put(KEY, "block", TOKENS, 7, STATE)
+    assert ChunkKvCache(tmp_path).get(KEY, "block", TOKENS, 7) is not None
+
+
+def test_a_header_claiming_the_key_with_another_keys_digest_is_refused(tmp_path):
+    """A file whose fields were edited to the folder's key, but whose digest still names the key it was made for."""
+    adapter_key = dataclasses.replace(KEY, adapters=(("a" * 64, 1.0),))
+    ChunkKvCache(tmp_path).put(adapter_key, "block", TOKENS, 7, STATE)
+    made = _state_file(tmp_path, key=adapter_key)
+    header, state = _header(made)
+    placed = _state_file(tmp_path, key=KEY)
+    placed.write_bytes(made.read_bytes())
+    _rewrite(placed, dict(header, adapters=[]), state)
+    cache = ChunkKvCache(tmp_path)
+    assert cache.get(KEY, "block", TOKENS, 7) is None and cache.stats().rejected == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a file owned by another user needs root")
+@pytest.mark.parametrize("planted", ["another-owner", "writable-by-others"])
+def test_a_file_another_user_could_have_written_is_refused(tmp_path, planted):
+    """Another local user who can write the folder cannot make a file that is ours: theirs is refused."""
+    ChunkKvCache(tmp_path).put(KEY, "block", TOKENS, 7, STATE)
+    file = _state_file(tmp_path)
+    if planted == "another-owner":
+        os.chown(file, 12345, 12345)
+    else:
+        file.chmod(0o666)
+    cache = ChunkKvCache(tmp_path)
+    assert cache.get(KEY, "block", TOKENS, 7) is None and cache.stats().rejected == 1
+    cache.put(KEY, "block", TOKENS, 7, STATE)
+    assert file.stat().st_uid == os.geteuid() and not file.stat().st_mode & 0o022
+
+
+def test_a_state_payload_for_another_position_is_refused_when_spliced(tmp_path):
+    """The check behind "a rotated state is caught" at the cache level: the header's position is the request's."""
+    ChunkKvCache(tmp_path).put(KEY, "block", TOKENS, 7, STATE)
+    file = _state_file(tmp_path)
+    header, state = _header(file)
+    _rewrite(file, dict(header, position=10), state)  # claims to be the state at 10..12
+    cache = ChunkKvCache(tmp_path)
+    assert cache.get(KEY, "block", TOKENS, 7) is None and cache.stats().rejected == 1
