@@ -1,4 +1,4 @@
-"""What ``KnowledgeBase`` accepts from its caller: argument checks, and arguments renamed for a release.
+"""What ``KnowledgeBase`` accepts from its caller: the argument checks of its methods.
 
 Each check raises :class:`InputError` with the value it refused and what would do;
 they run before any work, so a refused call changes nothing on disk.
@@ -8,38 +8,16 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Iterable
-from typing import TypeVar
 
 import numpy as np
 
 from engine.errors import InputError
 from engine.kb.documents import MAX_DOCUMENT_MB
 
-T = TypeVar("T")
 
 #: Documents: a ``.txt``/``.md`` file, a folder (recursive), a glob, or a list of them.
 PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
-
-
-def renamed(method: str, old: str, old_value: T | None, new: str, new_value: T, *, default: T) -> T:
-    """The value of a renamed argument of ``KnowledgeBase.<method>``.
-
-    ``new_value`` when the old spelling was not given; otherwise ``old_value``, with a
-    ``DeprecationWarning`` pointing at the caller of ``method``.
-
-    Raises:
-        InputError: both spellings were given, with different values.
-    """
-    if old_value is None:
-        return new_value
-    warnings.warn(f"KnowledgeBase.{method}({old}=...) is deprecated and will be removed in the next release: "
-                  f"use {new}=", DeprecationWarning, stacklevel=3)
-    if new_value != default and new_value != old_value:
-        raise InputError(f"KnowledgeBase.{method} got both {new}={new_value!r} and {old}={old_value!r}: "
-                         f"give {new}= only ({old}= is its deprecated spelling)")
-    return old_value
 
 
 def check_search(query: object, k: object, candidates: object, mmr_lambda: object, w_dense: object,

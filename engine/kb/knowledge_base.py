@@ -54,7 +54,7 @@ import numpy as np
 from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
 from engine.kb import index, lexical, manifest, scoring, selection, writer
-from engine.kb.arguments import PathsLike, check_limit, check_search, describe, renamed
+from engine.kb.arguments import PathsLike, check_limit, check_search, describe
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
 from engine.kb.embedder_choice import check_embedder, default_embedder, recorded_embedder, truncate_query
@@ -110,8 +110,7 @@ class KnowledgeBase:
     def build(cls, documents: PathsLike, into: str | os.PathLike[str] | None = None, *, embedder=None,
               chunk_tokens: int = 200, overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(),
               progress: Progress | None = None, strict: bool = False, lock_timeout_s: float = 0.0,
-              max_document_mb: float = _documents.MAX_DOCUMENT_MB,
-              path: str | os.PathLike[str] | None = None) -> KnowledgeBase:
+              max_document_mb: float = _documents.MAX_DOCUMENT_MB) -> KnowledgeBase:
         """Build a knowledge base in the folder ``into`` from ``documents``, replacing what it held.
 
         Example: ``KnowledgeBase.build("docs/", into="kb")``.
@@ -133,7 +132,6 @@ class KnowledgeBase:
             lock_timeout_s: seconds to wait for another writer before ``KnowledgeBaseLockedError``.
             max_document_mb: largest document indexed, in MiB; larger files are skipped
                 (reported in ``build_report.skipped``) or, with ``strict``, raise ``DocumentError``.
-            path: deprecated spelling of ``into`` (a ``DeprecationWarning``; removed in the next release).
 
         Returns:
             The opened knowledge base; ``build_report`` says what was indexed and skipped.
@@ -143,7 +141,6 @@ class KnowledgeBase:
             DocumentError: with ``strict=True``, the first unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing ``into``.
         """
-        into = renamed("build", "path", path, "into", into, default=None)
         if into is None:
             raise InputError("KnowledgeBase.build needs into=, the knowledge base folder to build")
         directory = Path(into)
@@ -229,21 +226,18 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ writing
 
     def add(self, documents: PathsLike | None = None, *, progress: Progress | None = None, strict: bool = False,
-            lock_timeout_s: float | None = None, max_document_mb: float = _documents.MAX_DOCUMENT_MB,
-            paths: PathsLike | None = None) -> BuildReport:
+            lock_timeout_s: float | None = None, max_document_mb: float = _documents.MAX_DOCUMENT_MB) -> BuildReport:
         """Add documents: new ones are indexed, changed ones replaced, unchanged ones skipped.
 
         Atomic: on any failure or kill the knowledge base stays as it was. This object
         then sees the new generation. ``documents`` is what ``build`` takes, chunked as the
-        knowledge base was built; ``max_document_mb`` is the size limit of ``build``;
-        ``paths`` is the deprecated spelling of ``documents`` (a ``DeprecationWarning``).
+        knowledge base was built; ``max_document_mb`` is the size limit of ``build``.
 
         Raises:
             InputError: no documents given, a path does not exist, ``max_document_mb`` is not positive.
             DocumentError: with ``strict``, an unusable (or too large) file.
             KnowledgeBaseLockedError: another process is writing.
         """
-        documents = renamed("add", "paths", paths, "documents", documents, default=None)
         if documents is None:
             raise InputError("KnowledgeBase.add needs the documents to add: a file, a folder, a glob or a list of them")
         check_limit(max_document_mb)
@@ -300,8 +294,7 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ reading
 
     def search(self, query: str, k: int = 5, *, candidates: int = 64, mmr_lambda: float = MMR_LAMBDA,
-               w_dense: float = W_DENSE, w_lexical: float | None = None, k_rrf: float = K_RRF,
-               lam: float | None = None) -> SearchResult:
+               w_dense: float = W_DENSE, w_lexical: float | None = None, k_rrf: float = K_RRF) -> SearchResult:
         """The ``k`` best chunks for ``query``: dense (HNSW) and bm25 candidates, fused, diversified.
 
         Args:
@@ -315,7 +308,6 @@ class KnowledgeBase:
             w_dense, w_lexical: weights of the dense and the bm25 ranking in the fusion (>= 0, not both 0;
                 defaults ``W_DENSE`` and ``lexical_weight(query)``, tuned on held-out questions).
             k_rrf: the reciprocal-rank fusion constant (>= 0; default ``K_RRF``).
-            lam: deprecated spelling of ``mmr_lambda`` (a ``DeprecationWarning``; removed in the next release).
 
         Thread-safe: searches of one object run in parallel, also while another thread
         adds or removes documents; each sees one generation, whole.
@@ -327,7 +319,6 @@ class KnowledgeBase:
             KnowledgeBaseCorruptError: the chunk store turned out damaged (rebuild the knowledge base).
             KnowledgeBaseError: the object was closed.
         """
-        mmr_lambda = renamed("search", "lam", lam, "mmr_lambda", mmr_lambda, default=MMR_LAMBDA)
         if w_lexical is None:
             w_lexical = lexical_weight(query) if isinstance(query, str) else W_LEXICAL  # check_search refuses the rest
         check_search(query, k, candidates, mmr_lambda, w_dense, w_lexical, k_rrf)

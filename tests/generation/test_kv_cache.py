@@ -144,8 +144,6 @@ def test_a_bad_budget_is_a_typed_error(tmp_path, budget):
 # Hostile folders (issue 21) ----------------------------------------------------------
 
 def _state_file(folder, text: str = "block", key: StateKey = KEY):
-    from engine.generation.kv_cache import text_sha256
-
     file = folder / key.digest / f"{text_sha256(text)}.kv"
     file.parent.mkdir(parents=True, exist_ok=True)
     return file
@@ -352,11 +350,43 @@ def test_a_file_another_user_could_have_written_is_refused(tmp_path, planted):
     assert file.stat().st_uid == os.geteuid() and not file.stat().st_mode & 0o022
 
 
-def test_a_state_payload_for_another_position_is_refused_when_spliced(tmp_path):
-    """The check behind "a rotated state is caught" at the cache level: the header's position is the request's."""
-    ChunkKvCache(tmp_path).put(KEY, "block", TOKENS, 7, STATE)
-    file = _state_file(tmp_path)
-    header, state = _header(file)
-    _rewrite(file, dict(header, position=10), state)  # claims to be the state at 10..12
-    cache = ChunkKvCache(tmp_path)
-    assert cache.get(KEY, "block", TOKENS, 7) is None and cache.stats().rejected == 1
+
+# A state's rotation by a wrong offset is caught where it is spliced:
+# tests/generation/test_splice.py::test_bad_splices_are_typed_errors_and_leave_the_generator_usable (a state
+# named at position + 3 is an InputError), and above, test_other_tokens_or_position_for_the_same_text_are_refused
+# (a file made at another position is a miss, recomputed).
+
+
+# The same state, however it is come by (issue 21) -------------------------------------------------
+
+BLOCKS = ("The vault code of the Fenwhistle archive is 4721, and only the archivist Ilse Varkonen knows it. " * 4
+          + "\n\n", "Saltmere harbour has one lighthouse.\n\n")
+
+
+def test_a_state_computed_after_other_requests_is_byte_identical_to_the_precomputed_one(generator_model_path, tmp_path):
+    """`bakeoff index --kv-cache` computes states back to back; an answer computes a missing one after whatever
+    the generator did last. Both must be the same bytes, or an answer's wording depends on the cache's history."""
+    from engine.answer.chunk_states import ChunkStates
+    from engine.answer.spliced_prompt import ChunkBlock, SplicedLayout
+    from engine.generation.chat import ChatFormat
+    from engine.generation.generator import Generator
+
+    gen = Generator(generator_model_path, n_ctx=1024, n_threads=1, splice_slots=2)
+    chat = ChatFormat(lambda m, add: gen.format_chat(m, add_assistant=add))
+    prefix = SplicedLayout(chat, lambda text, first: gen.tokenize(text, add_special=first, parse_special=True)).prefix
+    blocks = [ChunkBlock(i, len(prefix), text, tuple(gen.tokenize(text, add_special=False)))
+              for i, text in enumerate(BLOCKS)]
+    assert len(blocks[0].tokens) > 64 > len(blocks[1].tokens)  # both sides of llama.cpp's batch-size switch
+
+    indexed = ChunkStates(gen, ChunkKvCache(tmp_path / "index"))
+    for block in blocks:  # as Engine.precompute_chunk_states does
+        indexed.fetch(prefix, [block], {})
+    question = gen.tokenize("Question: What is the vault code?<|im_end|>\n", add_special=False, parse_special=True)
+    gen.generate(list(prefix) + question, max_tokens=4)  # a question evaluated after the same prefix
+    live = ChunkStates(gen, ChunkKvCache(tmp_path / "live")).fetch(prefix, blocks[::-1], {})
+    gen.generate(list(prefix) + list(blocks[0].tokens) + question, max_tokens=4)
+    again = ChunkStates(gen, ChunkKvCache(tmp_path / "again")).fetch(prefix, blocks, {})
+    first = indexed.fetch(prefix, blocks, {})
+    assert first.computed == 0
+    assert [s.state for s in live.splices[::-1]] == [s.state for s in first.splices]
+    assert [s.state for s in again.splices] == [s.state for s in first.splices]

@@ -35,21 +35,13 @@ def test_build_takes_the_documents_then_the_folder_to_build_into(tmp_path, embed
     assert (tmp_path / "a" / "manifest.json").is_file() and (tmp_path / "b" / "manifest.json").is_file()
 
 
-def test_the_old_path_keyword_still_builds_with_a_deprecation_warning(tmp_path, embedder):
-    docs = _note(tmp_path / "docs")
-    with pytest.warns(DeprecationWarning, match=r"build\(path=\.\.\.\) is deprecated.*use into=") as caught:
-        kb = KnowledgeBase.build([docs], path=tmp_path / "kb", embedder=embedder)
-    assert kb.stats().documents == 1
-    assert caught[0].filename == __file__, "the warning points at the caller's line"
-
-
-def test_build_without_a_folder_or_with_two_different_ones_is_refused(tmp_path, embedder):
+def test_build_without_a_folder_is_refused_and_the_0_1_spellings_are_gone(tmp_path, embedder):
     docs = _note(tmp_path / "docs")
     with pytest.raises(InputError, match="needs into="):
         KnowledgeBase.build([docs], embedder=embedder)
-    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="give into= only"):
-        KnowledgeBase.build([docs], tmp_path / "a", path=tmp_path / "b", embedder=embedder)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(TypeError, match="path"):  # renamed to into= before 0.1 had users; the old name is not kept
+        KnowledgeBase.build([docs], path=tmp_path / "b", embedder=embedder)  # type: ignore[call-arg]
+    assert not (tmp_path / "b").exists()
 
 
 def test_building_into_a_file_says_a_knowledge_base_is_a_folder(tmp_path, embedder):
@@ -62,13 +54,12 @@ def test_building_into_a_file_says_a_knowledge_base_is_a_folder(tmp_path, embedd
         KnowledgeBase.open(target, embedder=embedder)
 
 
-def test_mmr_lambda_is_the_weight_and_lam_its_deprecated_spelling(kb):
+def test_mmr_lambda_is_the_weight_and_lam_is_not_an_argument(kb):
     relevance_only = [h.chunk_id for h in kb.search("warranty pump office", k=4, mmr_lambda=1.0).hits]
-    with pytest.warns(DeprecationWarning, match=r"search\(lam=\.\.\.\) is deprecated.*use mmr_lambda="):
-        old = [h.chunk_id for h in kb.search("warranty pump office", k=4, lam=1.0).hits]
-    assert old == relevance_only
-    with pytest.warns(DeprecationWarning), pytest.raises(InputError, match="give mmr_lambda= only"):
-        kb.search("warranty", mmr_lambda=0.2, lam=0.9)
+    diverse = [h.chunk_id for h in kb.search("warranty pump office", k=4, mmr_lambda=0.0).hits]
+    assert relevance_only[0] == diverse[0] and len(relevance_only) == 4
+    with pytest.raises(TypeError, match="lam"):
+        kb.search("warranty", lam=0.9)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(("arguments", "said"), [
@@ -84,14 +75,15 @@ def test_search_arguments_that_cannot_rank_are_input_errors(kb, arguments, said)
         kb.search("warranty", **arguments)
 
 
-def test_add_takes_documents_and_its_old_keyword_warns(tmp_path, kb, embedder):
+def test_add_takes_documents_and_not_its_0_1_keyword(tmp_path, kb, embedder):
     target = tmp_path / "kb"
     KnowledgeBase.build(_note(tmp_path / "docs"), target, embedder=embedder).close()
     with KnowledgeBase.open(target, embedder=embedder) as opened:
         extra = tmp_path / "more" / "tea.txt"
         extra.parent.mkdir()
         extra.write_text("Green tea is brewed at 80 degrees.", encoding="utf-8")
-        with pytest.warns(DeprecationWarning, match=r"add\(paths=\.\.\.\)"):
-            assert opened.add(paths=[extra]).added == (str(extra),)
+        with pytest.raises(TypeError, match="paths"):
+            opened.add(paths=[extra])  # type: ignore[call-arg]
+        assert opened.add([extra]).added == (str(extra),)
         with pytest.raises(InputError, match="needs the documents"):
             opened.add()
