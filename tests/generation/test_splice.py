@@ -121,7 +121,8 @@ def test_chunk_state_needs_splice_slots_and_room(generator_model_path, gen):
 
 
 def test_garbage_state_bytes_are_refused_not_crashed_on(generator_model_path):
-    """In a child process: a state that is not one must be an error, never memory corruption."""
+    """In a child process: a state that is not one is a typed error for each kind of damage (never
+    accepted, never memory corruption), and the generator answers normally afterwards."""
     script = textwrap.dedent(f"""
         from engine.generation.generator import Generator
         from engine.errors import InputError
@@ -131,16 +132,23 @@ def test_garbage_state_bytes_are_refused_not_crashed_on(generator_model_path):
         chunk = gen.tokenize(" a chunk of text", add_special=False)
         real = gen.chunk_state(prefix, chunk)
         prompt = prefix + chunk + gen.tokenize(" Question?", add_special=False)
-        for bad in (b"x" * 64, real[: len(real) // 2], real[:12] + bytes(len(real) - 12)):
+        damaged = {{"not a state": b"x" * 64, "cut in half": real[: len(real) // 2],
+                   "header kept, data zeroed": real[:12] + bytes(len(real) - 12)}}
+        for name, bad in damaged.items():
             try:
                 gen.generate(prompt, max_tokens=2, splices=[Splice(len(prefix), bad, len(chunk), len(prefix))])
-            except InputError:
-                pass
-        print("ok", gen.generate(prompt, max_tokens=2).stop_reason)
+                print(name, "accepted")
+            except InputError as error:
+                print(name, "refused:", error)
+        print("after:", gen.generate(prompt, max_tokens=2).stop_reason)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.startswith("ok")
+    lines = done.stdout.splitlines()
+    for name in ("not a state", "cut in half", "header kept, data zeroed"):
+        line = next(line for line in lines if line.startswith(name))
+        assert "refused: chunk state 0 does not fit this context" in line and "recompute it" in line, line
+    assert lines[-1] in ("after: length", "after: eos"), lines
 
 
 # The Engine ------------------------------------------------------------------------

@@ -49,9 +49,18 @@ def test_headings_are_searchable(store_path):
     assert ids == [10]
 
 
-@pytest.mark.parametrize("query", ['"unbalanced', "AND OR NOT", "NEAR(pump", "col:pump*", "^-+()", "???"])
-def test_fts5_syntax_in_a_query_is_taken_literally(store_path, query):
-    ChunkStore.open_readonly(store_path).lexical_search(query, 5)
+@pytest.mark.parametrize(("query", "words", "found"), [
+    ('"unbalanced', ['"unbalanced"'], []),  # a stray quote is not a phrase: the word alone, in no chunk
+    ("AND OR NOT", ['"not"'], []),  # operators are words ("and"/"or" are stop words), not syntax
+    ("NEAR(pump", ['"near"', '"pump"'], [10, 11]),  # NEAR( is not a function: "near" is in chunk 10
+    ("col:pump*", ['"col"', '"pump"'], [10, 11]),  # no column filter, no prefix query ("pumps" headings aside)
+    ("^-+()", [], []),
+    ("???", [], []),
+], ids=["quote", "operators", "near", "column-prefix", "symbols", "question-marks"])
+def test_fts5_syntax_in_a_query_is_taken_literally(store_path, query, words, found):
+    assert query_expression(query).split(" OR ") == (words or [""])
+    ids, _ = ChunkStore.open_readonly(store_path).lexical_search(query, 5)
+    assert sorted(ids) == found
 
 
 def test_a_long_query_keeps_a_bounded_number_of_terms():
