@@ -51,6 +51,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "bakeoff's native core over llama.cpp (see engine/_core.pyi)";
   m.attr("LLAMA_CPP_PYTHON_VERSION") = llama_cpp_python_version();
   m.attr("NATIVE_BUILD") = static_cast<bool>(BAKEOFF_NATIVE);
+  m.attr("KV_TYPES") = py::tuple(py::cast(kv_type_names()));
   install_quiet_logger();
   py::register_exception_translator(&translate_errors);
 
@@ -159,6 +160,7 @@ PYBIND11_MODULE(_core, m) {
       .def("cancel", &CancelToken::cancel)
       .def_property_readonly("cancelled", &CancelToken::cancelled);
 
+  const SessionOptions session_defaults;
   py::class_<Session>(m, "Session")
       .def(py::init([](std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, int32_t n_threads,
                        int32_t n_threads_batch, int32_t flash_attn, const std::string& kv_type, bool warmup,
@@ -168,9 +170,11 @@ PYBIND11_MODULE(_core, m) {
                                     splice_slots};
              return std::make_unique<Session>(std::move(model), options);
            }),
-           py::arg("model"), py::kw_only(), py::arg("n_ctx") = 2048, py::arg("n_batch") = 512,
-           py::arg("n_threads") = 1, py::arg("n_threads_batch") = 1, py::arg("flash_attn") = -1,
-           py::arg("kv_type") = "f16", py::arg("warmup") = true, py::arg("splice_slots") = 0)
+           py::arg("model"), py::kw_only(), py::arg("n_ctx") = session_defaults.n_ctx,
+           py::arg("n_batch") = session_defaults.n_batch, py::arg("n_threads") = session_defaults.n_threads,
+           py::arg("n_threads_batch") = session_defaults.n_threads_batch,
+           py::arg("flash_attn") = session_defaults.flash_attn, py::arg("kv_type") = session_defaults.kv_type,
+           py::arg("warmup") = session_defaults.warmup, py::arg("splice_slots") = session_defaults.splice_slots)
       .def("generate", &generate_from_python, py::arg("prompt"), py::kw_only(), py::arg("max_tokens"),
            py::arg("sampling"), py::arg("stop") = std::vector<std::string>{}, py::arg("adapters") = AdapterArgs{},
            py::arg("truncate_left") = false, py::arg("reuse_prefix") = true, py::arg("cancel") = py::none(),

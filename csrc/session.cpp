@@ -1,9 +1,10 @@
 #include "session.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
-#include <map>
+#include <utility>
 
 #include "errors.h"
 #include "log.h"
@@ -20,17 +21,21 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 
 double per_second(int32_t n, double ms) { return ms > 0 ? n * 1000.0 / ms : 0.0; }
 
+// The K/V cache element types a Session takes, in the order users see them. The one
+// list: error messages are built from it and Python reads it as _core.KV_TYPES.
+constexpr std::array<std::pair<const char*, ggml_type>, 9> kKvTypes = {{
+    {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16}, {"f32", GGML_TYPE_F32},
+    {"q8_0", GGML_TYPE_Q8_0}, {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1},
+    {"q5_0", GGML_TYPE_Q5_0}, {"q5_1", GGML_TYPE_Q5_1}, {"iq4_nl", GGML_TYPE_IQ4_NL},
+}};
+
 ggml_type kv_type_from_name(const std::string& name) {
-  static const std::map<std::string, ggml_type> types = {
-      {"f32", GGML_TYPE_F32},   {"f16", GGML_TYPE_F16},   {"bf16", GGML_TYPE_BF16},
-      {"q8_0", GGML_TYPE_Q8_0}, {"q4_0", GGML_TYPE_Q4_0}, {"q4_1", GGML_TYPE_Q4_1},
-      {"q5_0", GGML_TYPE_Q5_0}, {"q5_1", GGML_TYPE_Q5_1}, {"iq4_nl", GGML_TYPE_IQ4_NL},
-  };
-  auto it = types.find(name);
-  if (it == types.end()) {
-    throw InvalidInput("unknown kv_type '" + name + "': use one of f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl");
+  for (const auto& [known, type] : kKvTypes) {
+    if (name == known) return type;
   }
-  return it->second;
+  std::string names;
+  for (const std::string& known : kv_type_names()) names += (names.empty() ? "" : ", ") + known;
+  throw InvalidInput("unknown kv_type '" + name + "': use one of " + names);
 }
 
 // llama.cpp aborts the process on a value outside its enum (llama_flash_attn_type_name).
@@ -45,6 +50,15 @@ llama_flash_attn_type flash_attn_from_int(int32_t value) {
 }
 
 }  // namespace
+
+const std::vector<std::string>& kv_type_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& entry : kKvTypes) out.emplace_back(entry.first);
+    return out;
+  }();
+  return names;
+}
 
 void ContextDeleter::operator()(llama_context* c) const {
   LogCapture quiet;  // another library (llama_cpp) may have installed a chatty logger since

@@ -24,13 +24,17 @@ struct SessionOptions {
   int32_t n_threads = 1;
   int32_t n_threads_batch = 1;
   int32_t flash_attn = -1;  // -1 auto, 0 off, 1 on
-  std::string kv_type = "f16";  // K and V cache type: f16, bf16, f32, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl
+  std::string kv_type = "f16";  // K and V cache element type: one of kv_type_names()
   bool warmup = true;  // evaluate one token at creation so the first request does not pay for page faults
   // Most chunk states one request may splice (0: splicing off, and the context is made
   // exactly as before). Each spliced chunk is restored into a scratch sequence of its
   // own, so the context gets 1 + splice_slots sequences in one unified KV cache.
   uint32_t splice_slots = 0;
 };
+
+// The kv_type names a Session takes, in the order users see them (the table is in
+// session.cpp; the bindings expose it to Python as _core.KV_TYPES).
+const std::vector<std::string>& kv_type_names();
 
 struct SamplingOptions {
   float temperature = 0.0f;  // <= 0: greedy
