@@ -1,6 +1,7 @@
 #include "py_glue.h"
 
 #include <chrono>
+#include <string_view>
 
 #include "errors.h"
 
@@ -65,8 +66,11 @@ Result generate_from_python(Session& session, const PromptArg& prompt, int32_t m
   request.truncate_left = truncate_left;
   request.reuse_prefix = reuse_prefix;
   request.cancel = std::move(cancel);
+  // Each state is a view of its bytes object, read with the GIL released: bytes are
+  // immutable, and `splices` holds a reference to each until this call has returned.
   for (const auto& [start, state, n_tokens, position] : splices) {
-    request.splices.push_back({start, std::string(state), n_tokens, position});
+    request.splices.push_back({start, std::string_view(PyBytes_AS_STRING(state.ptr()), PyBytes_GET_SIZE(state.ptr())),
+                               n_tokens, position});
   }
   const PieceCallback callback = piece_callback(on_piece);
   const StepCheck check = signal_check();

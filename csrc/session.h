@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <llama.h>
@@ -74,9 +75,12 @@ using StepCheck = std::function<void()>;
 // prompt tokens [start, start + n_tokens) take their K/V from `state` (llama.cpp's
 // sequence state) instead of being evaluated. The state was computed at positions
 // [position, position + n_tokens); llama.cpp re-rotates its keys to where it lands.
+// `state` is a view, not a copy (a state is megabytes and a request splices several):
+// whoever builds the Request keeps those bytes alive and unchanged until generate()
+// returns.
 struct Splice {
   size_t start = 0;
-  std::string state;
+  std::string_view state;
   int32_t n_tokens = 0;
   int32_t position = 0;
 };

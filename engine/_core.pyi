@@ -260,7 +260,8 @@ class Session(metaclass=_pybind11_type):
         ``Session.cancel()`` reaches the request. ``on_piece`` (called with the GIL held)
         receives each piece of final, valid UTF-8 text. Called on the main thread, the
         request runs Python's signal handlers every few milliseconds, so Ctrl-C raises
-        KeyboardInterrupt; the session stays usable.
+        KeyboardInterrupt; the session stays usable. ``splices`` are (start, state, n_tokens,
+        position) of :meth:`chunk_state` results; each state is read in place, not copied.
 
         Raises ContextOverflowError, CancelledError, GeneratorBusyError, InputError (e.g.
         token ids outside the vocabulary), GenerationError.
