@@ -4,11 +4,23 @@ The facade asks for them between building the prompt and generating; this module
 knows what a state depends on (:class:`engine.generation.kv_cache.StateKey`) and turns each
 block of a spliced-layout prompt (:mod:`engine.answer.spliced_prompt`) into a
 :class:`engine.generation.splice.Splice`.
+
+A state is computed the same way whenever it is computed, so that the one
+``bakeoff index --kv-cache`` wrote and the one an answer computed after other
+requests are the same bytes: from an empty cache, the prefix alone in one batch, then
+the chunk in one batch after it. llama.cpp's CPU flash attention takes another path
+for a batch under 64 tokens than for a longer one, so K/V depend on the batch the
+tokens came in, and a prefix left in the cache by another request (evaluated with a
+short question, or its last token alone after a full match) gives the chunk after it
+K/V that differ in most bytes, by 2% of a value (median): enough to change a greedy
+answer's wording at a near-tie. Starting afresh costs evaluating the
+prefix (62 tokens with the default system prompt) once per call that computes states.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +28,7 @@ from dataclasses import dataclass
 from engine._native import core
 from engine.answer.spliced_prompt import ChunkBlock
 from engine.generation.generator import Generator
-from engine.generation.kv_cache import ChunkKvCache, StateKey, file_sha256, tokens_sha256
+from engine.generation.kv_cache import CachedState, ChunkKvCache, StateKey, file_sha256, tokens_sha256
 from engine.generation.splice import Splice
 from engine.hardware import use_extra_buffer_types
 
@@ -47,6 +59,7 @@ class ChunkStates:
         self._adapter_sha = {name: file_sha256(path) for name, path in (adapter_files or {}).items()}
         flash = {None: "auto", True: "on", False: "off"}[config.flash_attn]
         self._fixed = (config.kv_type, flash, _build_id(generator))
+        self._computing = threading.Lock()  # one fetch at a time starts the generator afresh and computes
 
     def key(self, prefix: tuple[int, ...], adapters: Mapping[str, float]) -> StateKey:
         """The key of states computed after ``prefix`` with ``adapters``."""
@@ -60,16 +73,42 @@ class ChunkStates:
         started = time.perf_counter()
         key = self.key(prefix, adapters)
         position = len(prefix)
-        splices = []
+        states: dict[int, CachedState] = {}
+        for i, block in enumerate(blocks):
+            if (found := self.cache.get(key, block.text, block.tokens, position)) is not None:
+                states[i] = found
         computed = 0
-        for block in blocks:
-            found = self.cache.get(key, block.text, block.tokens, position)
-            if found is None:
-                state = self.generator.chunk_state(prefix, block.tokens, adapters=dict(adapters))
-                found = self.cache.put(key, block.text, block.tokens, position, state)
-                computed += 1
-            splices.append(Splice(block.start, found.state, found.n_tokens, found.position))
-        return FetchedStates(tuple(splices), (time.perf_counter() - started) * 1000.0, computed)
+        if len(states) < len(blocks):
+            waited = not self._computing.acquire(blocking=False)
+            if waited:
+                self._computing.acquire()
+            try:
+                if waited:  # another fetch computed states meanwhile: perhaps some of these
+                    for i, block in enumerate(blocks):
+                        if i not in states and (found := self.cache.get(key, block.text, block.tokens, position)):
+                            states[i] = found
+                started_afresh = False
+                for i, block in enumerate(blocks):
+                    if i in states:
+                        continue
+                    if not started_afresh or len(prefix) == 1:  # a lone BOS cannot be evaluated alone
+                        self._start_afresh(prefix, adapters)
+                        started_afresh = True
+                    state = self.generator.chunk_state(prefix, block.tokens, adapters=dict(adapters))
+                    states[i] = self.cache.put(key, block.text, block.tokens, position, state)
+                    computed += 1
+            finally:
+                self._computing.release()
+        splices = tuple(Splice(block.start, states[i].state, states[i].n_tokens, states[i].position)
+                        for i, block in enumerate(blocks))
+        return FetchedStates(splices, (time.perf_counter() - started) * 1000.0, computed)
+
+    def _start_afresh(self, prefix: tuple[int, ...], adapters: Mapping[str, float]) -> None:
+        """Leave the generator's cache holding ``prefix`` alone, evaluated in one batch from empty (see the
+        module's docstring), so every chunk state computed next follows the same prefix K/V."""
+        self.generator.reset()
+        if len(prefix) > 1:
+            self.generator.chunk_state(prefix[:1], prefix[1:], adapters=dict(adapters))
 
 
 def _build_id(generator: Generator) -> str:

@@ -10,11 +10,25 @@ what keeps states consistent with the knowledge base's generations without writi
 them into a generation: a reader of any generation finds exactly the states of the
 chunks it reads, and :meth:`ChunkKvCache.prune` drops those no chunk uses any more.
 
-Files (``DIR/<key>/<text-sha>.kv``) carry a header (format version, the key's fields,
-token count, position, a hash of the token ids) and the state's sha256; a file that
-is truncated, flipped, or made for another key is detected when read, counted in
-``stats().rejected``, deleted, and recomputed by the caller. A folder that cannot be
-written is used as RAM only, with one warning.
+Files (``DIR/<key>/<text-sha>.kv``) carry a header (format version, the key's full
+digest and its fields, token count, position, a hash of the token ids) and the state's
+sha256; a file that is truncated, flipped, malformed, of another format version, or
+made for another key, tokens or position is detected when read, counted in
+``stats().rejected``, deleted, and recomputed by the caller.
+
+The folder is not trusted further than its owner. Only a regular file is read (not a
+symlink, FIFO, device or folder), owned by this user (or root) and writable by no one
+else, and no larger than the largest state the cache keeps; anything else is refused
+the same way, before a byte of it is read. Another local user who can write the folder
+can therefore make states refused, never used. A file forged by the cache's own user
+(a header rewritten, the sha256 recomputed) cannot be told from a real one: nothing
+in a folder that user controls could tell them apart.
+
+Each write goes through a temporary file of its own, so writers of the same state do
+not collide. A write that fails (a full disk, a folder in the file's place) costs that
+state its file only: it stays in RAM, the failure is counted in
+``stats().failed_writes`` and said once. A folder that cannot be written at all is
+used as RAM only, with one warning.
 
 Budgets: SmolLM2-135M's f16 K/V take 23 KB per token (30 layers x 3 KV heads x 64
 dims x K,V x 2 bytes, plus 12 bytes of cell metadata), so a 200-token chunk is about
@@ -24,10 +38,13 @@ Least recently used states go first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import struct
+import tempfile
 import threading
 import warnings
 from collections import OrderedDict
@@ -35,12 +52,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine._files import sha256_file, write_bytes_atomic
+from engine._files import move_into_place, sha256_file
 from engine.errors import InputError
 
 _MAGIC = b"BKKV"
-_VERSION = 1
+_VERSION = 2  # 2: the header names the key's full digest. Files of another version are misses, replaced.
 _PREFIX = struct.Struct("<4sII")  # magic, format version, header length
+_HEADER_MAX = 64 * 2**10  # the JSON header: a few hundred bytes, more with many adapters
 DEFAULT_RAM_BYTES = 512 * 2**20
 DEFAULT_DISK_BYTES = 4 * 2**30
 
@@ -57,9 +75,14 @@ class StateKey:
     prefix_sha256: str  # of the shared prefix's token ids
 
     @property
+    def full_digest(self) -> str:
+        """sha256 of all the fields: what a state file says it was made for."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+    @property
     def digest(self) -> str:
         """A folder name for this key."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+        return self.full_digest[:24]
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,8 @@ class KvCacheStats:
     ram_hits: int
     disk_hits: int
     misses: int
-    rejected: int  # files found damaged or made for another key (deleted; the caller recomputes)
+    rejected: int  # files refused: damaged, forged, not a plain file of ours, or made for another key (deleted;
+    # the caller recomputes)
     evictions: int  # states dropped from RAM or disk to stay within budget
     stored: int
     ram_bytes: int
@@ -87,6 +111,7 @@ class KvCacheStats:
 
     states: int = 0  # held in RAM
     state_tokens: int = 0  # tokens of the states held in RAM
+    failed_writes: int = 0  # states that could not be written to disk (each kept in RAM only)
 
     def state_sizes(self) -> dict[str, float]:
         """States in RAM, and their mean bytes per state and per token."""
@@ -135,6 +160,9 @@ class ChunkKvCache:
         ram_bytes, disk_bytes: budgets; least recently used states are dropped beyond them.
 
     Thread-safe: one lock guards the indexes; file reads and writes happen outside it.
+
+    Raises:
+        InputError: a budget that is not an integer >= 0.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, ram_bytes: int = DEFAULT_RAM_BYTES,
@@ -144,12 +172,18 @@ class ChunkKvCache:
                 raise InputError(f"{name} must be an integer >= 0, got {value!r}")
         self.ram_budget = ram_bytes
         self.disk_budget = disk_bytes
+        # The largest state file this cache writes or reads. A state is used from memory and the cache
+        # never holds more than its RAM budget, nor writes a file over its disk budget, so a bigger file is
+        # not one of its states: it is refused by its size, before it is read (a 20 GB sparse file would
+        # otherwise be read whole). Without a RAM budget (ram_bytes=0) the disk budget bounds it alone.
+        self._largest_state = min(ram_bytes, disk_bytes) if ram_bytes else disk_bytes
+        self._largest_file = _PREFIX.size + _HEADER_MAX + self._largest_state
         self._lock = threading.Lock()
         self._ram: OrderedDict[tuple[str, str], CachedState] = OrderedDict()
         self._ram_size = 0
         self._disk: OrderedDict[Path, int] = OrderedDict()  # file -> bytes, least recently used first
         self._disk_size = 0
-        self._counts = dict(ram_hits=0, disk_hits=0, misses=0, rejected=0, evictions=0, stored=0)
+        self._counts = dict(ram_hits=0, disk_hits=0, misses=0, rejected=0, evictions=0, stored=0, failed_writes=0)
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None and not self._writable(self.directory):
             warnings.warn(f"the chunk-KV cache folder '{self.directory}' is not writable: chunk states are kept in "
@@ -193,6 +227,7 @@ class ChunkKvCache:
         return found
 
     def stats(self) -> KvCacheStats:
+        """Counts since the cache was made, and what it holds now."""
         with self._lock:
             return KvCacheStats(**self._counts, ram_bytes=self._ram_size, disk_bytes=self._disk_size,
                                 disk_enabled=self.directory is not None, states=len(self._ram),
@@ -256,10 +291,11 @@ class ChunkKvCache:
         files = []
         for file in self.directory.glob("*/*.kv"):
             try:
-                info = file.stat()
+                info = file.lstat()
             except OSError:
                 continue
-            files.append((info.st_mtime_ns, file, info.st_size))
+            if _may_read(info, self._largest_file):  # the others are refused when read
+                files.append((info.st_mtime_ns, file, info.st_size))
         for _, file, size in sorted(files):
             self._disk[file] = size
             self._disk_size += size
@@ -273,35 +309,41 @@ class ChunkKvCache:
             return None
         file = self._path(name)
         try:
-            data = file.read_bytes()
-        except OSError:
+            data, identity = _read_state_file(file, self._largest_file)
+        except FileNotFoundError:
             return None
-        found = _decode(data, key, tokens, position)
+        except OSError:  # not a plain file of ours, or unreadable
+            data, identity = None, None
+        found = None if data is None else _decode(data, key, tokens, position)
         with self._lock:
             if found is None:
                 self._counts["rejected"] += 1
-                self._forget_file(file)
+                self._disk_size -= self._disk.pop(file, 0)
             elif file in self._disk:
                 self._disk.move_to_end(file)
-        if found is not None:
-            try:
-                os.utime(file)  # least recently used survives a restart
-            except OSError:
-                pass
+        if found is None:
+            _remove_refused(file, identity)
+        else:
+            with contextlib.suppress(OSError):
+                os.utime(file, follow_symlinks=False)  # least recently used survives a restart
         return found
 
     def _write(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], found: CachedState) -> None:
         data = _encode(key, tokens, found)
-        if len(data) > self.disk_budget:
+        if len(data) > min(self.disk_budget, self._largest_file):
             return
         file = self._path(name)
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(file, data)
+            _write_state_file(file, data)
         except OSError as error:
-            warnings.warn(f"cannot write a chunk state to '{file}' ({error}): continuing with RAM only",
-                          RuntimeWarning, stacklevel=3)
-            self.directory = None
+            with self._lock:
+                self._counts["failed_writes"] += 1
+                first = self._counts["failed_writes"] == 1
+            if first:
+                warnings.warn(f"cannot write the chunk state '{file}' ({error}): it is kept in RAM only; other "
+                              "states are still written, and failures are counted in stats().failed_writes",
+                              RuntimeWarning, stacklevel=4)
             return
         with self._lock:
             old = self._disk.pop(file, 0)
@@ -321,10 +363,15 @@ class ChunkKvCache:
             pass
 
 
+def _header(key: StateKey, tokens: Sequence[int], position: int, state: bytes) -> dict:
+    """What a state file says it was made for, and its state's size and sha256."""
+    return dict(asdict(key), key_digest=key.full_digest, n_tokens=len(tokens), position=int(position),
+                tokens_sha256=tokens_sha256(tokens), state_bytes=len(state),
+                state_sha256=hashlib.sha256(state).hexdigest())
+
+
 def _encode(key: StateKey, tokens: Sequence[int], found: CachedState) -> bytes:
-    header = dict(asdict(key), n_tokens=found.n_tokens, position=found.position, tokens_sha256=tokens_sha256(tokens),
-                  state_bytes=len(found.state), state_sha256=hashlib.sha256(found.state).hexdigest())
-    encoded = json.dumps(header, sort_keys=True).encode()
+    encoded = json.dumps(_header(key, tokens, found.position, found.state), sort_keys=True).encode()
     return _PREFIX.pack(_MAGIC, _VERSION, len(encoded)) + encoded + found.state
 
 
@@ -333,21 +380,84 @@ def _decode(data: bytes, key: StateKey, tokens: Sequence[int], position: int) ->
     if len(data) < _PREFIX.size:
         return None
     magic, version, length = _PREFIX.unpack_from(data)
-    if magic != _MAGIC or version != _VERSION or _PREFIX.size + length > len(data):
+    if magic != _MAGIC or version != _VERSION or length > _HEADER_MAX or _PREFIX.size + length > len(data):
         return None
     try:
         header = json.loads(data[_PREFIX.size:_PREFIX.size + length])
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
         return None
     state = data[_PREFIX.size + length:]
-    expected = dict(asdict(key), n_tokens=len(tokens), position=position, tokens_sha256=tokens_sha256(tokens),
-                    state_bytes=len(state))
-    if not isinstance(header, dict):
-        return None
-    header_key = {k: (tuple(tuple(a) for a in v) if k == "adapters" and isinstance(v, list) else v)
-                  for k, v in header.items()}
-    if any(header_key.get(k) != v for k, v in expected.items()):
-        return None
-    if hashlib.sha256(state).hexdigest() != header.get("state_sha256"):
+    # The writer's header after a JSON round trip (tuples become lists): every field must be equal, so a
+    # header of any other shape or type is refused without being interpreted.
+    expected = json.loads(json.dumps(_header(key, tokens, position, state)))
+    if header != expected:
         return None
     return CachedState(state, len(tokens), position)
+
+
+def _may_read(info: os.stat_result, largest: int) -> bool:
+    """Whether a state file may be read: a regular file of at most ``largest`` bytes that no one but this
+    user (or root) could have written."""
+    return (stat.S_ISREG(info.st_mode) and info.st_uid in (os.geteuid(), 0)
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and info.st_size <= largest)
+
+
+def _read_state_file(file: Path, largest: int) -> tuple[bytes | None, tuple[int, int] | None]:
+    """The bytes of ``file`` and its (device, inode); None for the bytes when it is refused (see _may_read).
+
+    Opened without following a symlink, and without blocking (a FIFO would wait for a writer forever),
+    checked on the opened descriptor (so it cannot be swapped after the check), read to its size.
+
+    Raises:
+        FileNotFoundError: no such file (a plain miss).
+        OSError: it cannot be opened as a plain file (a symlink, say) or read.
+    """
+    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        identity = (info.st_dev, info.st_ino)
+        if not _may_read(info, largest):
+            return None, identity
+        chunks, left = [], info.st_size + 1  # one byte more: a file that grew since fstat is refused
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 24))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return (b"".join(chunks) if left == 1 else None), identity
+    finally:
+        os.close(fd)
+
+
+def _remove_refused(file: Path, identity: tuple[int, int] | None) -> None:
+    """Delete a refused entry, unless a writer has put a new file there since it was read (a file that is
+    not the one refused, when the refused one was opened). An empty folder goes too; a full one stays (its
+    state is then never written, each attempt counted)."""
+    try:
+        info = file.lstat()
+    except OSError:
+        return
+    if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) != identity:
+        return
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(info.st_mode):
+            file.rmdir()
+        else:
+            file.unlink()
+
+
+def _write_state_file(file: Path, data: bytes) -> None:
+    """Atomically create or replace ``file`` with ``data``, through a temporary file of this writer's own
+    (concurrent writers of one state each publish a whole file; the last one wins).
+
+    Raises:
+        OSError: the folder is not writable, the disk is full, or a folder is in the file's place.
+    """
+    handle, temp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o644)  # as a plain write would make it: another user of a shared KB may read it
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    move_into_place(temp, file)
