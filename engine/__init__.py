@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from engine import errors, models
 from engine._lazy import lazy_exports
 
-__version__ = "0.1.0"
+from engine._version import __version__  # noqa: E402  (one place for the version)
 
 # Public name -> module that defines it; resolved lazily by __getattr__.
 _LAZY = {

@@ -40,6 +40,19 @@ class KnowledgeBaseLockedError(KnowledgeBaseError):
     """Another process is writing the knowledge base right now."""
 
 
+class ChunkingMismatchError(InputError):
+    """Documents were to be added with another chunking than the knowledge base was built with.
+
+    ``built`` and ``asked`` map ``chunk_tokens``/``overlap_tokens`` to values: what the knowledge
+    base has, and the differing values the caller gave (adding never re-chunks; rebuild instead).
+    """
+
+    def __init__(self, message: str, built: dict[str, int], asked: dict[str, int]) -> None:
+        super().__init__(message)
+        self.built = built
+        self.asked = asked
+
+
 class DocumentError(InputError):
     """A document cannot be read as UTF-8 text (binary, other encoding, unreadable)."""
 
@@ -75,6 +88,7 @@ class MissingExtraError(EngineError, ImportError):
 __all__ = [
     "AdapterError",
     "CancelledError",
+    "ChunkingMismatchError",
     "ContextOverflowError",
     "DocumentError",
     "EngineClosedError",

@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import __version__, models
+from engine import models
+from engine._version import __version__
 from engine._files import sha256_file, write_text_atomic
 from engine.bakeoff.compare import CompareConfig, ComparisonResult
 from engine.bakeoff.latency import Progress
@@ -253,15 +253,8 @@ def _index(docs: Path, kb_dir: Path, progress: RunProgress) -> None:
     """
     from engine.kb import KnowledgeBase
 
-    if not (kb_dir / "manifest.json").exists():  # the default embedder
-        KnowledgeBase.build(docs, kb_dir, progress=progress.index).close()
-        return
-    root = Path(os.path.abspath(docs))  # how a knowledge base names its documents
-    with KnowledgeBase.open(kb_dir) as kb:
-        for source in kb.sources():  # first: a document moved into docs/ must not count as a duplicate
-            if not (Path(source).is_relative_to(root) and Path(source).is_file()):
-                kb.remove(source)
-        kb.add(docs, progress=progress.index)
+    kb, _ = KnowledgeBase.open_or_build(docs, kb_dir, exact=True, progress=progress.index)  # the default embedder
+    kb.close()
 
 
 def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None = None,

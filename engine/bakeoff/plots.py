@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.bakeoff.compare import READER_MODES, ComparisonResult
-from engine.bakeoff.latency import STAGES
-from engine.bakeoff.report import (
+from engine.bakeoff.labels import (
     ABSTAINS,
     FOLLOWS,
     SPLIT_LABELS,
@@ -25,6 +24,7 @@ from engine.bakeoff.report import (
     retrieval_ms,
     timed_modes,
 )
+from engine.bakeoff.latency import STAGES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

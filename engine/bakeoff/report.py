@@ -12,34 +12,32 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine._files import write_text_atomic
 from engine.bakeoff.compare import READER_MODES, SPLITS, ComparisonResult
+from engine.bakeoff.labels import (
+    ABSTAINS,
+    FOLLOWS,
+    ROWS,
+    SPLIT_LABELS,
+    STAGE_LABELS,
+    accuracy_intervals,
+    metadata_value,
+    ordered,
+    retrieval_ms,
+    share_cell,
+    share_intervals,
+    timed_modes,
+)
 from engine.bakeoff.latency import STAGES
 from engine.bakeoff.metadata import run_metadata
-from engine.bakeoff.stats import half_width, wilson_interval
+from engine.bakeoff.stats import half_width
 
-#: How a stage of ``STAGES`` is named in the tables and plots.
-STAGE_LABELS = {
-    "search.embed_ms": "embed", "search.dense_search_ms": "dense search",
-    "search.lexical_search_ms": "lexical search", "search.scoring_ms": "scoring",
-    "prompt_build_ms": "prompt build", "kv_ms": "chunk states (lookup/compute)",
-    "generation.splice_ms": "KV restore + shift", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
-}
-_RETRIEVAL_STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms")
-#: Rows of the summary, in order; a row is shown when the result has it.
-_ROWS = ("rag", "baked", "hybrid", "rag-prefill", "rag-spliced", "rag-spliced-cold", "hybrid-prefill",
-         "hybrid-spliced")
-#: The graded splits (``compare.SPLITS``), as the tables and plots name them.
-SPLIT_LABELS = {"train": "train", "heldout": "held-out", "updated": "after update", "unseen": "unseen docs"}
 #: How long each mode takes to absorb a changed document: the setup cost it pays.
 _SETUP = {"rag": "reindex", "baked": "retrain", "hybrid": "reindex"}
-#: The shares of ``ComparisonResult.follows`` and ``.abstains``, as the report names them.
-FOLLOWS = {"passage": "gives the passage's new value", "old": "gives the old trained value"}
-ABSTAINS = {"abstained": "says not in the sources", "memory": "old value from memory", "wrong": "another value"}
+
 #: The run facts printed first in the Markdown and in every plot's footer.
 _METADATA = ("model", "cpu", "threads", "commit", "date", "platform")
 
@@ -76,40 +74,6 @@ def write_report(result: ComparisonResult, out_dir: str | os.PathLike[str], *,
     return ReportFiles(directory, json_path, markdown_path, tuple(plots))
 
 
-# ---- numbers
-
-
-def interval(share: float, n: int) -> tuple[float, float]:
-    """The 95 % Wilson interval of ``share`` of ``n`` answers: (low, high) as fractions."""
-    return wilson_interval(round(share * n), n)
-
-
-def accuracy_intervals(result: ComparisonResult) -> dict[str, dict[str, tuple[float, float]]]:
-    """The 95 % Wilson interval of every accuracy, the reader ceilings' too: {mode: {split: (low, high)}}."""
-    intervals: dict[str, dict[str, tuple[float, float]]] = {}
-    for mode, accuracy in (*result.accuracy.items(), *result.reader_accuracy.items()):
-        counts = result.counts.get(mode, {})
-        intervals[mode] = {split: interval(share, counts[split]) for split, share in accuracy.items()
-                           if counts.get(split)}
-    return intervals
-
-
-def share_intervals(result: ComparisonResult) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
-    """The 95 % Wilson interval of every share of ``follows`` and ``abstains``: {"follows": {mode: {share: ...}}}."""
-    return {name: {mode: {key: interval(float(shares[key]), int(shares["n"])) for key in keys if key in shares}
-                   for mode, shares in table.items() if shares.get("n")}
-            for name, table, keys in (("follows", result.follows, FOLLOWS), ("abstains", result.abstains, ABSTAINS))
-            if table}
-
-
-def share_cell(share: float, n: int) -> str:
-    """A share with its count and 95 % interval: ``75.0% (12/16, 95% CI 50.5–89.8)``; "n/a" when nothing was asked."""
-    if not n:
-        return "n/a"
-    low, high = interval(share, n)
-    return f"{share * 100:.1f}% ({round(share * n)}/{n}, 95% CI {low * 100:.1f}–{high * 100:.1f})"
-
-
 def interval_widths(result: ComparisonResult) -> str:
     """One sentence: how far an accuracy is known at this run's sample sizes (half the interval around 50 %)."""
     sizes = sorted({n for counts in result.counts.values() for n in counts.values() if n}, reverse=True)
@@ -122,9 +86,6 @@ def interval_widths(result: ComparisonResult) -> str:
             f"to about {widths} (less near 0% or 100%), so a smaller difference between two modes is not evidence.")
 
 
-# ---- Markdown
-
-
 def summary_table(result: ComparisonResult) -> str:
     """The headline table: per mode, accuracy on every split, the grading and format, latency,
     memory and setup cost (Markdown)."""
@@ -132,7 +93,7 @@ def summary_table(result: ComparisonResult) -> str:
              "| citation precision | TTFT p50 / p95 (ms) | total p50 / p95 (ms) | prompt tokens p50 | memory (MB) "
              "| absorb a change (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for mode in [m for m in _ROWS if m in result.accuracy or m in result.latency]:
+    for mode in [m for m in ROWS if m in result.accuracy or m in result.latency]:
         acc = result.accuracy.get(mode, {})
         counts = result.counts.get(mode, {})
         lat = result.latency.get(mode)
@@ -175,7 +136,7 @@ def grading_table(result: ComparisonResult) -> str:
     """Each mode graded three ways, and its format: one sentence, a cited label, citations that hold the answer."""
     lines = ["| mode | contains an accepted string | exact match | token F1 | one sentence | cites a passage label "
              "| citation precision |", "|---|---|---|---|---|---|---|"]
-    for mode in [m for m in (*_ROWS, *READER_MODES) if m in result.grading]:
+    for mode in [m for m in (*ROWS, *READER_MODES) if m in result.grading]:
         g = result.grading[mode]
         # over the graded splits only, as compare's grading is: the probes' answers are graded by their own rules
         contains = [a.correct for a in result.answers if a.mode == mode and a.split in SPLITS]
@@ -297,27 +258,3 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
 
 def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")[:160]
-
-
-def metadata_value(key: str, value: object) -> str:
-    """A run fact as printed; a missing one says why it is missing."""
-    if value is None:
-        return "none (not a git checkout)" if key == "commit" else "unknown"
-    return str(value)
-
-
-def ordered(modes: Iterable[str]) -> list[str]:
-    """``modes`` in the report's row order, the reader ceilings after the rows, anything else last."""
-    order = [*_ROWS, *READER_MODES]
-    modes = set(modes)
-    return [m for m in order if m in modes] + sorted(modes - set(order))
-
-
-def timed_modes(result: ComparisonResult) -> list[str]:
-    """The modes with a latency summary, in ``ordered`` order."""
-    return ordered(result.latency)
-
-
-def retrieval_ms(result: ComparisonResult, mode: str) -> float:
-    """What retrieval (embed to scoring) costs ``mode`` before the prompt: the sum of its stages' p50 (ms)."""
-    return sum(result.latency[mode].stage_p50_ms.get(stage, 0.0) for stage in _RETRIEVAL_STAGES)

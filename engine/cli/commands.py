@@ -12,10 +12,10 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from engine import errors, models
 from engine.cli import output as out
+from engine.errors import ChunkingMismatchError
 from engine.questions.qa import BUNDLED_SET
 
 BUNDLED_DOCS = BUNDLED_SET / "docs"
@@ -79,29 +79,19 @@ def index_into(kb_dir: Path, docs: Sequence[str | Path], embedder, *, rebuild: b
     """
     from engine.kb import KnowledgeBase
 
-    given: dict[str, Any] = {name: value for name, value in (chunking or {}).items() if value is not None}
-    if (kb_dir / "manifest.json").exists() and not rebuild:
-        kb = KnowledgeBase.open(kb_dir, embedder=embedder)
-        built = kb.stats().chunking
-        clashes = {name: value for name, value in given.items() if getattr(built, name) != value}
-        if clashes:
-            kb.close()
-            was = " ".join(f"{_flag(name)} {getattr(built, name)}" for name in CHUNKING_OPTIONS)
-            asked = " ".join(f"{_flag(name)} {value}" for name, value in clashes.items())
-            raise UsageError(f"the knowledge base {kb_dir} was built with {was}, and adding documents keeps "
-                             f"its chunking, so {asked} would be ignored: rebuild it with "
-                             f"`bakeoff index DOCS... --kb {kb_dir} --rebuild {asked}`, or drop the option")
-        bar = out.IndexBar()
-        try:
-            return kb, kb.add(docs, progress=bar)
-        finally:
-            bar.close()
     bar = out.IndexBar()
     try:
-        kb = KnowledgeBase.build(docs, kb_dir, embedder=embedder, progress=bar, **given)
+        return KnowledgeBase.open_or_build(docs, kb_dir, embedder=embedder, rebuild=rebuild, progress=bar,
+                                           chunk_tokens=(chunking or {}).get("chunk_tokens"),
+                                           overlap_tokens=(chunking or {}).get("overlap_tokens"))
+    except ChunkingMismatchError as clash:
+        was = " ".join(f"{_flag(name)} {value}" for name, value in clash.built.items())
+        asked = " ".join(f"{_flag(name)} {value}" for name, value in clash.asked.items())
+        raise UsageError(f"the knowledge base {kb_dir} was built with {was}, and adding documents keeps "
+                         f"its chunking, so {asked} would be ignored: rebuild it with "
+                         f"`bakeoff index DOCS... --kb {kb_dir} --rebuild {asked}`, or drop the option") from None
     finally:
         bar.close()
-    return kb, kb.build_report
 
 
 def index(args: argparse.Namespace) -> int:

@@ -20,10 +20,11 @@ from typing import Literal
 
 import numpy as np
 
-from engine.embedding.export import FP32_NAME, INT8_NAME, OUTPUT_NAME
+from engine.embedding.export import OUTPUT_NAME
 from engine.errors import InputError, ModelError
 from engine.generation.types import check_text  # the one str + UTF-8 check of caller text
 from engine.hardware import max_threads, physical_cores
+from engine.models.registry import FP32_NAME, INT8_NAME
 from engine.shutdown import NATIVE
 
 _FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
@@ -185,9 +186,9 @@ def _resolve(model: str | os.PathLike, cache_dir: str | os.PathLike | None) -> P
         if not path.is_dir():
             raise ModelError(f"model folder {path} does not exist: {_FETCH_HINT}, or give an existing folder")
         return path
-    from engine import models
+    from engine.models.cache import model_dir
 
-    return models.model_dir(str(model), None if cache_dir is None else Path(cache_dir))
+    return model_dir(str(model), None if cache_dir is None else Path(cache_dir))
 
 
 def _load_tokenizers(path: Path, max_tokens: int):
@@ -251,10 +252,10 @@ def _open_session(path: Path, threads: int | None, providers: list[str]):
 
 def _verify_cached(directory: Path, names: tuple[str, ...]) -> None:
     """Check the files about to be loaded against their sha256 when ``directory`` is a model-cache folder."""
-    from engine import models
+    from engine.models.cache import verify_file
 
     for name in names:
-        models.verify_file(directory / name)
+        verify_file(directory / name)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

@@ -31,13 +31,11 @@ import numpy as np
 from engine._files import write_bytes_atomic
 from engine.embedding import quantize as onnx_quantize
 from engine.errors import ModelError
+from engine.models.registry import FP32_NAME, INT8_NAME
 
 if TYPE_CHECKING:
     import onnx
 
-FP32_NAME = "model.onnx"
-INT8_NAME = "model.int8.onnx"
-EXPORTED_NAMES = (FP32_NAME, INT8_NAME)
 OUTPUT_NAME = "sentence_embedding"
 _OPSET = 17
 _MS_OPSET = 1

@@ -31,7 +31,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Unpack
 
-from engine import models
 from engine._native import core
 from engine.errors import InputError, ModelError
 from engine.generation.adapters import Adapters
@@ -53,6 +52,7 @@ from engine.generation.types import (  # noqa: F401  (re-exported: the public na
 )
 from engine.hardware import default_threads, use_extra_buffer_types
 from engine.models import gguf_check
+from engine.models.cache import verify_file
 from engine.shutdown import NATIVE, CallGate
 
 
@@ -98,7 +98,7 @@ class Generator:
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"no model file at '{path}': check the path, or fetch it with engine.models.fetch()")
-        if not models.verify_file(path):
+        if not verify_file(path):
             gguf_check.check_gguf(path)
         self.config = config
         self._lock = threading.Lock()  # held for the whole of one request

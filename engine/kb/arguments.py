@@ -15,7 +15,6 @@ import numpy as np
 from engine.errors import InputError
 from engine.kb.documents import MAX_DOCUMENT_MB
 
-
 #: Documents: a ``.txt``/``.md`` file, a folder (recursive), a glob, or a list of them.
 PathsLike = Iterable[str | os.PathLike[str]] | str | os.PathLike[str]
 

@@ -48,10 +48,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from engine.errors import InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
+from engine.errors import ChunkingMismatchError, InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
 from engine.kb import index, lexical, manifest, scoring, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe
@@ -173,6 +174,57 @@ class KnowledgeBase:
         kb.build_report = BuildReport(tuple(indexed), (), (), (), tuple(skipped + empty), n_added, 0, new.chunks,
                                       new.generation, time.perf_counter() - started)
         return kb
+
+    @classmethod
+    def open_or_build(cls, documents: PathsLike, into: str | os.PathLike[str], *, embedder=None,
+                      rebuild: bool = False, exact: bool = False, chunk_tokens: int | None = None,
+                      overlap_tokens: int | None = None, progress: Progress | None = None,
+                      ) -> tuple[KnowledgeBase, BuildReport]:
+        """The knowledge base at ``into``, holding ``documents``: built when there is none there
+        (or with ``rebuild``), else opened and given the new and changed documents (:meth:`add`).
+
+        Args:
+            documents, into, embedder, progress: as :meth:`build` takes them.
+            rebuild: build anew even when a knowledge base is there (re-chunks everything).
+            exact: documents the knowledge base holds that are not among ``documents`` (deleted,
+                moved away, from another set) are removed before adding, so it holds exactly them.
+            chunk_tokens, overlap_tokens: chunking of a build (None: :meth:`build`'s default).
+
+        Returns:
+            The opened knowledge base and what this call indexed (its ``build_report`` or ``add``'s).
+
+        Raises:
+            ChunkingMismatchError: a chunking value differs from the existing knowledge base's
+                (adding never re-chunks what is there): pass ``rebuild=True`` or drop it.
+            And what :meth:`build`, :meth:`open` and :meth:`add` raise.
+        """
+        directory = Path(into)
+        given: dict[str, Any] = {name: value for name, value in (("chunk_tokens", chunk_tokens),
+                                                                 ("overlap_tokens", overlap_tokens)) if value is not None}
+        if rebuild or not (directory / manifest.MANIFEST).exists():
+            built = cls.build(documents, directory, embedder=embedder, progress=progress, **given)
+            assert built.build_report is not None  # set by build
+            return built, built.build_report
+        kb = cls.open(directory, embedder=embedder)
+        try:
+            has = {"chunk_tokens": kb.manifest.chunk_tokens, "overlap_tokens": kb.manifest.overlap_tokens}
+            clashes = {name: value for name, value in given.items() if has[name] != value}
+            if clashes:
+                def said(values: dict[str, int]) -> str:
+                    return ", ".join(f"{name}={value}" for name, value in values.items())
+
+                raise ChunkingMismatchError(
+                    f"knowledge base {directory} was built with {said(has)}; adding documents keeps its chunking, "
+                    f"so {said(clashes)} would be ignored: pass rebuild=True to re-chunk, or drop it", has, clashes)
+            if exact:
+                wanted = set(_documents.discover(documents)[0])
+                for source in kb.sources():  # first: a document moved into place must not count as a duplicate
+                    if source not in wanted:
+                        kb.remove(source)
+            return kb, kb.add(documents, progress=progress)
+        except BaseException:
+            kb.close()
+            raise
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, embedder=None, verify: str = "auto",

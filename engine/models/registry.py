@@ -14,6 +14,11 @@ MODELS_DIR_ENV = "BAKEOFF_MODELS_DIR"
 DEFAULT_GENERATOR = "SmolLM2-135M-Instruct-Q4_1"
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+#: The graphs ``engine.embedding.export`` writes beside an embedder's weights at fetch time
+#: (fp32, then its int8 quantization): part of what a fetched embedder holds.
+FP32_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"
+EXPORTED_NAMES = (FP32_NAME, INT8_NAME)
 
 
 @dataclass(frozen=True)
@@ -87,8 +92,5 @@ def spec(name: str) -> ModelSpec:
 def _expected_names(model: ModelSpec) -> list[str]:
     names = [f.name for f in model.files]
     if model.export:
-        # Imported here: a generator-only lookup need not load numpy.
-        from engine.embedding.export import EXPORTED_NAMES
-
         names += EXPORTED_NAMES
     return names

@@ -84,11 +84,13 @@ def default_parts(config: ServeConfig, say: Callable[[str], None]) -> tuple[Path
     kb = config.kb
     if kb is None:
         kb = config.work / "kb"
-        if not (kb / "manifest.json").exists():
-            say(f"indexing the bundled knowledge set into {kb} (once)")
+        from engine.kb.manifest import MANIFEST
+
+        if not (kb / MANIFEST).exists():  # served as it is when there (it may hold another set's documents)
             from engine.kb import KnowledgeBase
             from engine.questions.qa import BUNDLED_SET
 
+            say(f"indexing the bundled knowledge set into {kb} (once)")
             KnowledgeBase.build(BUNDLED_SET / "docs", kb).close()
     adapter = config.adapter
     if adapter is None:  # the adapter of the profile `bakeoff run` trained last

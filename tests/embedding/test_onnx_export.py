@@ -13,6 +13,7 @@ import pytest
 from engine.embedding import export as onnx_export
 from engine.embedding.embedder import Embedder
 from engine.errors import ModelError
+from engine.models.registry import EXPORTED_NAMES
 
 # The reference model must come from the local folder only, never from a model hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -104,7 +105,7 @@ def test_export_is_deterministic(embedder_dir: Path, tmp_path: Path, caplog) -> 
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert logging.getLogger().handlers == root_handlers
     second = onnx_export.export_embedder(_model_copy(embedder_dir, tmp_path / "b"))
-    assert [p.name for p in first] == ["model.onnx", "model.int8.onnx"] == list(onnx_export.EXPORTED_NAMES)
+    assert [p.name for p in first] == ["model.onnx", "model.int8.onnx"] == list(EXPORTED_NAMES)
     # nothing else is left beside the graphs: no temporary file, no quantizer scratch folder
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
         "config.json", "model.int8.onnx", "model.onnx", "model.safetensors", "tokenizer.json"]
