@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import InputError, KnowledgeBaseCorruptError
+from engine.errors import ChunkingMismatchError, InputError, KnowledgeBaseCorruptError
 from engine.kb import KnowledgeBase
 
 from .conftest import write_corpus
@@ -87,3 +87,36 @@ def test_add_takes_documents_and_not_its_0_1_keyword(tmp_path, kb, embedder):
         assert opened.add([extra]).added == (str(extra),)
         with pytest.raises(InputError, match="needs the documents"):
             opened.add()
+
+
+def test_open_or_build_builds_once_then_adds_and_exact_keeps_only_the_given_documents(tmp_path, embedder):
+    docs = _note(tmp_path / "docs")
+    target = tmp_path / "kb"
+    kb, report = KnowledgeBase.open_or_build(docs, target, embedder=embedder, chunk_tokens=64, overlap_tokens=8)
+    with kb:
+        assert report.added == (str(docs / "note.md"),) and kb.stats().chunking.chunk_tokens == 64
+    (docs / "tea.md").write_text("# Tea\n\nGreen tea is brewed at 80 degrees.\n", encoding="utf-8")
+    other = tmp_path / "elsewhere" / "porto.md"
+    other.parent.mkdir()
+    other.write_text("# Porto\n\nThe Porto office opens at ten.\n", encoding="utf-8")
+    kb, report = KnowledgeBase.open_or_build([docs, other], target, embedder=embedder)
+    with kb:  # opened, not rebuilt: the note is unchanged, tea and the other note are new
+        assert set(report.added) == {str(docs / "tea.md"), str(other)}
+        assert kb.stats().chunking.chunk_tokens == 64
+    (docs / "tea.md").unlink()
+    kb, _ = KnowledgeBase.open_or_build(docs, target, embedder=embedder, exact=True)
+    with kb:
+        assert kb.sources() == [str(docs / "note.md")]  # tea (deleted) and the other folder's note are gone
+
+
+def test_open_or_build_refuses_another_chunking_unless_rebuilding(tmp_path, embedder):
+    docs = _note(tmp_path / "docs")
+    target = tmp_path / "kb"
+    KnowledgeBase.open_or_build(docs, target, embedder=embedder)[0].close()
+    with pytest.raises(ChunkingMismatchError, match="built with chunk_tokens=200, overlap_tokens=40") as caught:
+        KnowledgeBase.open_or_build(docs, target, embedder=embedder, chunk_tokens=64, overlap_tokens=40)
+    assert caught.value.asked == {"chunk_tokens": 64} and caught.value.built["chunk_tokens"] == 200
+    kb, _ = KnowledgeBase.open_or_build(docs, target, embedder=embedder, chunk_tokens=64, overlap_tokens=8,
+                                        rebuild=True)
+    with kb:
+        assert kb.stats().chunking.chunk_tokens == 64
