@@ -62,7 +62,7 @@ class Engine:
         context_tokens: embedder tokens of source text kept with ``context="sentences"``.
         mmr_lambda: relevance against diversity of the retrieved passages (and of the
             sentences kept), in ``[0, 1]``; None takes the knowledge base's default
-            (``engine.kb.knowledge_base.MMR_LAMBDA``, 1.0: no diversification, measured best
+            (``engine.kb.ranking.MMR_LAMBDA``, 1.0: no diversification, measured best
             for question answering on the bundled set, see ``bench/bench_retrieval.py``).
         prompt_budget_tokens: most tokens a RAG prompt may take; default
             ``n_ctx - max_tokens`` of each request.
@@ -108,7 +108,7 @@ class Engine:
         if isinstance(context_tokens, bool) or not isinstance(context_tokens, int) or context_tokens < 8:
             raise InputError(f"context_tokens must be an integer >= 8, got {context_tokens!r}")
         if mmr_lambda is None:
-            from engine.kb.knowledge_base import MMR_LAMBDA
+            from engine.kb.ranking import MMR_LAMBDA
 
             mmr_lambda = MMR_LAMBDA
         if isinstance(mmr_lambda, bool) or not isinstance(mmr_lambda, (int, float)) or not 0 <= mmr_lambda <= 1:

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from engine._native import core
 from engine.answer.spliced_prompt import ChunkBlock
 from engine.generation.generator import Generator
-from engine.generation.kv_cache import CachedState, ChunkKvCache, StateKey, file_sha256, tokens_sha256
+from engine.generation.kv_cache import ChunkKvCache
+from engine.generation.kv_file import CachedState, StateKey, file_sha256, tokens_sha256
 from engine.generation.splice import Splice
 from engine.hardware import use_extra_buffer_types
 

@@ -185,7 +185,7 @@ def _reader_examples(train_items: list[Question], practice: list[Question], kb: 
                      unseen: frozenset[str]) -> ReaderExamples:
     from engine.finetune.reader import choose_reader_questions, reader_examples
     from engine.kb import KnowledgeBase
-    from engine.kb.knowledge_base import MMR_LAMBDA
+    from engine.kb.ranking import MMR_LAMBDA
     from engine.questions.edits import Corpus
 
     chosen = choose_reader_questions(train_items, config.reader_per_fact, seed=config.seed)

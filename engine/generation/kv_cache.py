@@ -39,59 +39,31 @@ Least recently used states go first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
-import stat
-import struct
-import tempfile
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine._files import move_into_place, sha256_file
 from engine.errors import InputError
+from engine.generation.kv_file import (
+    CachedState,
+    StateKey,
+    decode,
+    encode,
+    largest_file,
+    may_read,
+    read_state_file,
+    remove_refused,
+    text_sha256,
+    write_state_file,
+)
 
-_MAGIC = b"BKKV"
-_VERSION = 2  # 2: the header names the key's full digest. Files of another version are misses, replaced.
-_PREFIX = struct.Struct("<4sII")  # magic, format version, header length
-_HEADER_MAX = 64 * 2**10  # the JSON header: a few hundred bytes, more with many adapters
 DEFAULT_RAM_BYTES = 512 * 2**20
+
 DEFAULT_DISK_BYTES = 4 * 2**30
-
-
-@dataclass(frozen=True)
-class StateKey:
-    """Everything a chunk state's K/V depends on besides its own tokens."""
-
-    model_sha256: str
-    adapters: tuple[tuple[str, float], ...]  # (adapter file sha256, scale), in attach order
-    kv_type: str
-    flash_attn: str  # "auto", "on" or "off", as the context was made
-    build: str  # the llama.cpp build the states come from
-    prefix_sha256: str  # of the shared prefix's token ids
-
-    @property
-    def full_digest(self) -> str:
-        """sha256 of all the fields: what a state file says it was made for."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
-
-    @property
-    def digest(self) -> str:
-        """A folder name for this key."""
-        return self.full_digest[:24]
-
-
-@dataclass(frozen=True)
-class CachedState:
-    """A chunk's state and the tokens and position it was computed for."""
-
-    state: bytes
-    n_tokens: int
-    position: int
 
 
 @dataclass(frozen=True)
@@ -125,31 +97,7 @@ class KvCacheStats:
         return (self.ram_hits + self.disk_hits) / lookups if lookups else 0.0
 
 
-def text_sha256(text: str) -> str:
-    """The name of a block's state: the sha256 of the block's text."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def tokens_sha256(tokens: Sequence[int]) -> str:
-    return hashlib.sha256(struct.pack(f"<{len(tokens)}i", *tokens)).hexdigest()
-
-
-_identities: dict[tuple[str, int, int, int], str] = {}
 _identities_lock = threading.Lock()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a model or adapter file, hashed once per process while its size, mtime and inode stay."""
-    file = Path(path).resolve()
-    info = file.stat()
-    key = (str(file), info.st_size, info.st_mtime_ns, info.st_ino)
-    with _identities_lock:
-        known = _identities.get(key)
-    if known is None:
-        known = sha256_file(file)
-        with _identities_lock:
-            _identities[key] = known
-    return known
 
 
 class ChunkKvCache:
@@ -177,7 +125,7 @@ class ChunkKvCache:
         # not one of its states: it is refused by its size, before it is read (a 20 GB sparse file would
         # otherwise be read whole). Without a RAM budget (ram_bytes=0) the disk budget bounds it alone.
         self._largest_state = min(ram_bytes, disk_bytes) if ram_bytes else disk_bytes
-        self._largest_file = _PREFIX.size + _HEADER_MAX + self._largest_state
+        self._largest_file = largest_file(self._largest_state)
         self._lock = threading.Lock()
         self._ram: OrderedDict[tuple[str, str], CachedState] = OrderedDict()
         self._ram_size = 0
@@ -294,7 +242,7 @@ class ChunkKvCache:
                 info = file.lstat()
             except OSError:
                 continue
-            if _may_read(info, self._largest_file):  # the others are refused when read
+            if may_read(info, self._largest_file):  # the others are refused when read
                 files.append((info.st_mtime_ns, file, info.st_size))
         for _, file, size in sorted(files):
             self._disk[file] = size
@@ -309,12 +257,12 @@ class ChunkKvCache:
             return None
         file = self._path(name)
         try:
-            data, identity = _read_state_file(file, self._largest_file)
+            data, identity = read_state_file(file, self._largest_file)
         except FileNotFoundError:
             return None
         except OSError:  # not a plain file of ours, or unreadable
             data, identity = None, None
-        found = None if data is None else _decode(data, key, tokens, position)
+        found = None if data is None else decode(data, key, tokens, position)
         with self._lock:
             if found is None:
                 self._counts["rejected"] += 1
@@ -322,20 +270,20 @@ class ChunkKvCache:
             elif file in self._disk:
                 self._disk.move_to_end(file)
         if found is None:
-            _remove_refused(file, identity)
+            remove_refused(file, identity)
         else:
             with contextlib.suppress(OSError):
                 os.utime(file, follow_symlinks=False)  # least recently used survives a restart
         return found
 
     def _write(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], found: CachedState) -> None:
-        data = _encode(key, tokens, found)
+        data = encode(key, tokens, found)
         if len(data) > min(self.disk_budget, self._largest_file):
             return
         file = self._path(name)
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
-            _write_state_file(file, data)
+            write_state_file(file, data)
         except OSError as error:
             with self._lock:
                 self._counts["failed_writes"] += 1
@@ -361,103 +309,3 @@ class ChunkKvCache:
             file.unlink()
         except OSError:
             pass
-
-
-def _header(key: StateKey, tokens: Sequence[int], position: int, state: bytes) -> dict:
-    """What a state file says it was made for, and its state's size and sha256."""
-    return dict(asdict(key), key_digest=key.full_digest, n_tokens=len(tokens), position=int(position),
-                tokens_sha256=tokens_sha256(tokens), state_bytes=len(state),
-                state_sha256=hashlib.sha256(state).hexdigest())
-
-
-def _encode(key: StateKey, tokens: Sequence[int], found: CachedState) -> bytes:
-    encoded = json.dumps(_header(key, tokens, found.position, found.state), sort_keys=True).encode()
-    return _PREFIX.pack(_MAGIC, _VERSION, len(encoded)) + encoded + found.state
-
-
-def _decode(data: bytes, key: StateKey, tokens: Sequence[int], position: int) -> CachedState | None:
-    """The state in ``data`` if it is whole and made for exactly this key, tokens and position; else None."""
-    if len(data) < _PREFIX.size:
-        return None
-    magic, version, length = _PREFIX.unpack_from(data)
-    if magic != _MAGIC or version != _VERSION or length > _HEADER_MAX or _PREFIX.size + length > len(data):
-        return None
-    try:
-        header = json.loads(data[_PREFIX.size:_PREFIX.size + length])
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
-        return None
-    state = data[_PREFIX.size + length:]
-    # The writer's header after a JSON round trip (tuples become lists): every field must be equal, so a
-    # header of any other shape or type is refused without being interpreted.
-    expected = json.loads(json.dumps(_header(key, tokens, position, state)))
-    if header != expected:
-        return None
-    return CachedState(state, len(tokens), position)
-
-
-def _may_read(info: os.stat_result, largest: int) -> bool:
-    """Whether a state file may be read: a regular file of at most ``largest`` bytes that no one but this
-    user (or root) could have written."""
-    return (stat.S_ISREG(info.st_mode) and info.st_uid in (os.geteuid(), 0)
-            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and info.st_size <= largest)
-
-
-def _read_state_file(file: Path, largest: int) -> tuple[bytes | None, tuple[int, int] | None]:
-    """The bytes of ``file`` and its (device, inode); None for the bytes when it is refused (see _may_read).
-
-    Opened without following a symlink, and without blocking (a FIFO would wait for a writer forever),
-    checked on the opened descriptor (so it cannot be swapped after the check), read to its size.
-
-    Raises:
-        FileNotFoundError: no such file (a plain miss).
-        OSError: it cannot be opened as a plain file (a symlink, say) or read.
-    """
-    fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        identity = (info.st_dev, info.st_ino)
-        if not _may_read(info, largest):
-            return None, identity
-        chunks, left = [], info.st_size + 1  # one byte more: a file that grew since fstat is refused
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 24))):
-            chunks.append(chunk)
-            left -= len(chunk)
-        return (b"".join(chunks) if left == 1 else None), identity
-    finally:
-        os.close(fd)
-
-
-def _remove_refused(file: Path, identity: tuple[int, int] | None) -> None:
-    """Delete a refused entry, unless a writer has put a new file there since it was read (a file that is
-    not the one refused, when the refused one was opened). An empty folder goes too; a full one stays (its
-    state is then never written, each attempt counted)."""
-    try:
-        info = file.lstat()
-    except OSError:
-        return
-    if stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) != identity:
-        return
-    with contextlib.suppress(OSError):
-        if stat.S_ISDIR(info.st_mode):
-            file.rmdir()
-        else:
-            file.unlink()
-
-
-def _write_state_file(file: Path, data: bytes) -> None:
-    """Atomically create or replace ``file`` with ``data``, through a temporary file of this writer's own
-    (concurrent writers of one state each publish a whole file; the last one wins).
-
-    Raises:
-        OSError: the folder is not writable, the disk is full, or a folder is in the file's place.
-    """
-    handle, temp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        os.fchmod(handle, 0o644)  # as a plain write would make it: another user of a shared KB may read it
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    move_into_place(temp, file)

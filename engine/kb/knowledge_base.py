@@ -54,7 +54,7 @@ import numpy as np
 
 from engine.errors import ChunkingMismatchError, InputError, KnowledgeBaseCorruptError, KnowledgeBaseError
 from engine.kb import documents as _documents
-from engine.kb import index, lexical, manifest, scoring, selection, writer
+from engine.kb import manifest, scoring, selection, writer
 from engine.kb.arguments import PathsLike, check_limit, check_search, describe
 from engine.kb.chunking import ChunkingConfig
 from engine.kb.documents import SkippedFile
@@ -62,31 +62,12 @@ from engine.kb.embedder_choice import check_embedder, default_embedder, recorded
 from engine.kb.index import HnswConfig
 from engine.kb.locking import WriteLock
 from engine.kb.manifest import Manifest
+from engine.kb.ranking import K_RRF, MMR_LAMBDA, W_DENSE, W_LEXICAL, lexical_weight, rank
 from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
 from engine.kb.snapshot import LiveSnapshot, Snapshot
 from engine.kb.writer import BuildProgress, BuildReport
 
 Progress = Callable[[BuildProgress], None]
-# The search defaults are the best measured on the bundled questions (bench/bench_retrieval.py,
-# ``test_bundled_qa_defaults``): tuned on half of the facts, reported on the other half.
-#: MMR weight of relevance against redundancy that ``search`` uses unless given another. 1.0 (no
-#: diversification): every lower value lost recall@4 on single-fact questions (0.7 cost ~2 points, 0.5 ~6).
-MMR_LAMBDA = 1.0
-#: Weight of the dense ranking in the reciprocal-rank fusion.
-W_DENSE = 1.0
-#: Weight of the bm25 ranking: bm25 alone finds fewer answers than dense search, but fused at
-#: 0.75 it adds the exact names and numbers that dense search ranks too low.
-W_LEXICAL = 0.75
-#: Weight of the bm25 ranking for a query that names a code identifier (``lexical.names_identifier``):
-#: recall@4 of questions naming a NumPy API 87 % with it against 80 % at ``W_LEXICAL`` (96 % against
-#: 86 % on the identifier questions of the APIs it was not tuned on); the bundled questions' recall
-#: did not change (bench/bench_retrieval.py ``test_technical_corpus_identifiers``). On the tuning half
-#: 1.5, 2.0 and 3.0 tie (97.3 %) one question below 5.0, which would leave dense search almost no say.
-W_LEXICAL_IDENTIFIER = 2.0
-#: The fusion constant: 10 rewards the first ranks of each list more than the paper's 60.
-K_RRF = 10.0
-
-
 class KnowledgeBase:
     """A searchable, persistent set of chunks. Create with ``build``; reopen with ``open``."""
 
@@ -379,7 +360,7 @@ class KnowledgeBase:
         q = np.asarray(self.embedder.embed_query(text), np.float32)
         t1 = time.perf_counter()
         with self._live.reading() as gen:  # the embedding needs no generation: taken after it
-            hits, stages_ms = _rank(gen, query, q, int(k), max(int(candidates), int(k)), float(mmr_lambda),
+            hits, stages_ms = rank(gen, query, q, int(k), max(int(candidates), int(k)), float(mmr_lambda),
                                     float(w_dense), float(w_lexical), float(k_rrf))
         timings = SearchTimings((t1 - t0) * 1e3, *stages_ms, (time.perf_counter() - t0) * 1e3)
         return SearchResult(query, hits, timings, truncated, q)
@@ -419,35 +400,3 @@ class KnowledgeBase:
     def sources(self) -> list[str]:
         """The documents in the knowledge base (absolute paths), sorted."""
         return sorted(self.manifest.documents)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def lexical_weight(query: str) -> float:
-    """The default bm25 weight of ``query``'s fusion: ``W_LEXICAL_IDENTIFIER`` when it names a code
-    identifier, else ``W_LEXICAL``."""
-    return W_LEXICAL_IDENTIFIER if lexical.names_identifier(query) else W_LEXICAL
-
-
-def _rank(gen: Snapshot, query: str, q: np.ndarray, k: int, n_candidates: int, mmr_lambda: float, w_dense: float,
-          w_lexical: float, k_rrf: float) -> tuple[tuple[Hit, ...], tuple[float, float, float]]:
-    """The hits of one search in ``gen``, and the milliseconds of its dense, lexical and scoring stages."""
-    t1 = time.perf_counter()
-    dense_ids, _ = index.search_graph(gen.graph, q, n_candidates, len(gen.ids), gen.manifest.hnsw_ef)
-    t2 = time.perf_counter()
-    lexical_ids, _ = gen.store.lexical_search(query, n_candidates)
-    t3 = time.perf_counter()
-    # MMR only looks at the best n_candidates fused: rank those, not the whole union.
-    ids, fused = scoring.rrf_fuse(dense_ids, np.asarray(lexical_ids, np.int64), w_dense, w_lexical, k_rrf,
-                                  top_n=n_candidates)
-    if len(ids):
-        rows = np.searchsorted(gen.ids, ids)
-        relevance = fused / fused[0] if fused[0] > 0 else np.ones_like(fused)
-        picked = scoring.mmr_select(gen.vectors[rows], relevance, k, mmr_lambda)
-    else:
-        picked = np.empty(0, np.int64)
-    t4 = time.perf_counter()
-    hits = tuple(Hit(c.chunk_id, c.text, c.source, (c.start_char, c.end_char), c.heading, float(fused[i]))
-                 for c, i in zip(gen.store.get(ids[picked]), picked, strict=True))
-    return hits, ((t2 - t1) * 1e3, (t3 - t2) * 1e3, (t4 - t3) * 1e3)

@@ -20,7 +20,7 @@ from engine.finetune.torch_model import BlockLayout, LlamaModel  # noqa: E402
 from engine.generation.chat import NOT_IN_SOURCES  # noqa: E402
 from engine.generation.tokenizer import Tokenizer  # noqa: E402
 from engine.kb import KnowledgeBase  # noqa: E402
-from engine.kb.knowledge_base import MMR_LAMBDA  # noqa: E402
+from engine.kb.ranking import MMR_LAMBDA  # noqa: E402
 from engine.questions.qa import BUNDLED_SET, is_correct, load_questions, select_facts, unseen_documents  # noqa: E402
 
 QUESTIONS = load_questions(BUNDLED_SET / "qa.jsonl")

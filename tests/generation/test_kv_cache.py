@@ -17,7 +17,8 @@ import warnings
 import pytest
 
 from engine.errors import InputError
-from engine.generation.kv_cache import ChunkKvCache, StateKey, text_sha256
+from engine.generation.kv_cache import ChunkKvCache
+from engine.generation.kv_file import StateKey, text_sha256
 
 KEY = StateKey("m" * 64, (), "f16", "auto", "build-1", "p" * 64)
 TOKENS = (11, 12, 13)
@@ -155,7 +156,8 @@ def _get_in_a_child(folder, text: str = "block") -> dict:
     script = textwrap.dedent(f"""
         import json, resource
         resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
-        from engine.generation.kv_cache import ChunkKvCache, StateKey
+        from engine.generation.kv_cache import ChunkKvCache
+        from engine.generation.kv_file import StateKey
         key = StateKey({KEY.model_sha256!r}, (), {KEY.kv_type!r}, {KEY.flash_attn!r}, {KEY.build!r},
                        {KEY.prefix_sha256!r})
         cache = ChunkKvCache({str(folder)!r})

@@ -53,7 +53,7 @@ def test_search_finds_the_document_that_answers(built, embedder, query, source):
 
 
 def test_default_hits_come_best_first_and_an_identifier_query_weighs_bm25_more(built, embedder):
-    from engine.kb import knowledge_base
+    from engine.kb import ranking
 
     kb = KnowledgeBase.open(built, embedder=embedder)
     # MMR_LAMBDA = 1.0: no diversification, so the hits are in fused-score order.
@@ -61,10 +61,10 @@ def test_default_hits_come_best_first_and_an_identifier_query_weighs_bm25_more(b
     assert scores == sorted(scores, reverse=True)
     # The fused score of bm25's first hit is W_LEXICAL_IDENTIFIER / (K_RRF + 1) for a query
     # naming an identifier; it shows in the best hit's score when only bm25 finds anything.
-    assert knowledge_base.lexical_weight("pump.dry_run") == knowledge_base.W_LEXICAL_IDENTIFIER
-    assert knowledge_base.lexical_weight("pump dry run") == knowledge_base.W_LEXICAL
+    assert ranking.lexical_weight("pump.dry_run") == ranking.W_LEXICAL_IDENTIFIER
+    assert ranking.lexical_weight("pump dry run") == ranking.W_LEXICAL
     dense_off = kb.search("pump.dry_run", k=1, w_dense=0.0).hits[0].score
-    assert dense_off == pytest.approx(knowledge_base.W_LEXICAL_IDENTIFIER / (knowledge_base.K_RRF + 1))
+    assert dense_off == pytest.approx(ranking.W_LEXICAL_IDENTIFIER / (ranking.K_RRF + 1))
 
 
 def test_hits_point_at_their_text_in_the_source_file(built, embedder):
