@@ -1,6 +1,7 @@
 #pragma once
 // A llama_context on a shared Model: the KV cache with prefix reuse, the decode
-// loop, sampling, LoRA attachment per request, cancellation and timings.
+// loop, sampling, LoRA attachment per request, cancellation and timings, and the
+// splicing of chunk states (splice.h; those members are defined in splice.cpp).
 // One generation at a time per Session (a second concurrent call raises Busy).
 #include <atomic>
 #include <cstdint>
@@ -9,13 +10,13 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include <llama.h>
 
 #include "lora.h"
 #include "model.h"
+#include "splice.h"
 
 namespace bakeoff {
 
@@ -70,20 +71,6 @@ class CancelToken {
 // the GIL released; it may throw to stop the request (the bindings raise
 // KeyboardInterrupt through it). The session stays consistent when it does.
 using StepCheck = std::function<void()>;
-
-// A chunk's K/V, computed once by Session::chunk_state and spliced into a prompt:
-// prompt tokens [start, start + n_tokens) take their K/V from `state` (llama.cpp's
-// sequence state) instead of being evaluated. The state was computed at positions
-// [position, position + n_tokens); llama.cpp re-rotates its keys to where it lands.
-// `state` is a view, not a copy (a state is megabytes and a request splices several):
-// whoever builds the Request keeps those bytes alive and unchanged until generate()
-// returns.
-struct Splice {
-  size_t start = 0;
-  std::string_view state;
-  int32_t n_tokens = 0;
-  int32_t position = 0;
-};
 
 struct Request {
   std::string prompt;  // tokenized with BOS and special tokens parsed, unless prompt_tokens is set
@@ -221,6 +208,7 @@ class Session {
   void decode(const llama_token* tokens, size_t n, size_t logits_from, const LogitsSink& on_logits,
               const StepCheck& between_steps);
   void rollback();
+  // Splicing: chunk_state above and these two are defined in splice.cpp.
   // Evaluates prompt[from, end) with the splices' K/V placed where they land; the
   // last prompt token gets logits. Leaves no scratch sequence behind, also on throw.
   void prefill_spliced(const std::vector<llama_token>& prompt, size_t from, const std::vector<Splice>& splices,
