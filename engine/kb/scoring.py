@@ -1,7 +1,7 @@
 """Scoring retrieved chunks: fuse dense and lexical candidates, diversify, trim to a budget.
 
 Three Numba kernels, each beside a plain NumPy reference that computes the same
-thing (tests/test_scoring.py holds them to agreement; bench/bench_scoring.py times
+thing (tests/kb/test_scoring.py holds them to agreement; bench/bench_scoring.py times
 them):
 
 - ``rrf_fuse``: weighted reciprocal-rank fusion of two ranked id lists into one
