@@ -87,6 +87,9 @@ class Embedder:
         self.variant: str = variant
         self.max_tokens: int = max_tokens
         self._batch_size = batch_size
+        self._made_with = (directory, threads, providers)  # for with_variant
+        self._siblings: dict[tuple[str, int | None], Embedder] = {}
+        self._siblings_lock = threading.Lock()
         self._tokenizer, self._counter = _load_tokenizers(directory / _TOKENIZER, max_tokens)
         self._session = _open_session(directory / _FILES[variant], threads, _check_providers(providers))
         self.providers: list[str] = list(self._session.get_providers())
@@ -99,6 +102,26 @@ class Embedder:
     def __repr__(self) -> str:
         return (f"Embedder(model_id={self.model_id!r}, variant={self.variant!r}, dim={self.dim}, "
                 f"max_tokens={self.max_tokens}, providers={self.providers!r})")
+
+    def with_variant(self, variant: Literal["fp32", "int8"], *, threads: int | None = None) -> Embedder:
+        """The same model with the other graph (same folder, providers, batch size and ``max_tokens``;
+        this embedder's threads unless ``threads`` is given), made once and kept; ``self`` when it
+        would be this embedder.
+
+        Raises:
+            InputError: ``variant`` is not ``"fp32"`` or ``"int8"``, or a bad ``threads``.
+            ModelError: the folder has no such graph, or it is corrupted.
+        """
+        directory, own_threads, providers = self._made_with
+        threads = own_threads if threads is None else threads
+        if variant == self.variant and threads == own_threads:
+            return self
+        with self._siblings_lock:  # one sibling per variant and threads, however many knowledge bases ask
+            if (variant, threads) not in self._siblings:
+                self._siblings[variant, threads] = Embedder(
+                    directory, variant=variant, threads=threads, providers=providers, batch_size=self._batch_size,
+                    max_tokens=self.max_tokens)
+            return self._siblings[variant, threads]
 
     def embed(self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Embed many texts.

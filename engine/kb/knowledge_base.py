@@ -40,6 +40,9 @@ Decisions a user can notice:
 - A knowledge base opened with another embedder model or dimension raises
   ``KnowledgeBaseMismatchError``; another variant of the same model (fp32 vs int8) is
   accepted, since their vectors agree to within rounding.
+- Queries of an fp32-built knowledge base are embedded with the model's int8 graph unless
+  ``query_variant="fp32"``, and a repeated query is not embedded again (an LRU of
+  ``query_cache_size`` vectors); why, with the measurements: ``engine/kb/query_cache.py``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from engine.kb.embedder_choice import check_embedder, default_embedder, recorded
 from engine.kb.index import HnswConfig
 from engine.kb.locking import WriteLock
 from engine.kb.manifest import Manifest
+from engine.kb.query_cache import QUERY_CACHE_SIZE, QueryCache, query_embedder
 from engine.kb.ranking import K_RRF, MMR_LAMBDA, W_DENSE, W_LEXICAL, lexical_weight, rank
 from engine.kb.results import Hit, KnowledgeBaseStats, SearchResult, SearchTimings
 from engine.kb.snapshot import LiveSnapshot, Snapshot
@@ -72,9 +76,11 @@ class KnowledgeBase:
     """A searchable, persistent set of chunks. Create with ``build``; reopen with ``open``."""
 
     def __init__(self, directory: Path, embedder, current: Manifest, *, verify: str, warm_up_s: float,
-                 lock_timeout_s: float) -> None:
+                 lock_timeout_s: float, query_variant: str = "auto", query_cache_size: int = QUERY_CACHE_SIZE) -> None:
         self.path = directory
-        self.embedder = embedder
+        self.embedder = embedder  # documents are embedded with it (the model and variant the manifest records)
+        self.query_embedder = query_embedder(embedder, current.embedder_variant, query_variant)
+        self._queries = QueryCache(self.query_embedder.embed_query, query_cache_size)
         self.lock_timeout_s = lock_timeout_s
         self.build_report: BuildReport | None = None
         self._verify = verify
@@ -92,7 +98,7 @@ class KnowledgeBase:
     def build(cls, documents: PathsLike, into: str | os.PathLike[str] | None = None, *, embedder=None,
               chunk_tokens: int = 200, overlap_tokens: int = 40, hnsw: HnswConfig = HnswConfig(),
               progress: Progress | None = None, strict: bool = False, lock_timeout_s: float = 0.0,
-              max_document_mb: float = _documents.MAX_DOCUMENT_MB) -> KnowledgeBase:
+              max_document_mb: float = _documents.MAX_DOCUMENT_MB, query_variant: str = "auto") -> KnowledgeBase:
         """Build a knowledge base in the folder ``into`` from ``documents``, replacing what it held.
 
         Example: ``KnowledgeBase.build("docs/", into="kb")``.
@@ -114,6 +120,7 @@ class KnowledgeBase:
             lock_timeout_s: seconds to wait for another writer before ``KnowledgeBaseLockedError``.
             max_document_mb: largest document indexed, in MiB; larger files are skipped
                 (reported in ``build_report.skipped``) or, with ``strict``, raise ``DocumentError``.
+            query_variant: how the returned object embeds queries, as :meth:`open` takes it.
 
         Returns:
             The opened knowledge base; ``build_report`` says what was indexed and skipped.
@@ -151,7 +158,7 @@ class KnowledgeBase:
             new, n_added, _, empty, indexed = writer.write_generation(
                 directory, writer.published(directory), embedder, chunking, hnsw, docs, [], progress, rebuild=True,
                 if_empty=f"no text to index in {describe(documents)}: the documents hold only headings or whitespace")
-        kb = cls.open(directory, embedder=embedder)
+        kb = cls.open(directory, embedder=embedder, query_variant=query_variant)
         kb.build_report = BuildReport(tuple(indexed), (), (), (), tuple(skipped + empty), n_added, 0, new.chunks,
                                       new.generation, time.perf_counter() - started)
         return kb
@@ -160,12 +167,13 @@ class KnowledgeBase:
     def open_or_build(cls, documents: PathsLike, into: str | os.PathLike[str], *, embedder=None,
                       rebuild: bool = False, exact: bool = False, chunk_tokens: int | None = None,
                       overlap_tokens: int | None = None, progress: Progress | None = None,
-                      ) -> tuple[KnowledgeBase, BuildReport]:
+                      query_variant: str = "auto") -> tuple[KnowledgeBase, BuildReport]:
         """The knowledge base at ``into``, holding ``documents``: built when there is none there
         (or with ``rebuild``), else opened and given the new and changed documents (:meth:`add`).
 
         Args:
             documents, into, embedder, progress: as :meth:`build` takes them.
+            query_variant: how queries are embedded, as :meth:`open` takes it.
             rebuild: build anew even when a knowledge base is there (re-chunks everything).
             exact: documents the knowledge base holds that are not among ``documents`` (deleted,
                 moved away, from another set) are removed before adding, so it holds exactly them.
@@ -183,10 +191,11 @@ class KnowledgeBase:
         given: dict[str, Any] = {name: value for name, value in (("chunk_tokens", chunk_tokens),
                                                                  ("overlap_tokens", overlap_tokens)) if value is not None}
         if rebuild or not (directory / manifest.MANIFEST).exists():
-            built = cls.build(documents, directory, embedder=embedder, progress=progress, **given)
+            built = cls.build(documents, directory, embedder=embedder, progress=progress, query_variant=query_variant,
+                              **given)
             assert built.build_report is not None  # set by build
             return built, built.build_report
-        kb = cls.open(directory, embedder=embedder)
+        kb = cls.open(directory, embedder=embedder, query_variant=query_variant)
         try:
             has = {"chunk_tokens": kb.manifest.chunk_tokens, "overlap_tokens": kb.manifest.overlap_tokens}
             clashes = {name: value for name, value in given.items() if has[name] != value}
@@ -209,7 +218,8 @@ class KnowledgeBase:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, embedder=None, verify: str = "auto",
-             lock_timeout_s: float = 0.0) -> KnowledgeBase:
+             lock_timeout_s: float = 0.0, query_variant: str = "auto",
+             query_cache_size: int = QUERY_CACHE_SIZE) -> KnowledgeBase:
         """Open a knowledge base for searching (and updating with ``add``/``remove``).
 
         Also compiles the scoring kernels (``scoring.warm_up``) so that the first query
@@ -221,10 +231,16 @@ class KnowledgeBase:
                 None opens the model and variant the knowledge base's manifest records.
             verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
             lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
+            query_variant: ``"auto"`` (queries of an fp32-built knowledge base opened with an fp32
+                embedder use the same model's int8 graph: 0.65x its time, one bundled question of
+                878 lost), ``"fp32"`` or ``"int8"``; see ``engine/kb/query_cache.py``.
+            query_cache_size: query vectors kept for exact repeats of a query (0: none).
 
         Raises:
+            InputError: an unknown ``query_variant``, or a ``query_cache_size`` below 0.
             KnowledgeBaseCorruptError: no manifest, or a file missing, truncated or failing its checksum.
             KnowledgeBaseMismatchError: another embedder, dimension or format version.
+            ModelError: the graph ``query_variant`` names is missing or corrupted.
         """
         directory = Path(path)
         if not directory.is_dir():
@@ -238,7 +254,8 @@ class KnowledgeBase:
                 embedder = recorded_embedder(directory, current)
             check_embedder(directory, current, embedder)
             try:
-                return cls(directory, embedder, current, verify=verify, warm_up_s=warm, lock_timeout_s=lock_timeout_s)
+                return cls(directory, embedder, current, verify=verify, warm_up_s=warm, lock_timeout_s=lock_timeout_s,
+                           query_variant=query_variant, query_cache_size=query_cache_size)
             except KnowledgeBaseCorruptError:
                 # A writer may have published and pruned between our reads: retry on the new manifest.
                 if attempt == 2 or manifest.read(directory).generation == current.generation:
@@ -356,20 +373,21 @@ class KnowledgeBase:
             w_lexical = lexical_weight(query) if isinstance(query, str) else W_LEXICAL  # check_search refuses the rest
         check_search(query, k, candidates, mmr_lambda, w_dense, w_lexical, k_rrf)
         t0 = time.perf_counter()
-        text, truncated = truncate_query(query, self.embedder)
-        q = np.asarray(self.embedder.embed_query(text), np.float32)
+        text, truncated = truncate_query(query, self.query_embedder)
+        q, cached = self._queries.vector(text)
         t1 = time.perf_counter()
         with self._live.reading() as gen:  # the embedding needs no generation: taken after it
             hits, stages_ms = rank(gen, query, q, int(k), max(int(candidates), int(k)), float(mmr_lambda),
                                     float(w_dense), float(w_lexical), float(k_rrf))
         timings = SearchTimings((t1 - t0) * 1e3, *stages_ms, (time.perf_counter() - t0) * 1e3)
-        return SearchResult(query, hits, timings, truncated, q)
+        return SearchResult(query, hits, timings, truncated, q, cached)
 
     # The knowledge base's vector space, for ranking other text (a hit's sentences) the way it
     # ranks its chunks: callers ask the knowledge base, not its embedder.
     def embed_query(self, text: str) -> np.ndarray:
-        """A query's vector in this knowledge base's space."""
-        return self.embedder.embed_query(text)
+        """A query's vector in this knowledge base's space (read-only; from the query cache when
+        ``text`` was asked before)."""
+        return self._queries.vector(text)[0]
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of passages (not queries) in this knowledge base's space."""
@@ -395,7 +413,8 @@ class KnowledgeBase:
         return KnowledgeBaseStats(
             str(self.path), m.generation, len(m.documents), m.chunks, m.embedder_model, m.embedder_variant, m.dim,
             ChunkingConfig(m.chunk_tokens, m.overlap_tokens), HnswConfig(m.hnsw_M, m.hnsw_ef_construction, m.hnsw_ef),
-            sum(f.size_bytes for f in m.files.values()), self._warm_up_s)
+            sum(f.size_bytes for f in m.files.values()), self._warm_up_s, self.query_embedder.variant,
+            self._queries.hits, self._queries.misses)
 
     def sources(self) -> list[str]:
         """The documents in the knowledge base (absolute paths), sorted."""

@@ -46,18 +46,23 @@ class SearchTimings:
 
 @dataclass(frozen=True)
 class SearchResult:
-    """Hits best first, stage timings, and whether the query was cut to the embedder's window."""
+    """Hits best first, stage timings, whether the query was cut to the embedder's window, and
+    whether its vector came from the query cache (an exact repeat: ``timings.embed_ms`` is then
+    the cache lookup)."""
 
     query: str
     hits: tuple[Hit, ...]
     timings: SearchTimings
     query_truncated: bool
     query_embedding: np.ndarray
+    query_cached: bool = False
 
 
 @dataclass(frozen=True)
 class KnowledgeBaseStats:
-    """What a knowledge base holds and how it was built."""
+    """What a knowledge base holds and how it was built; how this object embeds queries
+    (``query_variant``) and how many of its queries were exact repeats (``query_cache_hits``)
+    or were embedded (``query_cache_misses``)."""
 
     path: str
     generation: str
@@ -70,3 +75,6 @@ class KnowledgeBaseStats:
     hnsw: HnswConfig
     size_bytes: int
     warm_up_s: float
+    query_variant: str = "fp32"
+    query_cache_hits: int = 0
+    query_cache_misses: int = 0

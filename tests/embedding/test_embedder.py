@@ -177,3 +177,13 @@ def test_importing_the_embedder_loads_neither_onnx_nor_llama_cpp() -> None:
     script = "import sys, engine.embedding.embedder; print(sorted({'onnx', 'engine._core'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_with_variant_gives_the_same_model_with_the_other_graph_once(fp32: Embedder) -> None:
+    int8 = fp32.with_variant("int8")
+    assert int8.variant == "int8" and int8.model_id == fp32.model_id and int8.max_tokens == fp32.max_tokens
+    assert fp32.with_variant("int8") is int8 and fp32.with_variant("fp32") is fp32
+    text = "Press the status ring for three seconds to pair the pump with the hub."
+    assert float(int8.embed_query(text) @ fp32.embed_query(text)) > 0.99
+    with pytest.raises(InputError, match="variant must be"):
+        fp32.with_variant("fp16")
