@@ -33,6 +33,7 @@ from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
 from engine.generation.splice import Splice
 from engine.generation.stream import TextStream
 from engine.generation.tokenizer import Tokenizer
+from engine.generation.types import Generation
 from engine.shutdown import CallGate
 
 if TYPE_CHECKING:
@@ -243,9 +244,25 @@ class Engine:
         started = time.perf_counter()
         with self._calls.call():
             prepared, splices = self._prepare(question, mode, max_tokens, passages, splice)
-            generation = self.generator.generate(list(prepared.tokens), max_tokens=max_tokens,
-                                                 temperature=temperature, adapters=prepared.adapters,
-                                                 stop=(*self._layer.stop, *_stops(stop)), splices=splices)
+            stops = (*self._layer.stop, *_stops(stop))
+
+            def generate(chunk_states: tuple[Splice, ...]) -> Generation:
+                return self.generator.generate(list(prepared.tokens), max_tokens=max_tokens, temperature=temperature,
+                                               adapters=prepared.adapters, stop=stops, splices=chunk_states)
+
+            try:
+                generation = generate(splices)
+            except InputError as refused:
+                if not splices or not str(refused).startswith("chunk state"):
+                    raise
+                # The native core refused a state whose file passed every check of the cache (a forged
+                # file with a valid header and checksum): forget those states and compute them, once.
+                assert self._states is not None  # splices come from it
+                self._states.discard(prepared.prefix, prepared.blocks, prepared.adapters)
+                fetched = self._states.fetch(prepared.prefix, prepared.blocks, prepared.adapters)
+                prepared = dataclasses.replace(prepared, kv_ms=prepared.kv_ms + fetched.ms,
+                                               kv_computed=prepared.kv_computed + fetched.computed)
+                generation = generate(fetched.splices)
             return self._layer.answer(prepared, generation, started)
 
     def stream(self, question: str, mode: Mode = "rag", *, max_tokens: int = 48,

@@ -104,6 +104,10 @@ class ChunkStates:
                         for i, block in enumerate(blocks))
         return FetchedStates(splices, (time.perf_counter() - started) * 1000.0, computed)
 
+    def discard(self, prefix: tuple[int, ...], blocks: Sequence[ChunkBlock], adapters: Mapping[str, float]) -> None:
+        """Forget the states of ``blocks`` (the next fetch computes them again)."""
+        self.cache.discard(self.key(prefix, adapters), [block.text for block in blocks])
+
     def _start_afresh(self, prefix: tuple[int, ...], adapters: Mapping[str, float]) -> None:
         """Leave the generator's cache holding ``prefix`` alone, evaluated in one batch from empty (see the
         module's docstring), so every chunk state computed next follows the same prefix K/V."""

@@ -189,6 +189,22 @@ class ChunkKvCache:
             for file in list(self._disk):
                 self._forget_file(file)
 
+    def discard(self, key: StateKey, texts: Iterable[str]) -> None:
+        """Forget the states of ``texts`` after ``key``'s prefix, in RAM and on disk, counted as rejected:
+        for states the native core refused although their file passed every check here (a file
+        forged with a valid header and checksum), so the next ask recomputes them instead of failing."""
+        names = {(key.digest, text_sha256(t)) for t in texts}
+        with self._lock:
+            for name in names:
+                if name in self._ram:
+                    self._ram_size -= len(self._ram.pop(name).state)
+                    self._counts["rejected"] += 1
+                if self.directory is not None and self._path(name) in self._disk:
+                    self._forget_file(self._path(name))
+            if self.directory is not None:  # a file not (yet) in the index: delete it too
+                for name in names:
+                    self._path(name).unlink(missing_ok=True)
+
     def prune(self, key: StateKey, keep_texts: Iterable[str]) -> int:
         """Delete ``key``'s states whose text is not in ``keep_texts`` (chunks no longer indexed); returns how many."""
         keep = {text_sha256(t) for t in keep_texts}

@@ -3,6 +3,8 @@ and the Engine's spliced RAG on the real model, knowledge base and chunk-KV cach
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from engine import Engine
 from engine.answer.spliced_prompt import SplicedLayout
 from engine.embedding.embedder import Embedder
 from engine.errors import ContextOverflowError, InputError
+from engine.generation import kv_file
 from engine.generation.chat import ChatFormat
 from engine.generation.generator import Generator
 from engine.generation.kv_cache import ChunkKvCache
@@ -208,6 +211,34 @@ def test_a_damaged_state_file_is_recomputed_and_counted(engine, generator_model_
         answer = again.ask(question, splice="on")
         assert answer.timings.kv_computed == len(answer.citations)
         assert fresh.stats().rejected >= len(answer.citations)
+        assert again.ask(question, splice="on").timings.kv_computed == 0
+
+
+def test_a_forged_state_the_core_refuses_is_discarded_and_recomputed_not_raised_on_every_ask(
+        engine, generator_model_path, kb):
+    # A file forged by the cache's own user passes the cache's checks (a valid header, the checksum of
+    # the state it holds) but holds another chunk's state: the core refuses it, the ask recomputes.
+    question = "Who founded Fenwhistle Aquatronics?"
+    engine.ask(question, splice="on")
+    assert engine.kv_cache is not None and engine.kv_cache.directory is not None
+    files = sorted(engine.kv_cache.directory.glob("*/*.kv"))
+    parts = []
+    for file in files[:2]:
+        data = file.read_bytes()
+        _, _, length = kv_file._PREFIX.unpack_from(data)
+        start = kv_file._PREFIX.size
+        parts.append((json.loads(data[start:start + length]), data[start + length:]))
+    (header, _), (other, other_state) = parts
+    assert header["n_tokens"] != other["n_tokens"]  # else the other state would fit: the limit the README states
+    header.update(state_bytes=len(other_state), state_sha256=hashlib.sha256(other_state).hexdigest())
+    encoded = json.dumps(header, sort_keys=True).encode()
+    forged = kv_file._PREFIX.pack(kv_file._MAGIC, kv_file._VERSION, len(encoded)) + encoded + other_state
+    files[0].write_bytes(forged)
+    fresh = ChunkKvCache(engine.kv_cache.directory)  # RAM empty: the files are read
+    with Engine(generator_model_path, kb=kb.path, n_ctx=1024, n_threads=1, k=2, kv_cache=fresh) as again:
+        answer = again.ask(question, splice="on")  # refused by the core, discarded, recomputed: no error
+        assert answer.timings.kv_computed >= 1 and fresh.stats().rejected >= 1
+        assert files[0].read_bytes() != forged
         assert again.ask(question, splice="on").timings.kv_computed == 0
 
 
