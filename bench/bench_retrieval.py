@@ -42,6 +42,7 @@ from engine.kb import knowledge_base as kbmod
 from engine.kb import store as storemod
 from engine.kb.knowledge_base import KnowledgeBase
 from engine.kb.manifest import read as read_manifest
+from engine.kb.ranking import rank
 from engine.questions.qa import holds_answer  # the passage as the prompt shows it (heading, then text) holds an answer
 
 RESULTS = Path(__file__).parent / "results"
@@ -173,7 +174,8 @@ def queries(kb_dir, embedders):
 
 @pytest.mark.parametrize("variant, target", [("fp32", "<= 12"), ("int8", "<= 6")])
 def test_retrieval_p50(benchmark, kb_dir, embedders, queries, claims, variant, target):
-    kb = KnowledgeBase.open(kb_dir, embedder=embedders[variant])
+    # The variant's own query graph, and no query cache: every round embeds its query.
+    kb = KnowledgeBase.open(kb_dir, embedder=embedders[variant], query_variant=variant, query_cache_size=0)
     hits = [kb.search(q, k=5).hits for q, _ in queries]
     recall = np.mean([any(h.chunk_id == cid for h in found) for found, (_, cid) in zip(hits, queries)])
     state = {"i": 0}
@@ -214,8 +216,8 @@ def test_bm25_stage_frequent_words_left_out(kb_dir, embedders, queries, claims):
                     start = time.perf_counter()
                     store.lexical_search(query, 64)
                     times[name].append(time.perf_counter() - start)
-                    hits, _ = kbmod._rank(generation, query, vectors[query], 5, 64, kbmod.MMR_LAMBDA, kbmod.W_DENSE,
-                                          kbmod.lexical_weight(query), kbmod.K_RRF)
+                    hits, _ = rank(generation, query, vectors[query], 5, 64, kbmod.MMR_LAMBDA, kbmod.W_DENSE,
+                                   kbmod.lexical_weight(query), kbmod.K_RRF)
                     found[name].append(any(h.chunk_id == chunk_id for h in hits))
         store._frequent = frequent
     p50 = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
@@ -240,8 +242,8 @@ def _qa_recall(kb: KnowledgeBase, questions, vectors: np.ndarray, k: int = 4, **
     with kb._live.reading() as generation:
         for i, q in enumerate(questions):
             w_lexical = chosen.get("w_lexical", kbmod.lexical_weight(q.question))  # the search's own default
-            hits, _ = kbmod._rank(generation, q.question, vectors[i], k, 64, chosen["mmr_lambda"], chosen["w_dense"],
-                                  w_lexical, chosen["k_rrf"])
+            hits, _ = rank(generation, q.question, vectors[i], k, 64, chosen["mmr_lambda"], chosen["w_dense"],
+                           w_lexical, chosen["k_rrf"])
             found[i] = any(holds_answer(h, q.answers) for h in hits)
     return found
 
@@ -299,10 +301,10 @@ def test_bundled_qa_defaults(embedders, claims, tmp_path_factory):
 def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
     """Retrieval recall on real questions: every question of the bundled set against its documents.
 
-    Each variant indexes the documents with its own embeddings; a question counts as
-    recalled when one of the top-4 hits (heading trail and text, as the prompt shows it)
-    holds one of its accepted answers. This is the int8 embedder's effect on retrieval
-    that a user of the bundled set would see.
+    Each variant indexes the documents with its own embeddings and embeds the questions with
+    them; a question counts as recalled when one of the top-4 hits (heading trail and text, as
+    the prompt shows it) holds one of its accepted answers. This is the int8 embedder's effect on
+    retrieval that a user of the bundled set would see.
     """
     from engine.questions.qa import BUNDLED_SET, load_questions
 
@@ -310,13 +312,34 @@ def test_bundled_qa_recall_fp32_vs_int8(embedders, claims, tmp_path_factory):
     recall = {}
     for variant in ("fp32", "int8"):
         kb = KnowledgeBase.build(BUNDLED_SET / "docs", tmp_path_factory.mktemp(variant) / "kb",
-                                 embedder=embedders[variant])
+                                 embedder=embedders[variant], query_variant=variant)
         found = [any(holds_answer(h, q.answers) for h in kb.search(q.question, k=4).hits)
                  for q in questions]
         recall[variant] = 100 * float(np.mean(found))
         claims.add("retrieval", f"bundled QA recall@4 ({len(questions)} questions), {variant}", recall[variant], "%")
     claims.add("retrieval", "bundled QA recall@4 loss int8 vs fp32", recall["fp32"] - recall["int8"], "points",
                target="<= 1")
+
+
+def test_bundled_qa_int8_queries(embedders, claims, tmp_path_factory):
+    """The default of an fp32-built knowledge base (``query_variant="auto"``): int8 query vectors
+    searched against the fp32 chunk vectors, against fp32 queries on the same knowledge base.
+    The int8 graph is the default for queries only while this loss stays within 1 point."""
+    from engine.questions.qa import BUNDLED_SET, load_questions
+
+    questions = load_questions(BUNDLED_SET / "qa.jsonl")
+    folder = tmp_path_factory.mktemp("int8-queries") / "kb"
+    KnowledgeBase.build(BUNDLED_SET / "docs", folder, embedder=embedders["fp32"]).close()
+    recall = {}
+    for variant in ("fp32", "auto"):
+        with KnowledgeBase.open(folder, embedder=embedders["fp32"], query_variant=variant) as kb:
+            used = kb.query_embedder.variant
+            found = [any(holds_answer(h, q.answers) for h in kb.search(q.question, k=4).hits) for q in questions]
+        recall[variant] = 100 * float(np.mean(found))
+        claims.add("retrieval", f"bundled QA recall@4 ({len(questions)} q), fp32-built, query_variant={variant} "
+                   f"({used} queries)", recall[variant], "%", target=">= 95.6")
+    claims.add("retrieval", "bundled QA recall@4 loss, int8 queries vs fp32 queries on the fp32-built kb",
+               recall["fp32"] - recall["auto"], "points", target="<= 1")
 
 
 # ---------------------------------------------------------------------- a second corpus: NumPy's docstrings
@@ -386,8 +409,8 @@ def test_technical_corpus_identifiers(numpy_kb, embedders, claims, monkeypatch):
         with numpy_kb._live.reading() as generation:
             for i, ((question, heading), vector) in enumerate(zip(questions, vectors)):
                 weight = kbmod.lexical_weight(question) if w_lexical is None else w_lexical
-                hits, _ = kbmod._rank(generation, question, vector, 4, 64, kbmod.MMR_LAMBDA, w_dense, weight,
-                                      kbmod.K_RRF)
+                hits, _ = rank(generation, question, vector, 4, 64, kbmod.MMR_LAMBDA, w_dense, weight,
+                               kbmod.K_RRF)
                 found[i] = any(h.heading == heading for h in hits)
         return found
 
