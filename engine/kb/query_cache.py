@@ -10,10 +10,10 @@ Two decisions a user can notice:
   96.0 %, ``bench/bench_retrieval.py`` ``test_bundled_qa_int8_queries``). Documents are still
   embedded with the embedder the knowledge base was built with. ``query_variant="fp32"`` keeps
   fp32 queries (the reference, with the embedder as given), ``"int8"`` asks for int8 always.
-  The int8 query graph runs on one intra-op thread (``QUERY_THREADS``): a query of a few dozen
-  tokens is too small to split, and a second thread must be woken after idle (measured on
-  2 cores, int8 after 0.5 s idle: 0.46x the fp32 embedder's time on 1 thread, 0.62x on 2;
-  back-to-back 0.68x and 0.65x).
+  The int8 query graph runs on as many threads as the embedder given: on the quiet 2-core machine
+  one thread was 1.8-1.9x slower per query (README, ``bench_embed.py``); on the same machine kept
+  busy by other jobs one thread did as well back-to-back and better after idle, which does not
+  make it the better default for a machine of one's own.
 - **A repeated query is not embedded again**: an LRU of the last ``size`` query texts (after
   cutting to the embedder's window) and their vectors, per knowledge base object. The query
   embedder of an open knowledge base never changes, so entries never go stale. Vectors are
@@ -31,8 +31,6 @@ import numpy as np
 from engine.errors import InputError, ModelError
 
 QUERY_VARIANTS = ("auto", "fp32", "int8")
-#: Intra-op threads of the int8 query graph (see the module docstring).
-QUERY_THREADS = 1
 #: Query vectors a knowledge base keeps (384 float32 each: 1.5 KiB; 1024 of them 1.5 MiB).
 QUERY_CACHE_SIZE = 1024
 
@@ -41,9 +39,9 @@ def query_embedder(embedder, built_variant: str, query_variant: str):
     """The embedder for the queries of a knowledge base built with ``built_variant`` and opened
     with ``embedder`` (see the module docstring for ``query_variant``).
 
-    With ``"auto"``, an fp32 embedder on an fp32-built knowledge base gives its int8 sibling on
-    ``QUERY_THREADS`` threads (``Embedder.with_variant``); an embedder without one (a custom class,
-    a folder without the int8 graph) is used as it is. Any other pairing keeps ``embedder``: it is
+    With ``"auto"``, an fp32 embedder on an fp32-built knowledge base gives its int8 sibling
+    (``Embedder.with_variant``); an embedder without one (a custom class, a folder without the
+    int8 graph) is used as it is. Any other pairing keeps ``embedder``: it is
     what the caller chose. ``"int8"`` with an fp32 embedder gives the same sibling as ``"auto"``.
 
     Raises:
@@ -58,7 +56,7 @@ def query_embedder(embedder, built_variant: str, query_variant: str):
         if variant != "fp32" or built_variant != "fp32" or not hasattr(embedder, "with_variant"):
             return embedder
         try:
-            return embedder.with_variant("int8", threads=QUERY_THREADS)
+            return embedder.with_variant("int8")
         except ModelError:  # a folder of one's own with no int8 graph: fp32 queries, as before
             return embedder
     if variant == query_variant:
@@ -66,7 +64,7 @@ def query_embedder(embedder, built_variant: str, query_variant: str):
     if not hasattr(embedder, "with_variant"):
         raise InputError(f"query_variant={query_variant!r} needs an Embedder that has that variant "
                          f"({type(embedder).__name__} has no with_variant): pass query_variant='auto'")
-    return embedder.with_variant(query_variant, threads=QUERY_THREADS)
+    return embedder.with_variant(query_variant)
 
 
 class QueryCache:
