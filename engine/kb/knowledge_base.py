@@ -232,7 +232,7 @@ class KnowledgeBase:
             verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
             lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
             query_variant: ``"auto"`` (queries of an fp32-built knowledge base opened with an fp32
-                embedder use the same model's int8 graph: 0.65x its time, one bundled question of
+                embedder use the same model's int8 graph: 0.69x its time, one bundled question of
                 878 lost), ``"fp32"`` or ``"int8"``; see ``engine/kb/query_cache.py``.
             query_cache_size: query vectors kept for exact repeats of a query (0: none).
 

@@ -4,16 +4,18 @@ Two decisions a user can notice:
 
 - **Queries of an fp32-built knowledge base are embedded with the int8 graph** of the same model
   (``query_variant="auto"``, the default). The query embedding is most of a search's time (the
-  hybrid search after it is a few tenths of a millisecond at 10k chunks), the int8 graph takes
-  about 0.65x the fp32 graph's time for a short query, and int8 query vectors searched against
-  the fp32 chunk vectors lose one question of 878 on the bundled set (recall@4 95.9 % against
-  96.0 %, ``bench/bench_retrieval.py`` ``test_bundled_qa_int8_queries``). Documents are still
-  embedded with the embedder the knowledge base was built with. ``query_variant="fp32"`` keeps
-  fp32 queries (the reference, with the embedder as given), ``"int8"`` asks for int8 always.
-  The int8 query graph runs on as many threads as the embedder given: on the quiet 2-core machine
-  one thread was 1.8-1.9x slower per query (README, ``bench_embed.py``); on the same machine kept
-  busy by other jobs one thread did as well back-to-back and better after idle, which does not
-  make it the better default for a machine of one's own.
+  hybrid search after it is 1-2 ms at 10k chunks); the int8 graph takes 0.69x the fp32 graph's
+  time for a short query on a quiet machine (``bench/bench_embed.py``); int8 query vectors
+  searched against the fp32 chunk vectors lose one question of 878 on the bundled set (recall@4
+  95.9 % against 96.0 %, ``bench/bench_retrieval.py`` ``test_bundled_qa_int8_queries``).
+  Documents are still embedded with the embedder the knowledge base was built with. The cost is
+  a second ONNX Runtime session: loading a knowledge base takes about 80-90 MiB more resident
+  memory (``bench/bench_peers.py``). ``query_variant="fp32"`` keeps fp32 queries (the
+  reference, with the embedder as given), ``"int8"`` asks for int8 always. The int8 query graph
+  runs on as many threads as the embedder given: on the quiet 2-core machine one thread was
+  1.8-1.9x slower per query (README); on the same machine kept busy by other jobs one thread did
+  as well back-to-back and better after idle, which does not make it the default for a machine
+  of one's own.
 - **A repeated query is not embedded again**: an LRU of the last ``size`` query texts (after
   cutting to the embedder's window) and their vectors, per knowledge base object. The query
   embedder of an open knowledge base never changes, so entries never go stale. Vectors are
