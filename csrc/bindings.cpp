@@ -140,6 +140,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("reused_tokens", &Timings::reused_tokens)
       .def_readonly("spliced_tokens", &Timings::spliced_tokens)
       .def_readonly("splice_ms", &Timings::splice_ms)
+      .def_readonly("k_shifted_tokens", &Timings::k_shifted_tokens)
       .def_readonly("prefill_ms", &Timings::prefill_ms)
       .def_readonly("prefill_tokens", &Timings::prefill_tokens)
       .def_readonly("prefill_tokens_per_s", &Timings::prefill_tokens_per_s)
@@ -153,7 +154,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("text", &Result::text)
       .def_readonly("tokens", &Result::tokens)
       .def_readonly("stop_reason", &Result::stop_reason)
-      .def_readonly("timings", &Result::timings);
+      .def_readonly("timings", &Result::timings)
+      .def_readonly("logits", &Result::logits);
 
   py::class_<CancelToken, std::shared_ptr<CancelToken>>(m, "CancelToken")
       .def(py::init<>())
@@ -164,21 +166,22 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Session>(m, "Session")
       .def(py::init([](std::shared_ptr<Model> model, uint32_t n_ctx, uint32_t n_batch, int32_t n_threads,
                        int32_t n_threads_batch, int32_t flash_attn, const std::string& kv_type, bool warmup,
-                       uint32_t splice_slots) {
+                       uint32_t splice_slots, bool rotate_splices) {
              py::gil_scoped_release release;
              SessionOptions options{n_ctx, n_batch, n_threads, n_threads_batch, flash_attn, kv_type, warmup,
-                                    splice_slots};
+                                    splice_slots, rotate_splices};
              return std::make_unique<Session>(std::move(model), options);
            }),
            py::arg("model"), py::kw_only(), py::arg("n_ctx") = session_defaults.n_ctx,
            py::arg("n_batch") = session_defaults.n_batch, py::arg("n_threads") = session_defaults.n_threads,
            py::arg("n_threads_batch") = session_defaults.n_threads_batch,
            py::arg("flash_attn") = session_defaults.flash_attn, py::arg("kv_type") = session_defaults.kv_type,
-           py::arg("warmup") = session_defaults.warmup, py::arg("splice_slots") = session_defaults.splice_slots)
+           py::arg("warmup") = session_defaults.warmup, py::arg("splice_slots") = session_defaults.splice_slots,
+           py::arg("rotate_splices") = session_defaults.rotate_splices)
       .def("generate", &generate_from_python, py::arg("prompt"), py::kw_only(), py::arg("max_tokens"),
            py::arg("sampling"), py::arg("stop") = std::vector<std::string>{}, py::arg("adapters") = AdapterArgs{},
            py::arg("truncate_left") = false, py::arg("reuse_prefix") = true, py::arg("cancel") = py::none(),
-           py::arg("on_piece") = py::none(), py::arg("splices") = SpliceArgs{})
+           py::arg("on_piece") = py::none(), py::arg("splices") = SpliceArgs{}, py::arg("return_logits") = false)
       .def("log_probs", &log_probs_from_python, py::arg("context"), py::arg("continuation"), py::kw_only(),
            py::arg("adapters") = AdapterArgs{})
       .def("chunk_state", &chunk_state_from_python, py::arg("prefix"), py::arg("chunk"), py::kw_only(),
@@ -188,5 +191,6 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_ctx", &Session::n_ctx)
       .def_property_readonly("n_batch", &Session::n_batch)
       .def_property_readonly("splice_slots", [](const Session& s) { return s.options().splice_slots; })
+      .def_property_readonly("splice_shift", &Session::splice_shift)
       .def_property_readonly("cached_tokens", &Session::cached_tokens);
 }

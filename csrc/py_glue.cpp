@@ -52,7 +52,7 @@ Result generate_from_python(Session& session, const PromptArg& prompt, int32_t m
                             const SamplingOptions& sampling, const std::vector<std::string>& stop,
                             const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
                             std::shared_ptr<CancelToken> cancel, const std::optional<py::function>& on_piece,
-                            const SpliceArgs& splices) {
+                            const SpliceArgs& splices, bool return_logits) {
   Request request;
   if (const auto* text = std::get_if<std::string>(&prompt)) {
     request.prompt = *text;
@@ -66,6 +66,7 @@ Result generate_from_python(Session& session, const PromptArg& prompt, int32_t m
   request.truncate_left = truncate_left;
   request.reuse_prefix = reuse_prefix;
   request.cancel = std::move(cancel);
+  request.return_logits = return_logits;
   // Each state is a view of its bytes object, read with the GIL released: bytes are
   // immutable, and `splices` holds a reference to each until this call has returned.
   for (const auto& [start, state, n_tokens, position] : splices) {

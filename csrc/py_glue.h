@@ -31,7 +31,7 @@ Result generate_from_python(Session& session, const PromptArg& prompt, int32_t m
                             const SamplingOptions& sampling, const std::vector<std::string>& stop,
                             const AdapterArgs& adapters, bool truncate_left, bool reuse_prefix,
                             std::shared_ptr<CancelToken> cancel, const std::optional<pybind11::function>& on_piece,
-                            const SpliceArgs& splices);
+                            const SpliceArgs& splices, bool return_logits);
 
 // Session.log_probs, with the same signal handling.
 std::vector<double> log_probs_from_python(Session& session, const std::vector<llama_token>& context,

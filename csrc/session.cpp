@@ -83,6 +83,7 @@ Session::Session(std::shared_ptr<Model> model, const SessionOptions& options)
                        "): " + capture.messages() +
                        " — lower n_ctx, or use kv_type='f16' (quantized V cache needs flash attention)");
   }
+  if (options.splice_slots > 0 && options.rotate_splices) rotation_ = key_rotation_of(*model_);
   n_ctx_ = llama_n_ctx(ctx_.get());
   n_batch_ = llama_n_batch(ctx_.get());
   batch_.emplace(static_cast<int32_t>(n_batch_));
@@ -332,6 +333,11 @@ Result Session::generate(const Request& request, const PieceCallback& on_piece, 
     prefill_spliced(prompt, reuse, request.splices, step, t);
   }
   const auto t_prefilled = Clock::now();
+  if (request.return_logits) {
+    const float* row = llama_get_logits_ith(ctx_.get(), -1);
+    if (!row) throw GenerationFailure("llama.cpp returned no logits for the prompt's last token");
+    result.logits.assign(row, row + model_->info().n_vocab);
+  }
   t.prefill_tokens = static_cast<int32_t>(n_new) - t.spliced_tokens;
   t.prefill_ms = ms_between(t_prefill, t_prefilled);
   t.prefill_tokens_per_s = per_second(t.prefill_tokens, t.prefill_ms);

@@ -17,6 +17,7 @@
 #include "lora.h"
 #include "model.h"
 #include "splice.h"
+#include "state_shift.h"
 
 namespace bakeoff {
 
@@ -32,6 +33,11 @@ struct SessionOptions {
   // exactly as before). Each spliced chunk is restored into a scratch sequence of its
   // own, so the context gets 1 + splice_slots sequences in one unified KV cache.
   uint32_t splice_slots = 0;
+  // Move a spliced state by rotating its own keys before restoring it (state_shift.h),
+  // when the model's RoPE and the state's layout are ones it reimplements and the
+  // Session's one-time check against llama.cpp agrees; false, or otherwise: llama.cpp's
+  // K-shift, which rotates every cell of the cache in the next decode.
+  bool rotate_splices = true;
 };
 
 // The kv_type names a Session takes, in the order users see them (the table is in
@@ -83,6 +89,7 @@ struct Request {
   bool reuse_prefix = true;
   std::shared_ptr<CancelToken> cancel;  // null: generate() makes one, reachable through Session::cancel()
   std::vector<Splice> splices;  // in prompt order, not overlapping; the rest of the prompt is evaluated
+  bool return_logits = false;   // keep the prompt's last position's logits in Result::logits
 };
 
 struct Timings {
@@ -91,7 +98,8 @@ struct Timings {
   int32_t truncated_tokens = 0;  // dropped from the left of the prompt
   int32_t reused_tokens = 0;     // taken from the KV cache, not evaluated
   int32_t spliced_tokens = 0;    // taken from spliced chunk states, not evaluated
-  double splice_ms = 0;          // restoring and shifting the chunk states (the K-shift runs in prefill)
+  double splice_ms = 0;          // moving, restoring and joining the chunk states
+  int32_t k_shifted_tokens = 0;  // spliced tokens moved by llama.cpp's K-shift (runs in prefill, over every cell)
   double prefill_ms = 0;
   int32_t prefill_tokens = 0;
   double prefill_tokens_per_s = 0;
@@ -107,6 +115,7 @@ struct Result {
   std::vector<llama_token> tokens;
   std::string stop_reason;  // "eos", "stop", "length" or "context_full"
   Timings timings;
+  std::vector<float> logits;  // n_vocab logits after the prompt, when the request asked (return_logits)
 };
 
 // Called with each piece of final text (valid UTF-8) as it is produced.
@@ -165,6 +174,9 @@ class Session {
   uint32_t n_ctx() const { return n_ctx_; }
   uint32_t n_batch() const { return n_batch_; }
   const SessionOptions& options() const { return options_; }
+  // How spliced states are moved: "rotated" (their own keys, checked against llama.cpp),
+  // "unchecked" (not needed yet), or "k-shift: <why>" (llama.cpp's whole-cache K-shift).
+  std::string splice_shift() const;
   // A snapshot of the tokens whose K/V sit in the cache; safe during generate().
   std::vector<llama_token> cached_tokens() const;
 
@@ -196,6 +208,13 @@ class Session {
   // exit take token_mutex_, so cancel() never touches a token being freed.
   std::mutex token_mutex_;
   std::atomic<CancelToken*> running_{nullptr};
+  // Moving spliced states ourselves (state_shift.h): the model's RoPE, whether this
+  // Session has checked it against llama.cpp's K-shift, and the moved state's bytes
+  // (kept: a state is megabytes, allocated once).
+  enum class RotationCheck { pending, passed, failed };
+  KeyRotation rotation_;
+  RotationCheck rotation_check_ = RotationCheck::pending;
+  std::string moved_;
 
   // Takes busy_ for one request, or throws Busy when another request holds it.
   std::unique_lock<std::mutex> claim();
@@ -214,6 +233,14 @@ class Session {
   void prefill_spliced(const std::vector<llama_token>& prompt, size_t from, const std::vector<Splice>& splices,
                        const StepCheck& between_steps, Timings& timings);
   void check_splices(const std::vector<Splice>& splices, size_t prompt_size) const;
+  // Restores `state` into scratch sequence `seq`; throws InvalidInput naming splice `index`.
+  void restore_state(std::string_view state, llama_seq_id seq, size_t index);
+  // Once per Session, on the first moved state (its cost, a K-shift and a one-token
+  // decode, lands in that request's splice_ms): restores splice `index` into `seq`, lets llama.cpp K-shift it by
+  // `delta` (decoding `probe` after it) and compares with moved_, our move of the same
+  // state; sets rotation_check_ (stays pending when llama.cpp could not decode), leaves
+  // `seq` empty.
+  void check_rotation(const Splice& s, size_t index, llama_seq_id seq, llama_pos delta, llama_token probe);
   void set_cached_size(size_t n);  // shrinks cached_ (and exact_) to at most n tokens, under state_
   void append_cached(const llama_token* tokens, size_t n, bool exact);  // under state_
   std::unique_ptr<llama_sampler, SamplerDeleter> make_sampler(const SamplingOptions& s) const;

@@ -12,7 +12,7 @@ namespace bakeoff {
 // A chunk's K/V, computed once by Session::chunk_state and spliced into a prompt:
 // prompt tokens [start, start + n_tokens) take their K/V from `state` (llama.cpp's
 // sequence state) instead of being evaluated. The state was computed at positions
-// [position, position + n_tokens); llama.cpp re-rotates its keys to where it lands.
+// [position, position + n_tokens); its keys are re-rotated to where it lands (state_shift.h).
 // `state` is a view, not a copy (a state is megabytes and a request splices several):
 // whoever builds the Request keeps those bytes alive and unchanged until generate()
 // returns.

@@ -169,7 +169,11 @@ class Timings(metaclass=_pybind11_type):
         """Prompt tokens whose K/V came from spliced chunk states, not evaluated."""
     @property
     def splice_ms(self) -> float:
-        """Restoring, shifting and joining the chunk states (their K-shift runs in prefill)."""
+        """Moving, restoring and joining the chunk states (a K-shift left to llama.cpp runs in prefill)."""
+    @property
+    def k_shifted_tokens(self) -> int:
+        """Spliced tokens moved by llama.cpp's K-shift, which rotates every cell of the cache in the
+        prefill; 0 when each moved state's own keys were rotated (``Session.splice_shift``)."""
     @property
     def prefill_ms(self) -> float: ...
     @property
@@ -202,6 +206,9 @@ class Result(metaclass=_pybind11_type):
         """"eos", "stop", "length" or "context_full"."""
     @property
     def timings(self) -> Timings: ...
+    @property
+    def logits(self) -> list[float]:
+        """The n_vocab logits after the prompt when ``generate(return_logits=True)``, else empty."""
 
 class CancelToken(metaclass=_pybind11_type):
     """The cancellation flag of one request, made when the request is submitted.
@@ -235,8 +242,13 @@ class Session(metaclass=_pybind11_type):
         kv_type: str = "f16",
         warmup: bool = True,
         splice_slots: int = 0,
+        rotate_splices: bool = True,
     ) -> None:
         """Create the context (flash_attn: -1 auto, 0 off, 1 on; ``kv_type`` one of ``KV_TYPES``).
+
+        ``rotate_splices``: move a spliced state by rotating its own keys before restoring it,
+        where the model's RoPE and the state's layout allow (see ``splice_shift``); False:
+        llama.cpp's K-shift, which rotates every cell of the cache at the next decode.
         Raises InputError for unusable settings."""
     def generate(
         self,
@@ -251,6 +263,7 @@ class Session(metaclass=_pybind11_type):
         cancel: CancelToken | None = None,
         on_piece: Callable[[str], None] | None = None,
         splices: Sequence[tuple[int, bytes, int, int]] = ...,
+        return_logits: bool = False,
     ) -> Result:
         """Generate with the GIL released.
 
@@ -262,6 +275,7 @@ class Session(metaclass=_pybind11_type):
         request runs Python's signal handlers every few milliseconds, so Ctrl-C raises
         KeyboardInterrupt; the session stays usable. ``splices`` are (start, state, n_tokens,
         position) of :meth:`chunk_state` results; each state is read in place, not copied.
+        ``return_logits`` keeps the logits after the prompt in ``Result.logits``.
 
         Raises ContextOverflowError, CancelledError, GeneratorBusyError, InputError (e.g.
         token ids outside the vocabulary), GenerationError.
@@ -305,6 +319,11 @@ class Session(metaclass=_pybind11_type):
     def n_batch(self) -> int: ...
     @property
     def splice_slots(self) -> int: ...
+    @property
+    def splice_shift(self) -> str:
+        """How moved splice states are moved: "rotated" (each state's own keys, once checked to
+        match llama.cpp's K-shift bit for bit or within 2 f16 steps), "unchecked" (no state has
+        needed moving yet), or "k-shift: <why>" (llama.cpp's whole-cache K-shift, the fallback)."""
     @property
     def cached_tokens(self) -> list[int]:
         """A snapshot of the tokens whose K/V are in the cache, in order (safe while generating)."""

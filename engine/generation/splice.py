@@ -1,8 +1,9 @@
 """A chunk's K/V spliced into a prompt instead of being evaluated (see ``Generator.chunk_state``).
 
 llama.cpp's sequence state of a chunk, computed once after a shared prefix, is
-restored into a scratch sequence, its keys re-rotated (RoPE) to where the chunk
-lands in the prompt, and joined to the request's sequence; only the tokens between
+moved to where the chunk lands in the prompt (its cells' positions changed and its
+keys re-rotated, RoPE being a rotation: csrc/state_shift.h), restored into a scratch
+sequence and joined to the request's sequence; only the tokens between
 and after the chunks are evaluated. A spliced chunk attends to the shared prefix and
 itself, not to the chunks before it: that is the accuracy price, measured by
 ``bakeoff compare`` against a full prefill of the same tokens.

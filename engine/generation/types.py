@@ -181,7 +181,8 @@ class GenerationTimings:
     n_gpu_layers_offloaded: int
     extra_buffer_types: bool  # llama.cpp's extra CPU buffer types (repacking, AMX) in use
     spliced_tokens: int = 0  # prompt tokens whose K/V came from spliced chunk states
-    splice_ms: float = 0.0  # restoring, shifting and joining the chunk states (their K-shift runs in prefill)
+    splice_ms: float = 0.0  # moving, restoring and joining the chunk states
+    k_shifted_tokens: int = 0  # spliced tokens left to llama.cpp's whole-cache K-shift (runs in prefill)
 
 
 @dataclass(frozen=True)

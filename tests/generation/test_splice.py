@@ -64,7 +64,22 @@ def test_a_state_shifted_to_another_position_still_reads_right(gen):
     out = gen.generate(prefix + chunk + tail, max_tokens=24,
                        splices=[Splice(len(prefix), state, len(chunk), len(long_prefix))])
     assert out.timings.spliced_tokens == len(chunk)
+    assert out.timings.k_shifted_tokens == 0  # moved by rotating its own keys, not by llama.cpp's whole-cache K-shift
     assert "4721" in out.text
+
+
+def test_a_state_moved_by_a_wrong_offset_is_refused_and_the_generator_answers_after(gen):
+    """A splice that names the wrong position for its state would rotate it by a wrong offset: the
+    positions the state holds are checked first, on the rotated path as on llama.cpp's."""
+    prefix, chunk, tail = _parts(gen)
+    long_prefix, _, _ = _parts(gen, pad=" Be precise and quote the passage exactly.")
+    state = gen.chunk_state(long_prefix, chunk)
+    prompt = prefix + chunk + tail
+    for claimed in (len(prefix), len(long_prefix) - 1, len(long_prefix) + 5):  # the state sits at len(long_prefix)
+        with pytest.raises(InputError, match=f"holds positions {len(long_prefix)}\\.\\."):
+            gen.generate(prompt, max_tokens=2, splices=[Splice(len(prefix), state, len(chunk), claimed)])
+    out = gen.generate(prompt, max_tokens=24, splices=[Splice(len(prefix), state, len(chunk), len(long_prefix))])
+    assert out.timings.k_shifted_tokens == 0 and "4721" in out.text
 
 
 def test_spliced_k_v_is_never_reused_as_if_exact(gen):
