@@ -93,9 +93,89 @@ def _k_shift_ms(engine: Engine, kb: KnowledgeBase, k: int = 3) -> dict[str, floa
             "k_shift_ms": p50(shifted) - p50(in_place)}
 
 
+def _shift_and_restore(generator_model_path: Path, engine: Engine, kb: KnowledgeBase, k: int = 3,
+                       repeats: int = 5) -> dict[str, float]:
+    """Restore + shift of ``k`` moved chunk states: their keys rotated before the restore (ours) against
+    llama.cpp's K-shift over the whole cache (``rotate_splices=False``, the path before), one run, interleaved.
+
+    Each way splices the same states into the RAG prompt cut one token after its last chunk, so its prefill
+    is the K-shift (if any), the few tokens between chunks and one token; the same prompt with states
+    computed where they land ("in place", nothing to move) gives the prefill without a shift. Restore +
+    shift = ``splice_ms`` + (prefill - in-place prefill); minimum over ``repeats`` per question, p50 over
+    questions. Also the spliced TTFT of the whole prompt both ways (min over repeats, p50).
+    """
+    from engine._native import core
+    from engine.hardware import use_extra_buffer_types
+
+    model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())
+    sessions = {way: core.Session(model, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, splice_slots=k,
+                                  rotate_splices=way == "rotated") for way in ("rotated", "k-shift")}
+    sampling = core.SamplingOptions()
+    splice_ms, prefill_ms, ttft_ms = {}, {}, {}
+    for question in _questions():
+        hits = kb.search(question, k=k).hits
+        prepared, splices = engine._prepare(question, "rag", 1, hits, "on")
+        tokens = list(prepared.tokens)
+        end = splices[-1].start + splices[-1].n_tokens
+        moved = [s.native() for s in splices]
+        in_place = [(s.start, sessions["rotated"].chunk_state(tokens[:s.start], tokens[s.start:s.start + s.n_tokens]),
+                     s.n_tokens, s.start) for s in splices]
+        ways = {"rotated": (sessions["rotated"], moved), "k-shift": (sessions["k-shift"], moved),
+                "in place": (sessions["rotated"], in_place)}
+        best: dict[str, list[float]] = {way: [float("inf")] * 3 for way in ways}
+        for repeat in range(repeats + 1):  # the first round is a burn-in (and the rotation's one-time check)
+            for way, (session, chosen) in ways.items():
+                cut = session.generate(tokens[:end + 1], max_tokens=1, sampling=sampling, splices=chosen).timings
+                whole = session.generate(tokens, max_tokens=1, sampling=sampling, splices=chosen).timings
+                if repeat:
+                    best[way] = [min(best[way][0], cut.splice_ms), min(best[way][1], cut.prefill_ms),
+                                 min(best[way][2], whole.ttft_ms)]
+        for way, (s_ms, p_ms, t_ms) in best.items():
+            splice_ms.setdefault(way, []).append(s_ms)
+            prefill_ms.setdefault(way, []).append(p_ms)
+            ttft_ms.setdefault(way, []).append(t_ms)
+    p50 = statistics.median
+    out = {"k": k, "shift": sessions["rotated"].splice_shift}
+    for way in ("rotated", "k-shift"):
+        shift = [p - q for p, q in zip(prefill_ms[way], prefill_ms["in place"])]
+        out[f"{way}_restore_ms"] = p50(splice_ms[way])
+        out[f"{way}_shift_in_prefill_ms"] = p50(shift)
+        out[f"{way}_restore_shift_ms"] = p50([r + max(d, 0.0) for r, d in zip(splice_ms[way], shift)])
+        out[f"{way}_ttft_ms"] = p50(ttft_ms[way])
+    out["in_place_restore_ms"] = p50(splice_ms["in place"])
+    out["ttft_rotated_over_k_shift"] = p50([a / b for a, b in zip(ttft_ms["rotated"], ttft_ms["k-shift"])])
+    return out
+
+
 @pytest.fixture(scope="module")
 def embedder(embedder_dir) -> Embedder:
     return Embedder(embedder_dir)
+
+
+def test_shift_and_restore_k3(generator_model_path, embedder, tmp_path_factory, claims):
+    """The stage alone: ``pytest bench/bench_splice.py -o python_files='bench_*.py' -s -k shift_and_restore``."""
+    folder = tmp_path_factory.mktemp("kb_shift") / "kb"
+    kb = KnowledgeBase.build(DOCS, folder, embedder=embedder)
+    cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
+    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache) as engine:
+        row = _shift_and_restore(generator_model_path, engine, kb)
+    print(f"\nrestore + shift, k = 3, n_ctx 2048, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 of the "
+          f"minimum of 5 (moved states: {row['shift']})\n| way | restore (+ move) | shift in prefill | restore + shift "
+          "| spliced TTFT |\n|---|---|---|---|---|")
+    for way, label in (("k-shift", "llama.cpp K-shift (before)"), ("rotated", "own keys rotated (after)")):
+        print(f"| {label} | {row[f'{way}_restore_ms']:.2f} | {row[f'{way}_shift_in_prefill_ms']:.2f} "
+              f"| {row[f'{way}_restore_shift_ms']:.2f} | {row[f'{way}_ttft_ms']:.0f} |")
+    print(f"| states computed in place (nothing to move) | {row['in_place_restore_ms']:.2f} | 0 | "
+          f"{row['in_place_restore_ms']:.2f} | |")
+    print(f"spliced TTFT, rotated / K-shift: {row['ttft_rotated_over_k_shift']:.3f}")
+    claims.add("splice", "restore + shift, k=3, n_ctx 2048, keys rotated", row["rotated_restore_shift_ms"], "ms",
+               target="<= 3")
+    claims.add("splice", "restore + shift, k=3, n_ctx 2048, llama.cpp K-shift", row["k-shift_restore_shift_ms"], "ms")
+    claims.add("splice", "spliced TTFT, keys rotated / K-shift, k=3", row["ttft_rotated_over_k_shift"], "x")
+    RESULTS.parent.mkdir(exist_ok=True)
+    (RESULTS.parent / "splice_shift.json").write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, **row},
+                                                                  indent=2))
+    assert row["shift"] == "rotated"
 
 
 def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_factory, claims):
