@@ -6,11 +6,11 @@ from __future__ import annotations
 import threading
 import time
 
-import gguf
 import pytest
 
 from engine.errors import CancelledError, ContextOverflowError, GenerationError, InputError, ModelError
 from engine.generation.generator import Generation, Generator, SamplingConfig
+from lora_files import write_alien
 from engine.hardware import hardware
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
@@ -247,15 +247,8 @@ def test_truncated_gguf(tmp_path, generator_model_path, keep):
 
 
 def test_gguf_of_unsupported_architecture(tmp_path):
-    path = tmp_path / "alien.gguf"
-    writer = gguf.GGUFWriter(str(path), "notamodel")
-    writer.add_block_count(1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
     with pytest.raises(ModelError, match="architecture"):
-        Generator(path, n_threads=1)
+        Generator(write_alien(tmp_path / "alien.gguf"), n_threads=1)
 
 
 def test_prompt_longer_than_context(gen):
