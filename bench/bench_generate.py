@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from engine.generation.generator import Generator, SamplingConfig
-from engine.hardware import default_threads, use_extra_buffer_types
+from engine.hardware import default_threads
 
 ROUNDS = int(os.environ.get("BAKEOFF_BENCH_ROUNDS", "3"))
 THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(default_threads())))
@@ -44,24 +44,10 @@ def ours(generator_model_path):
 
 
 @pytest.fixture(scope="module")
-def theirs(generator_model_path):
-    llama_cpp = pytest.importorskip("llama_cpp")
-    raw = llama_cpp.llama_cpp
-    default_params = raw.llama_model_default_params
-    use_extra_bufts = use_extra_buffer_types(EXTRA_BUFFERS)
-
-    def same_model_params():
-        # Llama() has no argument for it: it starts from llama_model_default_params().
-        params = default_params()
-        params.use_extra_bufts = use_extra_bufts
-        return params
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(raw, "llama_model_default_params", same_model_params)
-        llama = llama_cpp.Llama(str(generator_model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                                n_threads=THREADS, n_threads_batch=THREADS, flash_attn=False, verbose=False, seed=0)
-    assert llama.model_params.use_extra_bufts == use_extra_bufts
-    return llama
+def theirs(generator_model_path, peer_llama):
+    return peer_llama(generator_model_path, extra_buffers=EXTRA_BUFFERS, n_ctx=N_CTX, n_batch=N_BATCH,
+                      n_ubatch=N_BATCH, n_threads=THREADS, n_threads_batch=THREADS, flash_attn=False, verbose=False,
+                      seed=0)
 
 
 def _interleaved(benchmark, ours_fn, theirs_fn) -> tuple[float, float]:

@@ -14,7 +14,8 @@
 
 Run: ``.venv/bin/python -m pytest bench/bench_serve.py -o python_files='bench_*.py' -s``
 (``BAKEOFF_BENCH_QUESTIONS`` default 12, ``BAKEOFF_BENCH_CLIENTS`` 8, ``BAKEOFF_BENCH_REQUESTS`` 20).
-Uses ``bakeoff-run/``'s adapter when ``bakeoff run`` made one, else a random LoRA (timing only).
+The adapter: the ``adapter_path`` fixture (bench/conftest.py: ``BAKEOFF_BENCH_ADAPTER``, else
+``bakeoff-run/``'s when ``bakeoff run`` made one, else a random LoRA, timing only).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -49,23 +49,12 @@ def _questions() -> list[str]:
     return [q.question for q in load_questions(QA) if q.split == "heldout"]
 
 
-def _adapter(work: Path) -> Path:
-    trained = [ROOT / "bakeoff-run" / p / "adapter.gguf" for p in ("quick", "full")]
-    if found := next((p for p in trained if p.is_file()), None):
-        return found
-    sys.path.insert(0, str(ROOT / "tests"))
-    from lora_files import write_lora
-
-    return write_lora(work / "random-adapter.gguf")
-
-
 @pytest.fixture(scope="module")
-def parts(tmp_path_factory, generator_model_path, embedder_dir):
+def parts(tmp_path_factory, generator_model_path, embedder_dir, adapter_path):
     """A served engine and an in-process one with the same knowledge base, adapter and threads."""
     work = tmp_path_factory.mktemp("serve-bench")
-    adapter = _adapter(work)
-    server = ServerProcess.start(work, "--adapter", str(adapter), "--threads", "1")
-    engine = Engine(generator_model_path, adapter=adapter, kb=work / "kb", n_threads=1)
+    server = ServerProcess.start(work, "--adapter", str(adapter_path), "--threads", "1")
+    engine = Engine(generator_model_path, adapter=adapter_path, kb=work / "kb", n_threads=1)
     yield server, engine
     engine.close()
     code, stderr = server.stop()
