@@ -186,6 +186,10 @@ PYBIND11_MODULE(_core, m) {
            py::arg("adapters") = AdapterArgs{})
       .def("chunk_state", &chunk_state_from_python, py::arg("prefix"), py::arg("chunk"), py::kw_only(),
            py::arg("adapters") = AdapterArgs{})
+      .def("prefix_state", &prefix_state_from_python, py::arg("prefix"), py::kw_only(),
+           py::arg("adapters") = AdapterArgs{})
+      .def("chunk_states", &chunk_states_from_python, py::arg("prefix"), py::arg("prefix_state"), py::arg("chunks"),
+           py::kw_only(), py::arg("adapters") = AdapterArgs{})
       .def("cancel", &Session::cancel)
       .def("reset", &Session::reset, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("n_ctx", &Session::n_ctx)

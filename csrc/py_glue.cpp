@@ -99,4 +99,32 @@ py::bytes chunk_state_from_python(Session& session, const std::vector<llama_toke
   return py::bytes(state);
 }
 
+py::bytes prefix_state_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                   const AdapterArgs& adapters) {
+  const std::vector<AttachedAdapter> attached = attached_adapters(adapters);
+  const StepCheck check = signal_check();
+  std::string state;
+  {
+    py::gil_scoped_release release;
+    state = session.prefix_state(prefix, attached, check);
+  }
+  return py::bytes(state);
+}
+
+py::tuple chunk_states_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                   const py::bytes& prefix_state, const std::vector<std::vector<llama_token>>& chunks,
+                                   const AdapterArgs& adapters) {
+  const std::vector<AttachedAdapter> attached = attached_adapters(adapters);
+  const StepCheck check = signal_check();
+  const std::string_view prefix_view(PyBytes_AS_STRING(prefix_state.ptr()), PyBytes_GET_SIZE(prefix_state.ptr()));
+  ChunkStateBatch computed;
+  {
+    py::gil_scoped_release release;
+    computed = session.chunk_states(prefix, prefix_view, chunks, attached, check);
+  }
+  py::list states;
+  for (const std::string& state : computed.states) states.append(py::bytes(state));
+  return py::make_tuple(states, computed.batches, computed.groups);
+}
+
 }  // namespace bakeoff

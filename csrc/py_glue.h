@@ -41,4 +41,15 @@ std::vector<double> log_probs_from_python(Session& session, const std::vector<ll
 pybind11::bytes chunk_state_from_python(Session& session, const std::vector<llama_token>& prefix,
                                         const std::vector<llama_token>& chunk, const AdapterArgs& adapters);
 
+// Session.prefix_state, with the same signal handling; the state comes back as bytes.
+pybind11::bytes prefix_state_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                         const AdapterArgs& adapters);
+
+// Session.chunk_states, with the same signal handling: (list of states as bytes, llama_decode
+// calls, groups). `prefix_state` is read in place, with the GIL released (bytes are immutable).
+pybind11::tuple chunk_states_from_python(Session& session, const std::vector<llama_token>& prefix,
+                                         const pybind11::bytes& prefix_state,
+                                         const std::vector<std::vector<llama_token>>& chunks,
+                                         const AdapterArgs& adapters);
+
 }  // namespace bakeoff

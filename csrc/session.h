@@ -10,6 +10,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <llama.h>
@@ -118,6 +119,14 @@ struct Result {
   std::vector<float> logits;  // n_vocab logits after the prompt, when the request asked (return_logits)
 };
 
+// What Session::chunk_states computed: the states in the order of the chunks given,
+// and how many llama_decode calls and groups of chunks that took.
+struct ChunkStateBatch {
+  std::vector<std::string> states;
+  int32_t batches = 0;
+  int32_t groups = 0;
+};
+
 // Called with each piece of final text (valid UTF-8) as it is produced.
 using PieceCallback = std::function<void(const std::string&)>;
 
@@ -166,6 +175,22 @@ class Session {
   // InvalidInput, GenerationFailure, Cancelled (between_steps).
   std::string chunk_state(const std::vector<llama_token>& prefix, const std::vector<llama_token>& chunk,
                           const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps = {});
+  // llama.cpp's sequence state of `prefix` evaluated alone, in one batch, from an empty
+  // cache (cells 0.. of sequence 0), for chunk_states(); the cache keeps the prefix,
+  // exact. Needs splice_slots >= 1. Call with the GIL released. Throws like chunk_state.
+  std::string prefix_state(const std::vector<llama_token>& prefix, const std::vector<AttachedAdapter>& adapters,
+                           const StepCheck& between_steps = {});
+  // The states of `chunks`, each as if evaluated after `prefix`, whose K/V
+  // `prefix_state` holds (restored, not evaluated again): up to splice_slots chunks per
+  // llama_decode, one sequence each (splice.cpp says how each chunk's cells are placed so
+  // that its bytes do not depend on the chunks beside it). Each state is read like
+  // chunk_state's: cells at positions [prefix.size(), prefix.size() + chunk.size()) of
+  // sequence 1. The cache keeps the prefix, exact. Call with the GIL released. Throws
+  // Busy, ContextOverflow, InvalidInput (also a prefix_state of other positions or
+  // another context), GenerationFailure, Cancelled (between_steps).
+  ChunkStateBatch chunk_states(const std::vector<llama_token>& prefix, std::string_view prefix_state,
+                               const std::vector<std::vector<llama_token>>& chunks,
+                               const std::vector<AttachedAdapter>& adapters, const StepCheck& between_steps = {});
   // Cancels the request generate() is running now, if any; safe from any thread.
   void cancel();
   // Forgets the KV cache, so the next request evaluates its whole prompt.
@@ -233,6 +258,13 @@ class Session {
   void prefill_spliced(const std::vector<llama_token>& prompt, size_t from, const std::vector<Splice>& splices,
                        const StepCheck& between_steps, Timings& timings);
   void check_splices(const std::vector<Splice>& splices, size_t prompt_size) const;
+  // The checks chunk_state and chunk_states make of their arguments.
+  void check_chunk_inputs(const std::vector<llama_token>& prefix, const std::vector<llama_token>& chunk) const;
+  // llama.cpp's state of sequence `seq`; throws GenerationFailure naming `what`.
+  std::string sequence_state(llama_seq_id seq, const char* what);
+  // Empties the cache and restores `prefix_state` into sequence 0, checked to hold the
+  // prefix's positions; cached_ becomes the prefix, exact.
+  void restore_prefix(const std::vector<llama_token>& prefix, std::string_view prefix_state);
   // Restores `state` into scratch sequence `seq`; throws InvalidInput naming splice `index`.
   void restore_state(std::string_view state, llama_seq_id seq, size_t index);
   // Once per Session, on the first moved state (its cost, a K-shift and a one-token

@@ -364,4 +364,79 @@ bool same_state(const KeyRotation& rotation, std::string_view a, std::string_vie
   return std::memcmp(a.data() + from, b.data() + from, a.size() - from) == 0;
 }
 
+
+std::optional<std::string> blank_state(std::string_view like, uint32_t n_cells, llama_pos pos0) {
+  // Walks `like` record by record as parse() does, without asking for f16 keys or the
+  // model's shape: only the sizes matter here, and zero bytes are a valid row of every type.
+  Reader in(like);
+  uint32_t magic = 0;
+  int32_t seq_id = 0;
+  uint32_t n_stream = 0;
+  uint32_t like_cells = 0;
+  if (n_cells == 0 || !in.get(magic) || magic != kSeqStateMagic || !in.get(seq_id)) return std::nullopt;
+  if (!in.get(n_stream) || n_stream != 1 || !in.get(like_cells) || like_cells == 0) return std::nullopt;
+  for (uint32_t i = 0; i < like_cells; ++i) {
+    int32_t pos = 0;
+    uint32_t n_seq_id = 0;
+    int32_t cell_seq = 0;
+    if (!in.get(pos) || !in.get(n_seq_id) || n_seq_id != 1 || !in.get(cell_seq)) return std::nullopt;
+  }
+  uint32_t v_trans = 0;
+  uint32_t n_layer = 0;
+  if (!in.get(v_trans) || v_trans > 1 || !in.get(n_layer) || n_layer == 0) return std::nullopt;
+  struct Record {
+    int32_t type = 0;
+    uint64_t row = 0;     // keys, and values when not transposed: bytes per cell
+    uint32_t v_el = 0;    // transposed values: bytes per element,
+    uint32_t n_embd = 0;  // and elements per cell
+  };
+  const uint64_t limit = like.size();
+  std::vector<Record> keys(n_layer);
+  std::vector<Record> values(n_layer);
+  for (Record& k : keys) {
+    if (!in.get(k.type) || !in.get(k.row) || k.row > limit || !in.skip(k.row * like_cells)) return std::nullopt;
+  }
+  for (Record& v : values) {
+    if (!in.get(v.type)) return std::nullopt;
+    if (v_trans == 0) {
+      if (!in.get(v.row) || v.row > limit || !in.skip(v.row * like_cells)) return std::nullopt;
+    } else {
+      if (!in.get(v.v_el) || !in.get(v.n_embd) || v.v_el > limit || v.n_embd > limit) return std::nullopt;
+      v.row = static_cast<uint64_t>(v.v_el) * v.n_embd;
+      if (v.row > limit || !in.skip(v.row * like_cells)) return std::nullopt;
+    }
+  }
+  if (in.at() != like.size()) return std::nullopt;
+
+  std::string out;
+  auto put = [&out](const auto& value) { out.append(reinterpret_cast<const char*>(&value), sizeof(value)); };
+  put(magic);
+  put(seq_id);
+  put(n_stream);
+  put(n_cells);
+  for (uint32_t i = 0; i < n_cells; ++i) {
+    put(static_cast<int32_t>(pos0 + static_cast<llama_pos>(i)));
+    put(uint32_t{1});
+    put(seq_id);
+  }
+  put(v_trans);
+  put(n_layer);
+  for (const Record& k : keys) {
+    put(k.type);
+    put(k.row);
+    out.append(static_cast<size_t>(k.row * n_cells), '\0');
+  }
+  for (const Record& v : values) {
+    put(v.type);
+    if (v_trans == 0) {
+      put(v.row);
+    } else {
+      put(v.v_el);
+      put(v.n_embd);
+    }
+    out.append(static_cast<size_t>(v.row * n_cells), '\0');
+  }
+  return out;
+}
+
 }  // namespace bakeoff

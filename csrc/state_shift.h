@@ -65,4 +65,11 @@ std::optional<StateCells> move_state(const KeyRotation& rotation, std::string_vi
 // llama.cpp's K-shift of the same state.
 bool same_state(const KeyRotation& rotation, std::string_view a, std::string_view b, int max_ulps);
 
+// A state of `n_cells` cells at positions pos0, pos0 + 1, ... whose keys and values are
+// all zero bytes, laid out like `like` (a sequence state of the same context, any K/V
+// type). Restored into a sequence no query attends to, it occupies cells without
+// evaluating anything: Session::chunk_states uses it to place each chunk's cells where
+// it wants them. std::nullopt when `like` is not a layout this file reads.
+std::optional<std::string> blank_state(std::string_view like, uint32_t n_cells, llama_pos pos0);
+
 }  // namespace bakeoff

@@ -309,6 +309,32 @@ class Session(metaclass=_pybind11_type):
         ``splice_slots >= 1``. Raises InputError, ContextOverflowError, GeneratorBusyError,
         GenerationError.
         """
+    def prefix_state(
+        self,
+        prefix: Sequence[int],
+        *,
+        adapters: Sequence[tuple[LoraAdapter, float]] = ...,
+    ) -> bytes:
+        """llama.cpp's sequence state of ``prefix`` evaluated alone, in one batch, from an empty cache
+        (GIL released), for :meth:`chunk_states`. The cache keeps the prefix. Needs ``splice_slots >= 1``.
+        Raises InputError, ContextOverflowError, GeneratorBusyError, GenerationError.
+        """
+    def chunk_states(
+        self,
+        prefix: Sequence[int],
+        prefix_state: bytes,
+        chunks: Sequence[Sequence[int]],
+        *,
+        adapters: Sequence[tuple[LoraAdapter, float]] = ...,
+    ) -> tuple[list[bytes], int, int]:
+        """The state of each of ``chunks`` after ``prefix`` (whose state :meth:`prefix_state` made: restored,
+        not evaluated), up to ``splice_slots`` chunks per llama_decode, one sequence each (GIL released).
+
+        Returns (states in the order of ``chunks``, llama_decode calls, groups of chunks). A chunk's
+        bytes do not depend on the chunks computed beside it. The cache keeps the prefix. Raises
+        InputError (also a ``prefix_state`` of other positions), ContextOverflowError,
+        GeneratorBusyError, GenerationError.
+        """
     def cancel(self) -> None:
         """Cancel the request generate() is running now, if any (any thread); it raises CancelledError."""
     def reset(self) -> None:

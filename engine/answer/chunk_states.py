@@ -7,14 +7,17 @@ block of a spliced-layout prompt (:mod:`engine.answer.spliced_prompt`) into a
 
 A state is computed the same way whenever it is computed, so that the one
 ``bakeoff index --kv-cache`` wrote and the one an answer computed after other
-requests are the same bytes: from an empty cache, the prefix alone in one batch, then
-the chunk in one batch after it. llama.cpp's CPU flash attention takes another path
-for a batch under 64 tokens than for a longer one, so K/V depend on the batch the
-tokens came in, and a prefix left in the cache by another request (evaluated with a
-short question, or its last token alone after a full match) gives the chunk after it
-K/V that differ in most bytes, by 2% of a value (median): enough to change a greedy
-answer's wording at a near-tie. Starting afresh costs evaluating the
-prefix (62 tokens with the default system prompt) once per call that computes states.
+requests are the same bytes. llama.cpp's CPU flash attention takes another path for a
+batch under 64 tokens than for a longer one, and in the longer one a row's result
+depends on which K/V cells share a tile of 64: so a prefix left in the cache by another
+request (evaluated with a short question, or its last token alone after a full match)
+would give the chunk after it K/V that differ in most bytes, by 2% of a value (median):
+enough to change a greedy answer's wording at a near-tie. So the prefix is evaluated
+once, alone, from an empty cache (:meth:`Generator.prefix_state`), and that state is
+kept and restored for every later computation; the missing chunks of a fetch are then
+evaluated together, one sequence each in one batch, each placed on a tile boundary so
+that its bytes do not depend on the chunks beside it (:meth:`Generator.chunk_states`).
+``bakeoff index --kv-cache`` computes its states the same way, in groups of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +45,13 @@ class FetchedStates:
     splices: tuple[Splice, ...]
     ms: float  # cache lookups plus computing the missing states
     computed: int  # states that were not cached (computed during this call)
+    prefix_ms: float = 0.0  # evaluating the prefix (0 when its kept state was used)
+    compute_ms: float = 0.0  # evaluating the missing chunks and reading their states
+    store_ms: float = 0.0  # keeping the computed states in the cache (RAM, and the disk write)
+    batches: int = 0  # llama_decode calls that evaluated the missing chunks
+
+
+_KEPT_PREFIXES = 4  # prefix states kept (one per key: model, adapters, prefix); a few MB each
 
 
 class ChunkStates:
@@ -50,6 +61,8 @@ class ChunkStates:
         generator: made with ``splice_slots`` >= the passages a prompt holds.
         cache: where states are kept.
         adapter_files: the file of each loaded adapter name, for the key.
+
+    ``prefix_evaluations`` counts the prefixes evaluated (each key's once, while its state is kept).
     """
 
     def __init__(self, generator: Generator, cache: ChunkKvCache, adapter_files: Mapping[str, str] | None = None):
@@ -60,7 +73,9 @@ class ChunkStates:
         self._adapter_sha = {name: file_sha256(path) for name, path in (adapter_files or {}).items()}
         flash = {None: "auto", True: "on", False: "off"}[config.flash_attn]
         self._fixed = (config.kv_type, flash, _build_id(generator))
-        self._computing = threading.Lock()  # one fetch at a time starts the generator afresh and computes
+        self._computing = threading.Lock()  # one fetch at a time computes (and keeps the prefix states)
+        self._prefixes: OrderedDict[str, bytes] = OrderedDict()  # key digest -> the prefix's state
+        self.prefix_evaluations = 0
 
     def key(self, prefix: tuple[int, ...], adapters: Mapping[str, float]) -> StateKey:
         """The key of states computed after ``prefix`` with ``adapters``."""
@@ -78,7 +93,8 @@ class ChunkStates:
         for i, block in enumerate(blocks):
             if (found := self.cache.get(key, block.text, block.tokens, position)) is not None:
                 states[i] = found
-        computed = 0
+        computed = batches = 0
+        prefix_ms = compute_ms = store_ms = 0.0
         if len(states) < len(blocks):
             waited = not self._computing.acquire(blocking=False)
             if waited:
@@ -88,32 +104,46 @@ class ChunkStates:
                     for i, block in enumerate(blocks):
                         if i not in states and (found := self.cache.get(key, block.text, block.tokens, position)):
                             states[i] = found
-                started_afresh = False
-                for i, block in enumerate(blocks):
-                    if i in states:
-                        continue
-                    if not started_afresh or len(prefix) == 1:  # a lone BOS cannot be evaluated alone
-                        self._start_afresh(prefix, adapters)
-                        started_afresh = True
-                    state = self.generator.chunk_state(prefix, block.tokens, adapters=dict(adapters))
-                    states[i] = self.cache.put(key, block.text, block.tokens, position, state)
-                    computed += 1
+                missing = [i for i in range(len(blocks)) if i not in states]
+                if missing:
+                    prefix_state, prefix_ms = self._prefix_state(key, prefix, adapters)
+                    t1 = time.perf_counter()
+                    made = self.generator.chunk_states(prefix, prefix_state, [blocks[i].tokens for i in missing],
+                                                       adapters=dict(adapters))
+                    t2 = time.perf_counter()
+                    for i, state in zip(missing, made.states):
+                        block = blocks[i]
+                        states[i] = self.cache.put(key, block.text, block.tokens, position, state)
+                    compute_ms, store_ms = (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
+                    computed, batches = len(missing), made.batches
             finally:
                 self._computing.release()
         splices = tuple(Splice(block.start, states[i].state, states[i].n_tokens, states[i].position)
                         for i, block in enumerate(blocks))
-        return FetchedStates(splices, (time.perf_counter() - started) * 1000.0, computed)
+        return FetchedStates(splices, (time.perf_counter() - started) * 1000.0, computed, prefix_ms, compute_ms,
+                             store_ms, batches)
 
     def discard(self, prefix: tuple[int, ...], blocks: Sequence[ChunkBlock], adapters: Mapping[str, float]) -> None:
         """Forget the states of ``blocks`` (the next fetch computes them again)."""
         self.cache.discard(self.key(prefix, adapters), [block.text for block in blocks])
 
-    def _start_afresh(self, prefix: tuple[int, ...], adapters: Mapping[str, float]) -> None:
-        """Leave the generator's cache holding ``prefix`` alone, evaluated in one batch from empty (see the
-        module's docstring), so every chunk state computed next follows the same prefix K/V."""
-        self.generator.reset()
-        if len(prefix) > 1:
-            self.generator.chunk_state(prefix[:1], prefix[1:], adapters=dict(adapters))
+    def _prefix_state(self, key: StateKey, prefix: tuple[int, ...],
+                      adapters: Mapping[str, float]) -> tuple[bytes, float]:
+        """The state of ``prefix`` evaluated alone from an empty cache (see the module's docstring), and the ms
+        evaluating it took (0 when kept): kept after the first time, so that every chunk computed after it sees
+        the same prefix K/V without evaluating it."""
+        found = self._prefixes.get(key.digest)
+        ms = 0.0
+        if found is None:
+            started = time.perf_counter()
+            found = self.generator.prefix_state(prefix, adapters=dict(adapters))
+            ms = (time.perf_counter() - started) * 1000.0
+            self.prefix_evaluations += 1
+            self._prefixes[key.digest] = found
+            while len(self._prefixes) > _KEPT_PREFIXES:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(key.digest)
+        return found, ms
 
 
 def _build_id(generator: Generator) -> str:

@@ -35,6 +35,7 @@ from engine._native import core
 from engine.errors import InputError, ModelError
 from engine.generation.adapters import Adapters
 from engine.generation.requests import Request, RequestOptions, build_request
+from engine.generation.splice import ComputedStates
 from engine.generation.stream import TextStream
 from engine.generation.types import (  # noqa: F401  (re-exported: the public names of this module)
     Generation,
@@ -313,6 +314,50 @@ class Generator:
         resolved = self._adapters.resolve(adapters)
         with self._native(), self._lock:
             return self._session.chunk_state(ctx, body, adapters=resolved)
+
+    def prefix_state(self, prefix: TokenIds, *, adapters: Mapping[str, float] | None = None) -> bytes:
+        """llama.cpp's K/V state of ``prefix`` evaluated alone, in one batch, from an empty cache.
+
+        Keep it and pass it to :meth:`chunk_states`, which restores it instead of evaluating the
+        prefix again. Evaluated this one way so that it is the same bytes every time (llama.cpp's
+        CPU attention takes another path for a batch under 64 tokens than for a longer one). It
+        belongs to the same things a chunk state does (see :meth:`chunk_state`). The cache keeps
+        the prefix. Needs ``splice_slots >= 1``.
+
+        Raises:
+            InputError, ContextOverflowError, AdapterError: as :meth:`chunk_state`.
+        """
+        ctx = check_token_ids(prefix, self.info.n_vocab, "prefix")
+        resolved = self._adapters.resolve(adapters)
+        with self._native(), self._lock:
+            return self._session.prefix_state(ctx, adapters=resolved)
+
+    def chunk_states(self, prefix: TokenIds, prefix_state: bytes, chunks: Sequence[TokenIds], *,
+                     adapters: Mapping[str, float] | None = None) -> ComputedStates:
+        """The K/V state of each of ``chunks`` after ``prefix``, several chunks per batch.
+
+        ``prefix_state`` is :meth:`prefix_state`'s of the same ``prefix`` and ``adapters``: it is
+        restored, not evaluated again. Up to ``splice_slots`` chunks are evaluated in one
+        llama_decode, one sequence each, every chunk's cells placed so that its state is the
+        same bytes whichever chunks it is computed with (csrc/splice.cpp says how); more
+        chunks go in further groups. Each state splices like :meth:`chunk_state`'s
+        (``Splice(start, state, len(chunk), len(prefix))``), from which it differs only
+        within f16 rounding. The cache keeps the prefix.
+
+        Raises:
+            InputError: empty or out-of-vocabulary ids, no chunks, a Generator without splice
+                slots, or a ``prefix_state`` that does not hold ``prefix``'s positions.
+            ContextOverflowError: the prefix and a chunk do not fit ``n_ctx``.
+            AdapterError: an adapter name is not loaded.
+        """
+        ctx = check_token_ids(prefix, self.info.n_vocab, "prefix")
+        bodies = [check_token_ids(chunk, self.info.n_vocab, "chunk") for chunk in chunks]
+        if not isinstance(prefix_state, bytes):
+            raise InputError(f"prefix_state must be the bytes prefix_state() returned, got {type(prefix_state).__name__}")
+        resolved = self._adapters.resolve(adapters)
+        with self._native(), self._lock:
+            states, batches, groups = self._session.chunk_states(ctx, prefix_state, bodies, adapters=resolved)
+        return ComputedStates(tuple(states), batches, groups)
 
     def cancel(self) -> None:
         """Cancel every request submitted before this call that has not finished.

@@ -27,7 +27,10 @@ from engine._files import move_into_place, sha256_file
 
 _MAGIC = b"BKKV"
 
-_VERSION = 2  # 2: the header names the key's full digest. Files of another version are misses, replaced.
+# 2: the header names the key's full digest. 3: states computed several per batch, each chunk's cells on a tile
+# boundary (Generator.chunk_states), which differ from version 2's one-by-one states in their last bits: a file of
+# another version is a miss, replaced, so the states in use are all computed one way.
+_VERSION = 3
 
 _PREFIX = struct.Struct("<4sII")  # magic, format version, header length
 

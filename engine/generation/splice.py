@@ -31,3 +31,12 @@ class Splice:
     def native(self) -> tuple[int, bytes, int, int]:
         """The tuple ``engine._core.Session.generate(splices=...)`` takes."""
         return (self.start, self.state, self.n_tokens, self.position)
+
+
+@dataclass(frozen=True)
+class ComputedStates:
+    """What :meth:`engine.Generator.chunk_states` computed: a state per chunk, in the order given."""
+
+    states: tuple[bytes, ...]
+    batches: int  # llama_decode calls
+    groups: int  # groups of chunks evaluated together (one sequence each)

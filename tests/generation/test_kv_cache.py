@@ -366,8 +366,9 @@ BLOCKS = ("The vault code of the Fenwhistle archive is 4721, and only the archiv
 
 
 def test_a_state_computed_after_other_requests_is_byte_identical_to_the_precomputed_one(generator_model_path, tmp_path):
-    """`bakeoff index --kv-cache` computes states back to back; an answer computes a missing one after whatever
-    the generator did last. Both must be the same bytes, or an answer's wording depends on the cache's history."""
+    """`bakeoff index --kv-cache` computes states in groups of its own; an answer computes the ones it misses
+    together, after whatever the generator did last. Both must be the same bytes, or an answer's wording
+    depends on the cache's history."""
     from engine.answer.chunk_states import ChunkStates
     from engine.answer.spliced_prompt import ChunkBlock, SplicedLayout
     from engine.generation.chat import ChatFormat
@@ -392,3 +393,30 @@ def test_a_state_computed_after_other_requests_is_byte_identical_to_the_precompu
     assert first.computed == 0
     assert [s.state for s in live.splices[::-1]] == [s.state for s in first.splices]
     assert [s.state for s in again.splices] == [s.state for s in first.splices]
+
+
+def test_a_fetch_computing_three_states_evaluates_the_prefix_once_and_the_chunks_in_one_batch(generator_model_path,
+                                                                                             tmp_path):
+    """A cold answer with k = 3 must not pay for the prefix or for three batches: the prefix is evaluated
+    once per key (its state kept), the missing chunks together."""
+    from engine.answer.chunk_states import ChunkStates
+    from engine.answer.spliced_prompt import ChunkBlock, SplicedLayout
+    from engine.generation.chat import ChatFormat
+    from engine.generation.generator import Generator
+
+    gen = Generator(generator_model_path, n_ctx=1024, n_threads=1, splice_slots=3)
+    chat = ChatFormat(lambda m, add: gen.format_chat(m, add_assistant=add))
+    prefix = SplicedLayout(chat, lambda text, first: gen.tokenize(text, add_special=first, parse_special=True)).prefix
+    texts = [*BLOCKS, "Kelp grows up to half a metre a day.\n\n", "Fenwhistle has two archives.\n\n",
+             "Ilse Varkonen keeps bees.\n\n", "The lighthouse keeper sings.\n\n"]
+    blocks = [ChunkBlock(i, len(prefix), text, tuple(gen.tokenize(text, add_special=False)))
+              for i, text in enumerate(texts)]
+    states = ChunkStates(gen, ChunkKvCache(tmp_path))
+    first = states.fetch(prefix, blocks[:3], {})
+    assert (first.computed, first.batches, states.prefix_evaluations) == (3, 1, 1)
+    assert first.prefix_ms > 0 and first.compute_ms > 0 and first.store_ms > 0
+    again = states.fetch(prefix, blocks[1:5], {})  # two cached, two computed after the kept prefix state
+    assert (again.computed, again.batches, states.prefix_evaluations, again.prefix_ms) == (2, 1, 1, 0.0)
+    assert states.fetch(prefix, blocks, {}).computed == 1 and states.prefix_evaluations == 1
+    other = ChunkStates(gen, ChunkKvCache(tmp_path / "fresh")).fetch(prefix, blocks[::-1], {})
+    assert [s.state for s in other.splices[::-1]] == [s.state for s in states.fetch(prefix, blocks, {}).splices]

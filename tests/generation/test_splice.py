@@ -169,6 +169,82 @@ def test_garbage_state_bytes_are_refused_not_crashed_on(generator_model_path):
     assert lines[-1] in ("after: length", "after: eos"), lines
 
 
+# Several chunks in one batch (Generator.prefix_state, chunk_states) -------------------------------
+
+TEXTS = ("The vault code of the Fenwhistle archive is 4721, and only the archivist Ilse Varkonen knows it. " * 4,
+         "Saltmere harbour has one lighthouse.\n\n",
+         "Kelp forests grow quickly in cold water, up to half a metre a day. " * 3)
+
+
+def _chunks(gen: Generator) -> list[list[int]]:
+    chunks = [gen.tokenize(text, add_special=False) for text in TEXTS]
+    assert len(chunks[0]) > 64 > len(chunks[1])  # both sides of llama.cpp's batch-size switch
+    return chunks
+
+
+def test_chunks_computed_together_are_the_same_bytes_as_each_computed_alone(gen):
+    """A chunk's state must not depend on the chunks computed beside it: an answer computes the ones it
+    misses together, `bakeoff index --kv-cache` computes them in groups of its own."""
+    prefix, _, _ = _parts(gen)
+    chunks = _chunks(gen)
+    prefix_state = gen.prefix_state(prefix)
+    together = gen.chunk_states(prefix, prefix_state, chunks)
+    assert together.batches == 1 and together.groups == 1
+    alone = [gen.chunk_states(prefix, prefix_state, [chunk]).states[0] for chunk in chunks]
+    backwards = gen.chunk_states(prefix, prefix_state, chunks[::-1]).states[::-1]
+    assert list(together.states) == alone == list(backwards)
+    gen.generate("Something else entirely, to move the cache away.", max_tokens=2)
+    assert gen.chunk_states(prefix, gen.prefix_state(prefix), chunks).states == together.states
+
+
+def test_more_chunks_than_splice_slots_are_computed_in_groups_with_the_same_bytes(generator_model_path, gen):
+    prefix, _, _ = _parts(gen)
+    chunks = _chunks(gen)
+    two = Generator(generator_model_path, n_ctx=512, n_threads=1, splice_slots=2)
+    grouped = two.chunk_states(prefix, two.prefix_state(prefix), chunks)
+    assert grouped.groups == 2 and grouped.batches == 2
+    assert grouped.states == gen.chunk_states(prefix, gen.prefix_state(prefix), chunks).states
+
+
+def test_a_state_computed_in_a_batch_splices_like_one_computed_alone(generator_model_path, gen):
+    """Where a chunk's cells sat while it was computed changes its K/V only within f16 rounding: spliced,
+    it gives the logits chunk_state's state gives, within a small tolerance, and the same answer."""
+    from engine._native import core
+    from engine.hardware import use_extra_buffer_types
+
+    prefix, chunk, tail = _parts(gen)
+    model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())
+    session = core.Session(model, n_ctx=512, n_threads=1, splice_slots=4)
+    states, _, _ = session.chunk_states(prefix, session.prefix_state(prefix), [chunk, *_chunks(gen)])
+    single = session.chunk_state(prefix, chunk)
+    assert states[0] != single  # placed on a tile boundary: not the same bits as one after the other
+    outs = [session.generate(prefix + chunk + tail, max_tokens=24, sampling=core.SamplingOptions(), return_logits=True,
+                             splices=[(len(prefix), state, len(chunk), len(prefix))]) for state in (states[0], single)]
+    # A chunk under 64 tokens computed alone takes llama.cpp's other attention path (queries rounded to f16):
+    # the tolerance tests/native/test_splice_shift.py gives a state computed where it lands against one moved there.
+    assert max(abs(a - b) for a, b in zip(outs[0].logits, outs[1].logits)) < 1.5
+    top3 = [sorted(range(len(out.logits)), key=out.logits.__getitem__)[-3:] for out in outs]
+    assert top3[0] == top3[1]
+    assert outs[0].tokens == outs[1].tokens and "4721" in outs[0].text
+
+
+def test_chunk_states_leave_the_prefix_cached_and_check_their_prefix_state(gen):
+    prefix, chunk, tail = _parts(gen)
+    prefix_state = gen.prefix_state(prefix)
+    state = gen.chunk_states(prefix, prefix_state, [chunk]).states[0]
+    out = gen.generate(prefix + chunk + tail, max_tokens=2, splices=[Splice(len(prefix), state, len(chunk), len(prefix))])
+    assert out.timings.reused_tokens == len(prefix)  # the prefix left cached is what the answer reuses
+    with pytest.raises(InputError, match="prefix state holds positions 0\\.\\."):
+        gen.chunk_states(prefix + chunk, prefix_state, [tail])  # a state of a shorter prefix
+    with pytest.raises(InputError, match="prefix state does not fit"):
+        gen.chunk_states(prefix, b"not a state at all", [chunk])
+    with pytest.raises(InputError, match="no chunks"):
+        gen.chunk_states(prefix, prefix_state, [])
+    with pytest.raises(ContextOverflowError):
+        gen.chunk_states(prefix, prefix_state, [chunk, [2] * 500])
+    assert "4721" in gen.generate(prefix + chunk + tail, max_tokens=24).text
+
+
 # The Engine ------------------------------------------------------------------------
 
 
