@@ -33,7 +33,7 @@ from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
 from engine.generation.splice import Splice
 from engine.generation.stream import TextStream
 from engine.generation.tokenizer import Tokenizer
-from engine.generation.types import Generation, GenerationTimings
+from engine.generation.types import Generation
 from engine.shutdown import CallGate
 
 if TYPE_CHECKING:
@@ -285,25 +285,8 @@ class Engine:
                                            splices=splices)
         return AnswerStream(self._layer, prepared, pieces, started)
 
-    def prefill_without_passages(self, question: str, mode: Mode = "rag") -> GenerationTimings:
-        """The spliced layout's prompt for ``question`` with no passage (the shared prefix and the
-        question), generated for one token with ``mode``'s adapter: its ``prefill_ms`` is what the
-        question's own tokens cost. Asked right after a spliced answer to the same question (whose
-        prefix is then cached, as it is for that answer), the rest of that answer's prefill is the
-        question's attention over the spliced positions (``engine.bakeoff.latency`` splits it so).
-
-        Raises:
-            InputError: a question that is not a non-empty str, mode "baked" (it has no passages),
-                or a layout that cannot be spliced (``context="sentences"``).
-            AdapterError: mode "hybrid" without an adapter.
-        """
-        with self._calls.call():
-            prepared, _ = self._prepare(question, mode, 1, splice="prefill", no_passages=True)
-            return self.generator.generate(list(prepared.tokens), max_tokens=1, adapters=prepared.adapters).timings
-
     def _prepare(self, question: str, mode: str, max_tokens: int, passages: Sequence[Hit] | None = None,
-                 splice: SpliceMode | None = None,
-                 no_passages: bool = False) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
+                 splice: SpliceMode | None = None) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
         if not isinstance(question, str):
             raise InputError(f"the question must be a str, got {type(question).__name__}"
                              + (": decode bytes first (question.decode('utf-8'))" if isinstance(question, bytes)
@@ -330,9 +313,7 @@ class Engine:
         if mode == "baked":
             return self._layer.baked(question, system_prompt=self._baked_system_prompt, adapters=adapters), ()
         budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
-        if no_passages:
-            hits, search, retrieval_ms, query_embedding = (), None, 0.0, None
-        elif passages is not None:
+        if passages is not None:
             hits, search, retrieval_ms, query_embedding = check_hits(passages), None, 0.0, None
         elif self.kb is None:
             raise InputError(f"mode={mode!r} needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`), "
