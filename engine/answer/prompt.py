@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from engine.answer.render import render_passage
+from engine.answer.render import PromptStyle, render_passage
 from engine.answer.types import Passage
 from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
 
@@ -40,16 +40,18 @@ class RagPrompt:
         return len(self.tokens)
 
 
-def render_sources(passages: Sequence[Passage]) -> str:
+def render_sources(passages: Sequence[Passage], style: PromptStyle = PromptStyle()) -> str:
     """The quoted, numbered block of sources as the model sees it."""
-    return "\n\n".join(render_passage(passage, passage.label) for passage in passages)
+    return "\n\n".join(render_passage(passage, passage.label, style) for passage in passages)
 
 
-def user_message(question: str, passages: Sequence[Passage]) -> str:
+def user_message(question: str, passages: Sequence[Passage], style: PromptStyle = PromptStyle()) -> str:
     """The user turn: sources first, the question last (closest to the answer)."""
+    if not style.scaffold:
+        return f"{render_sources(passages, style)}\n\n{question}" if passages else question
     if not passages:
         return f"Sources: none.\n\nQuestion: {question}"
-    return f"Sources:\n\n{render_sources(passages)}\n\nQuestion: {question}"
+    return f"Sources:\n\n{render_sources(passages, style)}\n\nQuestion: {question}"
 
 
 def build_rag_prompt(
@@ -61,6 +63,7 @@ def build_rag_prompt(
     count_text: Callable[[str], int],
     budget_tokens: int,
     system_prompt: str = RAG_SYSTEM_PROMPT,
+    style: PromptStyle = PromptStyle(),
 ) -> RagPrompt:
     """Fit as many passages as the budget allows, best first, into one tokenized prompt.
 
@@ -73,6 +76,7 @@ def build_rag_prompt(
             only the final prompt is rendered and tokenized whole.
         budget_tokens: most tokens the whole prompt may take.
         system_prompt: the instructions.
+        style: which parts of the prompt are shown (the default is what ``Engine`` sends).
 
     Returns:
         The prompt; passages that do not fit are dropped (counted in ``dropped_passages``).
@@ -80,14 +84,14 @@ def build_rag_prompt(
         and the generator raises ``ContextOverflowError``.
     """
     def tokens_of(passages: Sequence[Passage]) -> tuple[int, ...]:
-        return tuple(tokenize(chat.render(_messages(system_prompt, question, passages))))
+        return tuple(tokenize(chat.render(_messages(system_prompt, question, passages, style))))
 
     base = len(tokens_of([]))
     chosen: list[Passage] = []
     estimate = base + (8 if candidates else 0)  # "Sources:" header and separators
     for candidate in candidates:
         relabelled = relabel(candidate, len(chosen) + 1)
-        size = count_text(render_sources([relabelled])) + 2
+        size = count_text(render_sources([relabelled], style)) + 2
         if estimate + size > budget_tokens:
             continue  # a shorter, lower-ranked passage may still fit
         chosen.append(relabelled)
@@ -96,7 +100,7 @@ def build_rag_prompt(
     while chosen and len(tokens) > budget_tokens:  # the estimate was short by a few boundary tokens
         chosen.pop()
         tokens = tokens_of(chosen)
-    return RagPrompt(_messages(system_prompt, question, chosen), tokens, tuple(chosen),
+    return RagPrompt(_messages(system_prompt, question, chosen, style), tokens, tuple(chosen),
                      len(candidates) - len(chosen))
 
 
@@ -105,8 +109,9 @@ def relabel(passage: Passage, label: int) -> Passage:
     return Passage(label, passage.chunk_id, passage.source, passage.span, passage.heading, passage.text)
 
 
-def _messages(system_prompt: str, question: str, passages: Sequence[Passage]) -> tuple[tuple[str, str], ...]:
-    return (("system", system_prompt), ("user", user_message(question, passages)))
+def _messages(system_prompt: str, question: str, passages: Sequence[Passage],
+              style: PromptStyle) -> tuple[tuple[str, str], ...]:
+    return (("system", system_prompt), ("user", user_message(question, passages, style)))
 
 
 _CITED = re.compile(r"\[(\d{1,3})\]")

@@ -12,6 +12,7 @@ graded against is the same text.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 # Control-token look-alikes (ChatML and friends) that a document must not smuggle in.
@@ -35,11 +36,39 @@ def sanitize(text: str) -> str:
     return _CONTROL.sub(" ", text).replace(FENCE, "''")
 
 
-def render_passage(passage: Shown, label: int) -> str:
-    """``[label] name - heading``, then the passage's text between fences (no trailing separator)."""
-    name = passage.source.rsplit("/", 1)[-1]
-    title = f"{name} - {passage.heading}" if passage.heading else name
-    return f"[{label}] {title}\n{FENCE}\n{sanitize(passage.text).strip()}\n{FENCE}"
+@dataclass(frozen=True)
+class PromptStyle:
+    """Which parts of the RAG prompt are shown, for every layout that renders one.
+
+    The default is what ``Engine`` sends; the other settings exist so that
+    ``bench/bench_prompt.py`` can measure what each part buys in accuracy against what it
+    costs in prompt tokens, through this renderer rather than a copy of it.
+
+    Attributes:
+        name: the document's file name after the label.
+        heading: the passage's heading trail after the label (and name).
+        fences: the text between fences (:data:`FENCE`), as a quotation.
+        scaffold: the user turn says "Sources:" before the passages and "Question:" before
+            the question (:mod:`engine.answer.prompt`, :mod:`engine.answer.spliced_prompt`).
+    """
+
+    name: bool = True
+    heading: bool = True
+    fences: bool = True
+    scaffold: bool = True
+
+
+def render_passage(passage: Shown, label: int, style: PromptStyle = PromptStyle()) -> str:
+    """``[label] name - heading``, then the passage's text between fences (no trailing separator);
+    ``style`` leaves parts out."""
+    name = passage.source.rsplit("/", 1)[-1] if style.name else ""
+    heading = passage.heading if style.heading else ""
+    title = " - ".join(part for part in (name, heading) if part)
+    head = f"[{label}] {title}" if title else f"[{label}]"
+    text = sanitize(passage.text).strip()
+    if style.fences:
+        return f"{head}\n{FENCE}\n{text}\n{FENCE}"
+    return f"{head}\n{text}" if title else f"{head} {text}"
 
 
 def shown_content(heading: str, text: str) -> str:

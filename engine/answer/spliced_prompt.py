@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from engine.answer.prompt import relabel
-from engine.answer.render import render_passage
+from engine.answer.render import PromptStyle, render_passage
 from engine.answer.types import Passage
 from engine.errors import InputError
 from engine.generation.chat import RAG_SYSTEM_PROMPT, ChatFormat
@@ -65,11 +65,14 @@ class SplicedLayout:
             verbatim, so the parts would not add up to what the template renders.
     """
 
-    def __init__(self, chat: ChatFormat, tokenize: TokenizePart, *, system_prompt: str = RAG_SYSTEM_PROMPT) -> None:
+    def __init__(self, chat: ChatFormat, tokenize: TokenizePart, *, system_prompt: str = RAG_SYSTEM_PROMPT,
+                 style: PromptStyle = PromptStyle()) -> None:
         self._chat = chat
         self._tokenize = tokenize
         self.system_prompt = system_prompt
-        rendered = chat.render([("system", system_prompt), ("user", _HEADER + _MARK)])
+        self.style = style
+        header = _HEADER if style.scaffold else ""  # the same user turn as engine.answer.prompt.user_message
+        rendered = chat.render([("system", system_prompt), ("user", header + _MARK)])
         if rendered.count(_MARK) != 1:
             raise InputError("this model's chat template rewrites the user message, so a prompt cannot be split "
                              "into precomputed parts: use splice='off'")
@@ -79,7 +82,7 @@ class SplicedLayout:
 
     def block_text(self, passage: Passage) -> str:
         """The text of one passage's block (label = chunk id), trailing separator included."""
-        return render_passage(passage, passage.chunk_id) + "\n\n"
+        return render_passage(passage, passage.chunk_id, self.style) + "\n\n"
 
     def tokenize_block(self, text: str) -> tuple[int, ...]:
         """Token ids of a block's text, tokenized on its own."""
@@ -87,7 +90,7 @@ class SplicedLayout:
 
     def tail_text(self, question: str) -> str:
         """The live part: the question and the template's end of the user turn."""
-        return f"Question: {question}{self._tail}"
+        return f"Question: {question}{self._tail}" if self.style.scaffold else f"{question}{self._tail}"
 
     def text(self, question: str, passages: Sequence[Passage]) -> str:
         """The whole prompt as text: exactly what the chat template renders for these messages."""

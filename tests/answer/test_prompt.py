@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine._native import core
-from engine.answer.prompt import build_rag_prompt, cited_labels, render_sources
-from engine.answer.render import sanitize
+from engine.answer.prompt import build_rag_prompt, cited_labels, relabel, render_sources, user_message
+from engine.answer.render import PromptStyle, render_passage, sanitize
+from engine.answer.spliced_prompt import SplicedLayout
 from engine.answer.types import Passage
 from engine.generation.chat import ChatFormat
 
@@ -75,3 +76,26 @@ def test_prompt_is_tokenized_once_as_the_generator_would(fit, model):
     assert 0 < len(prompt.passages) < 5 and prompt.prompt_tokens <= 200
     text = model.apply_chat_template(list(prompt.messages), add_assistant=True)
     assert list(prompt.tokens) == model.tokenize(text, add_special=True, parse_special=True)
+
+
+def test_a_style_leaves_out_the_parts_it_names():
+    passage = _passage(1, "The pump weighs 2.9 kg.")
+    assert render_passage(passage, 1, PromptStyle(name=False)) == '[1] Intro\n"""\nThe pump weighs 2.9 kg.\n"""'
+    assert render_passage(passage, 1, PromptStyle(heading=False)).startswith('[1] doc1.md\n"""')
+    assert render_passage(passage, 1, PromptStyle(name=False, heading=False, fences=False)) == \
+        "[1] The pump weighs 2.9 kg."
+    assert render_passage(passage, 1, PromptStyle(fences=False)) == "[1] doc1.md - Intro\nThe pump weighs 2.9 kg."
+    assert user_message("Why?", [passage], PromptStyle(scaffold=False)).endswith("2.9 kg.\n\"\"\"\n\nWhy?")
+    assert "Sources:" not in user_message("Why?", [passage], PromptStyle(scaffold=False))
+
+
+@pytest.mark.parametrize("style", [PromptStyle(), PromptStyle(name=False, heading=False, scaffold=False)])
+def test_the_spliced_layout_renders_what_the_whole_prompt_renders_in_every_style(model, style):
+    """Both layouts go through one renderer: the same passages and question are the same text."""
+    chat = ChatFormat(lambda messages, add: model.apply_chat_template(messages, add_assistant=add))
+    layout = SplicedLayout(chat, lambda text, first: model.tokenize(text, add_special=first, parse_special=True),
+                           style=style)
+    passages = [_passage(i, f"Fact {i}.") for i in (1, 2)]
+    blocks = [relabel(p, p.chunk_id) for p in passages]  # the spliced layout labels a block by its chunk id
+    whole = chat.render([("system", layout.system_prompt), ("user", user_message("Which?", blocks, style))])
+    assert layout.text("Which?", blocks) == whole
