@@ -22,7 +22,7 @@ def generator_model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def embedder_dir() -> Path:
-    """Folder of all-MiniLM-L6-v2: safetensors, tokenizer.json, model.onnx, model.int8.onnx."""
+    """Folder of all-MiniLM-L6-v2: safetensors, tokenizer.json, model.onnx, model.int8.onnx, model.int8-full.onnx."""
     [fetched] = models.fetch([models.DEFAULT_EMBEDDER])
     return fetched.directory
 

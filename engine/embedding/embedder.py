@@ -24,10 +24,11 @@ from engine.embedding.export import OUTPUT_NAME
 from engine.errors import InputError, ModelError
 from engine.generation.types import check_text  # the one str + UTF-8 check of caller text
 from engine.hardware import max_threads, physical_cores
-from engine.models.registry import FP32_NAME, INT8_NAME
+from engine.models.registry import FP32_NAME, INT8_FULL_NAME, INT8_NAME
 from engine.shutdown import NATIVE
 
-_FILES = {"fp32": FP32_NAME, "int8": INT8_NAME}
+_FILES = {"fp32": FP32_NAME, "int8": INT8_NAME, "int8-full": INT8_FULL_NAME}
+Variant = Literal["fp32", "int8", "int8-full"]
 _TOKENIZER = "tokenizer.json"
 _MAX_POSITIONS = 512
 _FETCH_HINT = "run `bakeoff models fetch`"
@@ -39,9 +40,12 @@ class Embedder:
     Args:
         model: a manifest name (looked up in the model cache with
             ``engine.models.model_dir``) or a folder holding ``tokenizer.json`` and
-            the graphs ``engine.embedding.export`` writes (``model.onnx`` / ``model.int8.onnx``).
-        variant: ``"fp32"`` (reference accuracy) or ``"int8"`` (dynamically quantized,
-            faster; cosine to fp32 >= 0.99 on average, see ``engine.embedding.export``).
+            the graphs ``engine.embedding.export`` writes (``model.onnx``, ``model.int8.onnx``,
+            ``model.int8-full.onnx``).
+        variant: ``"fp32"`` (reference accuracy), ``"int8"`` (dynamically quantized,
+            faster; cosine to fp32 >= 0.99 on average, see ``engine.embedding.quantize``) or
+            ``"int8-full"`` (every matmul int8: fastest on a short query; what an fp32-built
+            knowledge base embeds its queries with, ``engine/kb/query_cache.py``).
         threads: onnxruntime intra-op threads; ``engine.hardware.physical_cores()``
             (one per physical core this process may use) when ``None``.
         providers: onnxruntime execution providers in order of preference, e.g.
@@ -63,7 +67,7 @@ class Embedder:
         self,
         model: str | os.PathLike = "all-MiniLM-L6-v2",
         *,
-        variant: Literal["fp32", "int8"] = "fp32",
+        variant: Variant = "fp32",
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         batch_size: int = 32,
@@ -71,7 +75,7 @@ class Embedder:
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if not isinstance(variant, str) or variant not in _FILES:
-            raise InputError(f"variant must be 'fp32' or 'int8', not {variant!r}")
+            raise InputError(f"variant must be one of {', '.join(map(repr, _FILES))}, not {variant!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer or None, not {threads!r}")
         if threads is not None and threads > (limit := max_threads()):
@@ -103,13 +107,13 @@ class Embedder:
         return (f"Embedder(model_id={self.model_id!r}, variant={self.variant!r}, dim={self.dim}, "
                 f"max_tokens={self.max_tokens}, providers={self.providers!r})")
 
-    def with_variant(self, variant: Literal["fp32", "int8"], *, threads: int | None = None) -> Embedder:
+    def with_variant(self, variant: Variant, *, threads: int | None = None) -> Embedder:
         """The same model with the other graph (same folder, providers, batch size and ``max_tokens``;
         this embedder's threads unless ``threads`` is given), made once and kept; ``self`` when it
         would be this embedder.
 
         Raises:
-            InputError: ``variant`` is not ``"fp32"`` or ``"int8"``, or a bad ``threads``.
+            InputError: ``variant`` is not one of the variants, or a bad ``threads``.
             ModelError: the folder has no such graph, or it is corrupted.
         """
         directory, own_threads, providers = self._made_with

@@ -12,7 +12,7 @@ the graph, so its output ``sentence_embedding`` is what sentence-transformers re
 Inputs: ``input_ids`` and ``attention_mask``, int64 ``[batch, seq]``; token type
 ids are always 0 (the type-0 row is folded into the position table).
 
-``export_embedder`` writes the fp32 graph and its int8 variant (made by
+``export_embedder`` writes the fp32 graph and its two int8 variants (made by
 ``engine.embedding.quantize`` from a smoothed build of the same graph) under the file
 names below, the one place they are named. ``onnx`` is imported inside the functions
 that build graphs, so the embedder and the model cache can import these names
@@ -31,7 +31,7 @@ import numpy as np
 from engine._files import write_bytes_atomic
 from engine.embedding import quantize as onnx_quantize
 from engine.errors import ModelError
-from engine.models.registry import FP32_NAME, INT8_NAME
+from engine.models.registry import FP32_NAME, INT8_FULL_NAME, INT8_NAME
 
 if TYPE_CHECKING:
     import onnx
@@ -80,7 +80,13 @@ class BertConfig:
 
 
 def export_embedder(model_dir: Path) -> list[Path]:
-    """Write ``model.onnx`` (fp32) and ``model.int8.onnx`` into ``model_dir``.
+    """Write ``model.onnx`` (fp32), ``model.int8.onnx`` and ``model.int8-full.onnx`` into ``model_dir``.
+
+    ``model.int8.onnx`` keeps the FFN-down matmuls fp32: it embeds documents as well as
+    queries, and those six matmuls are most of int8's error on long texts.
+    ``model.int8-full.onnx`` quantizes every weight matmul: a knowledge base built with fp32
+    embeds its queries with it (``engine/kb/query_cache.py``), where it loses no recall on
+    the bundled questions and is the fastest graph for a short query.
 
     Args:
         model_dir: folder holding ``model.safetensors``, ``config.json`` and ``tokenizer.json``
@@ -108,7 +114,8 @@ def export_embedder(model_dir: Path) -> list[Path]:
     # The FFN-down matmuls stay fp32: see onnx_quantize.quantize_int8 for the measurements.
     int8_path = onnx_quantize.quantize_int8(smoothed, model_dir / INT8_NAME,
                                             keep_fp32=[f"layer{i}_ffn_down" for i in range(config.num_layers)])
-    return [fp32_path, int8_path]
+    full_path = onnx_quantize.quantize_int8(smoothed, model_dir / INT8_FULL_NAME)
+    return [fp32_path, int8_path, full_path]
 
 
 def _load_weights(path: Path, config: BertConfig) -> dict[str, np.ndarray]:

@@ -40,7 +40,7 @@ Decisions a user can notice:
 - A knowledge base opened with another embedder model or dimension raises
   ``KnowledgeBaseMismatchError``; another variant of the same model (fp32 vs int8) is
   accepted, since their vectors agree to within rounding.
-- Queries of an fp32-built knowledge base are embedded with the model's int8 graph unless
+- Queries of an fp32-built knowledge base are embedded with the model's int8-full graph unless
   ``query_variant="fp32"``, and a repeated query is not embedded again (an LRU of
   ``query_cache_size`` vectors); why, with the measurements: ``engine/kb/query_cache.py``.
 """
@@ -232,8 +232,9 @@ class KnowledgeBase:
             verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
             lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
             query_variant: ``"auto"`` (queries of an fp32-built knowledge base opened with an fp32
-                embedder use the same model's int8 graph: 0.69x its time, one bundled question of
-                878 lost), ``"fp32"`` or ``"int8"``; see ``engine/kb/query_cache.py``.
+                embedder use the same model's int8-full graph: 0.44-0.46x its time, no bundled
+                question of 878 lost), ``"fp32"``, ``"int8"`` or ``"int8-full"``; see
+                ``engine/kb/query_cache.py``.
             query_cache_size: query vectors kept for exact repeats of a query (0: none).
 
         Raises:

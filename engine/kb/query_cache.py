@@ -2,20 +2,25 @@
 
 Two decisions a user can notice:
 
-- **Queries of an fp32-built knowledge base are embedded with the int8 graph** of the same model
-  (``query_variant="auto"``, the default). The query embedding is most of a search's time (the
-  hybrid search after it is 1-2 ms at 10k chunks); the int8 graph takes 0.69x the fp32 graph's
-  time for a short query on a quiet machine (``bench/bench_embed.py``); int8 query vectors
-  searched against the fp32 chunk vectors lose one question of 878 on the bundled set (recall@4
-  95.9 % against 96.0 %, ``bench/bench_retrieval.py`` ``test_bundled_qa_int8_queries``).
-  Documents are still embedded with the embedder the knowledge base was built with. The cost is
-  a second ONNX Runtime session: loading a knowledge base takes about 80-90 MiB more resident
-  memory (``bench/bench_peers.py``). ``query_variant="fp32"`` keeps fp32 queries (the
-  reference, with the embedder as given), ``"int8"`` asks for int8 always. The int8 query graph
-  runs on as many threads as the embedder given: on the quiet 2-core machine one thread was
-  1.8-1.9x slower per query (README); on the same machine kept busy by other jobs one thread did
-  as well back-to-back and better after idle, which does not make it the default for a machine
-  of one's own.
+- **Queries of an fp32-built knowledge base are embedded with the int8-full graph** of the same
+  model (``query_variant="auto"``, the default): every weight matmul int8, where the int8 graph
+  that embeds an int8 knowledge base's documents keeps the FFN-down matmuls fp32. The query
+  embedding is most of a search's time (the hybrid search after it is 1-2 ms at 10k chunks).
+  ``bench/bench_embed.py`` ``test_query_latency_interleaved`` (300 distinct query-sized sentences,
+  the graphs interleaved, 2 cores kept busy by other jobs, load 11): int8-full 0.44x fp32's time,
+  int8 0.54x (int8-full/int8 0.82x); on the quiet machine int8 was 0.69x fp32 and int8-full
+  measured 0.46x in a scratch run. int8-full query vectors searched against the fp32 chunk
+  vectors lose nothing on the bundled set: recall@4 96.0 % on 878 questions, as with fp32
+  queries (95.9 % with the int8 graph's; ``bench/bench_retrieval.py``
+  ``test_bundled_qa_int8_queries``). Documents are still embedded with the embedder the
+  knowledge base was built with. A folder exported before int8-full existed falls back to its
+  int8 graph. The cost is a second ONNX Runtime session: loading a knowledge base takes about
+  80-90 MiB more resident memory (``bench/bench_peers.py``). ``query_variant="fp32"`` keeps
+  fp32 queries (the reference, with the embedder as given); ``"int8"`` and ``"int8-full"`` ask
+  for that graph always. The quantized query graph runs on as many threads as the embedder
+  given: on the quiet 2-core machine one thread was 1.8-1.9x slower per query (README); on the
+  same machine kept busy by other jobs one thread did as well back-to-back and better after
+  idle, which does not make it the default for a machine of one's own.
 - **A repeated query is not embedded again**: an LRU of the last ``size`` query texts (after
   cutting to the embedder's window) and their vectors, per knowledge base object. The query
   embedder of an open knowledge base never changes, so entries never go stale. Vectors are
@@ -32,7 +37,7 @@ import numpy as np
 
 from engine.errors import InputError, ModelError
 
-QUERY_VARIANTS = ("auto", "fp32", "int8")
+QUERY_VARIANTS = ("auto", "fp32", "int8", "int8-full")
 #: Query vectors a knowledge base keeps (384 float32 each: 1.5 KiB; 1024 of them 1.5 MiB).
 QUERY_CACHE_SIZE = 1024
 
@@ -41,10 +46,11 @@ def query_embedder(embedder, built_variant: str, query_variant: str):
     """The embedder for the queries of a knowledge base built with ``built_variant`` and opened
     with ``embedder`` (see the module docstring for ``query_variant``).
 
-    With ``"auto"``, an fp32 embedder on an fp32-built knowledge base gives its int8 sibling
-    (``Embedder.with_variant``); an embedder without one (a custom class, a folder without the
-    int8 graph) is used as it is. Any other pairing keeps ``embedder``: it is
-    what the caller chose. ``"int8"`` with an fp32 embedder gives the same sibling as ``"auto"``.
+    With ``"auto"``, an fp32 embedder on an fp32-built knowledge base gives its int8-full sibling
+    (``Embedder.with_variant``), or its int8 one in a folder exported before int8-full existed;
+    an embedder without either (a custom class, a folder without int8 graphs) is used as it is.
+    Any other pairing keeps ``embedder``: it is what the caller chose. ``"int8"`` and
+    ``"int8-full"`` ask for that graph whatever the knowledge base was built with.
 
     Raises:
         InputError: ``query_variant`` is not one of ``QUERY_VARIANTS``, or names a variant that
@@ -57,10 +63,12 @@ def query_embedder(embedder, built_variant: str, query_variant: str):
     if query_variant == "auto":
         if variant != "fp32" or built_variant != "fp32" or not hasattr(embedder, "with_variant"):
             return embedder
-        try:
-            return embedder.with_variant("int8")
-        except ModelError:  # a folder of one's own with no int8 graph: fp32 queries, as before
-            return embedder
+        for quantized in ("int8-full", "int8"):  # a folder exported before int8-full holds int8 only
+            try:
+                return embedder.with_variant(quantized)
+            except ModelError:
+                continue
+        return embedder  # a folder of one's own with no int8 graph: fp32 queries, as before
     if variant == query_variant:
         return embedder
     if not hasattr(embedder, "with_variant"):

@@ -73,7 +73,7 @@ def _fetch_one(model: ModelSpec, root: Path, source: Path | None, say: Callable[
     if model.export:
         from engine.embedding import export as onnx_export
 
-        say(f"{model.name}: exporting ONNX graphs (fp32 and int8)")
+        say(f"{model.name}: exporting ONNX graphs (fp32, int8 and int8-full)")
         for produced in onnx_export.export_embedder(directory):
             verified[produced.name] = _stat_entry(produced, sha256_file(produced))
     _write_stamp(directory, verified)

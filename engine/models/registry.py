@@ -15,10 +15,12 @@ DEFAULT_GENERATOR = "SmolLM2-135M-Instruct-Q4_1"
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 #: The graphs ``engine.embedding.export`` writes beside an embedder's weights at fetch time
-#: (fp32, then its int8 quantization): part of what a fetched embedder holds.
+#: (fp32; its int8 quantization with the FFN-down matmuls kept fp32, for documents; every
+#: matmul int8, for queries): part of what a fetched embedder holds.
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
-EXPORTED_NAMES = (FP32_NAME, INT8_NAME)
+INT8_FULL_NAME = "model.int8-full.onnx"
+EXPORTED_NAMES = (FP32_NAME, INT8_NAME, INT8_FULL_NAME)
 
 
 @dataclass(frozen=True)

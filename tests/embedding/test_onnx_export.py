@@ -105,10 +105,10 @@ def test_export_is_deterministic(embedder_dir: Path, tmp_path: Path, caplog) -> 
     assert not [r for r in caplog.records if "pre-processing" in r.getMessage()]
     assert logging.getLogger().handlers == root_handlers
     second = onnx_export.export_embedder(_model_copy(embedder_dir, tmp_path / "b"))
-    assert [p.name for p in first] == ["model.onnx", "model.int8.onnx"] == list(EXPORTED_NAMES)
+    assert [p.name for p in first] == ["model.onnx", "model.int8.onnx", "model.int8-full.onnx"] == list(EXPORTED_NAMES)
     # nothing else is left beside the graphs: no temporary file, no quantizer scratch folder
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "config.json", "model.int8.onnx", "model.onnx", "model.safetensors", "tokenizer.json"]
+        "config.json", "model.int8-full.onnx", "model.int8.onnx", "model.onnx", "model.safetensors", "tokenizer.json"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), f"{a.name} differs between two exports"
 

@@ -1,4 +1,4 @@
-"""How a knowledge base embeds queries: the int8 graph for an fp32-built one (fp32 on request),
+"""How a knowledge base embeds queries: the int8-full graph for an fp32-built one (fp32 on request),
 and exact repeats answered from a bounded, thread-safe cache."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from engine.errors import InputError
+from engine.errors import InputError, ModelError
 from engine.kb import KnowledgeBase
 
 from .conftest import write_corpus
@@ -24,10 +24,10 @@ def kb_dir(tmp_path_factory, embedder):
     return root / "kb"
 
 
-def test_an_fp32_built_knowledge_base_embeds_queries_with_int8_unless_told_fp32(kb_dir, embedder):
+def test_an_fp32_built_knowledge_base_embeds_queries_with_int8_full_unless_told_fp32(kb_dir, embedder):
     with KnowledgeBase.open(kb_dir, embedder=embedder) as kb, \
             KnowledgeBase.open(kb_dir, embedder=embedder, query_variant="fp32") as reference:
-        assert kb.query_embedder.variant == "int8" and kb.stats().query_variant == "int8"
+        assert kb.query_embedder.variant == "int8-full" and kb.stats().query_variant == "int8-full"
         assert kb.query_embedder.model_id == embedder.model_id and kb.embedder is embedder  # documents stay fp32
         assert reference.query_embedder is embedder and reference.stats().query_variant == "fp32"
         for question in QUESTIONS:  # same answers in the same order; the vectors agree to rounding
@@ -36,8 +36,26 @@ def test_an_fp32_built_knowledge_base_embeds_queries_with_int8_unless_told_fp32(
             assert float(fast.query_embedding @ exact.query_embedding) > 0.99
 
 
+def test_a_folder_exported_before_int8_full_embeds_queries_with_int8(kb_dir, embedder, tmp_path):
+    """A model folder of one's own with the fp32 and int8 graphs only (what fetch wrote before
+    int8-full): "auto" takes the int8 graph, and asking for int8-full says which file is missing."""
+    from engine.embedding.embedder import Embedder
+    from engine.models.registry import INT8_FULL_NAME
+
+    source = embedder._made_with[0]
+    older = tmp_path / source.name  # the folder's name is the model's id the knowledge base checks
+    older.mkdir()
+    for item in source.iterdir():
+        if item.name != INT8_FULL_NAME:
+            (older / item.name).symlink_to(item)
+    with KnowledgeBase.open(kb_dir, embedder=Embedder(older)) as kb:
+        assert kb.query_embedder.variant == "int8"
+    with pytest.raises(ModelError, match=INT8_FULL_NAME):
+        KnowledgeBase.open(kb_dir, embedder=Embedder(older), query_variant="int8-full")
+
+
 def test_an_unknown_query_variant_or_cache_size_is_refused(kb_dir, embedder):
-    with pytest.raises(InputError, match="query_variant must be one of auto, fp32, int8"):
+    with pytest.raises(InputError, match="query_variant must be one of auto, fp32, int8, int8-full"):
         KnowledgeBase.open(kb_dir, embedder=embedder, query_variant="fp16")
     for size in (-1, 1.5, True):
         with pytest.raises(InputError, match="query_cache_size"):
