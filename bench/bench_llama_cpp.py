@@ -57,6 +57,7 @@ Run: ``.venv/bin/python -m pytest bench/bench_llama_cpp.py -o python_files='benc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -70,6 +71,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine
+from engine.answer.types import Mode, SpliceMode
 from engine.embedding.embedder import Embedder
 from engine.generation.kv_cache import ChunkKvCache
 from engine.hardware import hardware
@@ -92,7 +94,7 @@ PEER_SAME_FA = "llama-cpp-python, engine's prompt, flash attention"
 PEERS = {PEER_USER: ("user", False), PEER_SAME: ("same", False), PEER_SAME_FA: ("same_fa", True)}
 WAYS = (PEER_USER, PEER_SAME, PEER_SAME_FA, "engine rag", "engine rag-spliced", "engine hybrid-spliced", "engine baked")
 #: The engine's ways: mode and splice.
-ENGINE_WAYS = {"engine rag": ("rag", "off"), "engine rag-spliced": ("rag", "on"),
+ENGINE_WAYS: dict[str, tuple[Mode, SpliceMode]] = {"engine rag": ("rag", "off"), "engine rag-spliced": ("rag", "on"),
                "engine hybrid-spliced": ("hybrid", "on"), "engine baked": ("baked", "off")}
 
 
@@ -180,9 +182,9 @@ class Peer:
                    chunk_ids=tuple(p.chunk_id for p in prepared.passages), **self.counts)
 
 
-def _engine_run(engine: Engine, question: str, mode: str, splice: str) -> Run:
+def _engine_run(engine: Engine, question: str, mode: Mode, splice: SpliceMode) -> Run:
     started = time.perf_counter()
-    with engine.stream(question, mode, max_tokens=MAX_TOKENS, splice=splice) as stream:  # type: ignore[arg-type]
+    with engine.stream(question, mode, max_tokens=MAX_TOKENS, splice=splice) as stream:
         ttft, total = _first_and_last(started, stream)
     answer = stream.answer
     assert answer is not None
@@ -232,14 +234,13 @@ class Ways:
 
 @pytest.fixture(scope="module")
 def ways(generator_model_path, adapter_path, kb, peer_llama) -> Iterator[Ways]:
-    settings = {"n_ctx": N_CTX, "n_threads": THREADS}
+    engine = functools.partial(Engine, generator_model_path, n_ctx=N_CTX, n_threads=THREADS)
     cache = ChunkKvCache(None, ram_bytes=2**30)  # RAM only: states keyed by adapter, shared by both spliced ways
     engines = {
-        "engine rag": Engine(generator_model_path, kb=kb, k=K, **settings),
-        "engine rag-spliced": Engine(generator_model_path, kb=kb, k=K, kv_cache=cache, **settings),
-        "engine hybrid-spliced": Engine(generator_model_path, adapter=adapter_path, kb=kb, k=K, kv_cache=cache,
-                                        **settings),
-        "engine baked": Engine(generator_model_path, adapter=adapter_path, **settings),
+        "engine rag": engine(kb=kb, k=K),
+        "engine rag-spliced": engine(kb=kb, k=K, kv_cache=cache),
+        "engine hybrid-spliced": engine(adapter=adapter_path, kb=kb, k=K, kv_cache=cache),
+        "engine baked": engine(adapter=adapter_path),
     }
     peers = {way: Peer(peer_llama(generator_model_path, n_ctx=N_CTX, n_threads=THREADS, n_threads_batch=THREADS,
                                   flash_attn=flash_attn, verbose=False)) for way, (_, flash_attn) in PEERS.items()}
@@ -250,10 +251,10 @@ def ways(generator_model_path, adapter_path, kb, peer_llama) -> Iterator[Ways]:
         PEER_SAME_FA: lambda q: peers[PEER_SAME_FA].engine_prompt(retriever, q),
     }
     for way, (mode, splice) in ENGINE_WAYS.items():
-        answer[way] = lambda q, e=engines[way], m=mode, s=splice: _engine_run(e, q, m, s)
+        answer[way] = functools.partial(_engine_run, engines[way], mode=mode, splice=splice)
     yield Ways(engines, answer, peers[PEER_USER].llama.chat_format)
-    for engine in engines.values():
-        engine.close()
+    for opened in engines.values():
+        opened.close()
 
 
 def test_against_llama_cpp_python(ways, adapter_path, claims):
@@ -264,7 +265,7 @@ def test_against_llama_cpp_python(ways, adapter_path, claims):
     load_before = os.getloadavg()
     for question in (*timed, burn_in):  # the chunk states the spliced ways will find warm
         for way in ("engine rag-spliced", "engine hybrid-spliced"):
-            ways.engines[way].ask(question, ENGINE_WAYS[way][0], max_tokens=1, splice="on")  # type: ignore[arg-type]
+            ways.engines[way].ask(question, ENGINE_WAYS[way][0], max_tokens=1, splice="on")
     for way in WAYS:  # burn-in: pages, Numba, ONNX Runtime, and each context's system prompt
         ways.answer[way](burn_in)
     runs: dict[str, list[Run]] = {way: [] for way in WAYS}
