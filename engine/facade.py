@@ -33,7 +33,7 @@ from engine.generation.kv_cache import ChunkKvCache, KvCacheStats
 from engine.generation.splice import Splice
 from engine.generation.stream import TextStream
 from engine.generation.tokenizer import Tokenizer
-from engine.generation.types import Generation
+from engine.generation.types import Generation, GenerationTimings
 from engine.shutdown import CallGate
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class Engine:
             before it, which costs accuracy (``bakeoff compare`` measures how much).
         kv_type: the generator's K/V cache type ("f16"; "q8_0" halves chunk states, and
             turns flash attention on, which a quantized V cache needs).
+        flash_attn: llama.cpp's flash attention: None lets it decide (on where the CPU backend has
+            the kernel; on for a quantized ``kv_type``), True or False forces it.
+            ``engine.generation.threads.fastest_attention`` measures which is faster here.
 
     Raises:
         ModelError, AdapterError, KnowledgeBaseError: a part cannot be loaded.
@@ -101,6 +104,7 @@ class Engine:
         prompt_budget_tokens: int | None = None,
         kv_cache: ChunkKvCache | str | os.PathLike[str] | bool | None = None,
         kv_type: str = "f16",
+        flash_attn: bool | None = None,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be an integer >= 1, got {k!r}")
@@ -121,7 +125,7 @@ class Engine:
         self._calls = CallGate("this Engine")
         model_path = Path(model) if model is not None else models.model_path(models.DEFAULT_GENERATOR)
         self.generator = Generator(model_path, n_ctx=n_ctx, n_threads=n_threads, kv_type=kv_type,
-                                   flash_attn=True if kv_type != "f16" else None,
+                                   flash_attn=(True if kv_type != "f16" else None) if flash_attn is None else flash_attn,
                                    splice_slots=k if kv_cache not in (None, False) else 0)
         self.adapter_path = Path(adapter) if adapter is not None else None
         self._baked_system_prompt = baked_system_prompt(None)
@@ -285,8 +289,25 @@ class Engine:
                                            splices=splices)
         return AnswerStream(self._layer, prepared, pieces, started)
 
+    def prefill_without_passages(self, question: str, mode: Mode = "rag") -> GenerationTimings:
+        """The spliced layout's prompt for ``question`` with no passage (the shared prefix and the
+        question), generated for one token with ``mode``'s adapter: its ``prefill_ms`` is what the
+        question's own tokens cost. Asked right after a spliced answer to the same question (whose
+        prefix is then cached, as it is for that answer), the rest of that answer's prefill is the
+        question's attention over the spliced positions (``engine.bakeoff.latency`` splits it so).
+
+        Raises:
+            InputError: a question that is not a non-empty str, mode "baked" (it has no passages),
+                or a layout that cannot be spliced (``context="sentences"``).
+            AdapterError: mode "hybrid" without an adapter.
+        """
+        with self._calls.call():
+            prepared, _ = self._prepare(question, mode, 1, splice="prefill", no_passages=True)
+            return self.generator.generate(list(prepared.tokens), max_tokens=1, adapters=prepared.adapters).timings
+
     def _prepare(self, question: str, mode: str, max_tokens: int, passages: Sequence[Hit] | None = None,
-                 splice: SpliceMode | None = None) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
+                 splice: SpliceMode | None = None,
+                 no_passages: bool = False) -> tuple[PreparedAnswer, tuple[Splice, ...]]:
         if not isinstance(question, str):
             raise InputError(f"the question must be a str, got {type(question).__name__}"
                              + (": decode bytes first (question.decode('utf-8'))" if isinstance(question, bytes)
@@ -313,7 +334,10 @@ class Engine:
         if mode == "baked":
             return self._layer.baked(question, system_prompt=self._baked_system_prompt, adapters=adapters), ()
         budget = min(self.prompt_budget_tokens or self.generator.n_ctx, self.generator.n_ctx - max_tokens)
-        if passages is not None:
+        if no_passages:
+            hits: tuple[Hit, ...] = ()
+            search, retrieval_ms, query_embedding = None, 0.0, None
+        elif passages is not None:
             hits, search, retrieval_ms, query_embedding = check_hits(passages), None, 0.0, None
         elif self.kb is None:
             raise InputError(f"mode={mode!r} needs a knowledge base: Engine(kb=...) (build one with `bakeoff index`), "

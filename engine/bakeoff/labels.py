@@ -11,12 +11,15 @@ from collections.abc import Iterable
 from engine.bakeoff.compare import READER_MODES, ComparisonResult
 from engine.bakeoff.stats import wilson_interval
 
-#: How a stage of ``STAGES`` is named in the tables and plots.
+#: How a stage of ``STAGES`` (and of ``PREFILL_SPLIT``) is named in the tables and plots.
 STAGE_LABELS = {
     "search.embed_ms": "embed", "search.dense_search_ms": "dense search",
     "search.lexical_search_ms": "lexical search", "search.scoring_ms": "scoring",
     "prompt_build_ms": "prompt build", "kv_ms": "chunk states (lookup/compute)",
     "generation.splice_ms": "KV restore + shift", "generation.prefill_ms": "prefill", "generation.decode_ms": "decode",
+    # latency.PREFILL_SPLIT: the prefill's two parts
+    "prefill.question_ms": "prefill: the question's own tokens",
+    "prefill.spliced_positions_ms": "prefill: attention over spliced positions",
 }
 
 _RETRIEVAL_STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms")

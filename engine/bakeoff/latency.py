@@ -4,13 +4,25 @@ Latency is measured after a warm-up, over several repetitions of a timing subset
 mode at a time (switching adapters drops the KV cache, so interleaving would charge
 both modes for it). ``cold`` empties the chunk-KV cache before each answer, so the
 spliced path's states are computed on the fly.
+
+A spliced answer's prefill is split in two (``PREFILL_SPLIT``): right after each timed
+spliced answer the same question is prefilled after the same cached prefix with no passage
+(``Engine.prefill_without_passages``: same adapter, same settings), which is the question's
+own tokens; the rest of the answer's prefill (p50 less that p50) is the question's attention
+over the spliced positions (and llama.cpp's K-shift of states it moves itself, counted in
+``generation.k_shifted_tokens``). llama.cpp offers no cheaper direct split: its perf counters
+time whole decodes, and an eval callback stopping at the attention nodes makes the scheduler
+compute each decode's graph in pieces (ggml-backend.cpp, one synchronised launch per piece, two
+per layer), which changes what is timed, and would time attention over the prefix and the
+question itself as well. A baked answer's prefill is all its own tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
@@ -25,6 +37,9 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 #: ("search.embed_ms" is ``timings.search.embed_ms``; 0 when nothing was searched).
 STAGES = ("search.embed_ms", "search.dense_search_ms", "search.lexical_search_ms", "search.scoring_ms",
           "prompt_build_ms", "kv_ms", "generation.splice_ms", "generation.prefill_ms", "generation.decode_ms")
+#: ``generation.prefill_ms`` split in two (see the module's docstring): the question's own tokens, and the
+#: question's attention over the spliced positions. They add up to the prefill's p50.
+PREFILL_SPLIT = ("prefill.question_ms", "prefill.spliced_positions_ms")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,8 @@ class LatencySummary:
     total_p95_ms: float
     prompt_tokens_p50: float
     decode_tokens_p50: float
+    #: ``PREFILL_SPLIT`` -> p50 ms; spliced modes and baked (all its own tokens) only, else empty
+    prefill_split_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
 def time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, *, warmup: int, repetitions: int,
@@ -52,14 +69,29 @@ def time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, *, warm
     for q in questions[: warmup]:
         engine.ask(q.question, mode, max_tokens=max_tokens, splice=splice)
     samples: list[Answer] = []
+    alone_ms: list[float] = []
     total = len(questions) * repetitions
     for _ in range(repetitions):
         for q in questions:
             if cold and engine.kv_cache is not None:
                 engine.kv_cache.clear()
             samples.append(engine.ask(q.question, mode, max_tokens=max_tokens, splice=splice))
+            if splice == "on":  # the counterfactual, while the answer's prefix is cached: see the docstring
+                alone_ms.append(engine.prefill_without_passages(q.question, mode).prefill_ms)
             say(f"latency/{label}", len(samples), total)
-    return _latency(label, samples)
+    summary = _latency(label, samples)
+    if mode == "baked":
+        return dataclasses.replace(summary, prefill_split_p50_ms=_split(summary, None))
+    if alone_ms:
+        return dataclasses.replace(summary, prefill_split_p50_ms=_split(summary, statistics.median(alone_ms)))
+    return summary
+
+
+def _split(summary: LatencySummary, question_ms: float | None) -> dict[str, float]:
+    """``PREFILL_SPLIT`` of ``summary``'s prefill p50 given the question's own p50 (None: the whole prefill)."""
+    prefill = summary.stage_p50_ms["generation.prefill_ms"]
+    own = prefill if question_ms is None else question_ms
+    return dict(zip(PREFILL_SPLIT, (own, prefill - own)))
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -24,7 +24,7 @@ from engine.bakeoff.labels import (
     retrieval_ms,
     timed_modes,
 )
-from engine.bakeoff.latency import STAGES
+from engine.bakeoff.latency import PREFILL_SPLIT, STAGES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,6 +35,7 @@ _STAGE_COLOURS = {
     "search.embed_ms": "#08519c", "search.dense_search_ms": "#3182bd", "search.lexical_search_ms": "#6baed6",
     "search.scoring_ms": "#9ecae1", "prompt_build_ms": "#bdbdbd", "kv_ms": "#fdd0a2",
     "generation.splice_ms": "#fdae6b", "generation.prefill_ms": "#e6550d", "generation.decode_ms": "#a63603",
+    "prefill.question_ms": "#f16913", "prefill.spliced_positions_ms": "#7f2704",
 }
 #: rag's family in blues, baked orange, hybrid's family in greens; the reader ceilings hatched.
 _MODE_COLOURS = {
@@ -138,19 +139,25 @@ def _stage_figure(result: ComparisonResult) -> Figure:
     modes = timed_modes(result)
     fig = _new_figure(12, 1.6 + 0.42 * len(modes))
     first, decode = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": (3, 1)})
+    # a mode whose prefill is split (latency.PREFILL_SPLIT) draws its two parts in the prefill's place
     before = [s for s in STAGES if s != "generation.decode_ms"]
+    segments = [part for s in before for part in ((s, *PREFILL_SPLIT) if s == "generation.prefill_ms" else (s,))]
     stages = {m: result.latency[m].stage_p50_ms for m in modes}
+    drawn = {m: _segments(stages[m], result.latency[m].prefill_split_p50_ms) for m in modes}
     totals = [sum(stages[m].get(s, 0.0) for s in before) for m in modes]
     span = max(totals) or 1.0
     left = [0.0] * len(modes)
-    for stage in before:
-        values = [stages[m].get(stage, 0.0) for m in modes]
+    for stage in segments:
+        values = [drawn[m].get(stage, 0.0) for m in modes]
+        if stage in PREFILL_SPLIT and not any(values):
+            continue  # no mode has the split: no empty legend entry
         first.barh(range(len(modes)), values, 0.7, left=left, color=_STAGE_COLOURS[stage], label=STAGE_LABELS[stage],
                    edgecolor="white", linewidth=0.4)
         for i, (x, v) in enumerate(zip(left, values)):
             if v > span * 0.07:  # wide enough to hold its own label
                 first.text(x + v / 2, i, _ms(v), ha="center", va="center", fontsize=7,
-                           color="white" if stage in ("search.embed_ms", "generation.prefill_ms") else "black")
+                           color="white" if stage in ("search.embed_ms", "generation.prefill_ms", *PREFILL_SPLIT)
+                           else "black")
         left = [a + v for a, v in zip(left, values)]
     for i, mode in enumerate(modes):
         retrieval = retrieval_ms(result, mode)
@@ -171,6 +178,14 @@ def _stage_figure(result: ComparisonResult) -> Figure:
     decode.set_xlabel("ms (p50)")
     decode.set_title("Decode", fontsize=10)
     return fig
+
+
+def _segments(stages: dict[str, float], split: dict[str, float]) -> dict[str, float]:
+    """A mode's stage p50s as drawn: with a split prefill, its two parts stand in for the prefill segment
+    (a part below 0, the counterfactual's noise, drawn as 0)."""
+    if not split:
+        return stages
+    return {**stages, **{part: max(split.get(part, 0.0), 0.0) for part in PREFILL_SPLIT}, "generation.prefill_ms": 0.0}
 
 
 def _ttft_figure(result: ComparisonResult) -> Figure:

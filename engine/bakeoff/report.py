@@ -31,7 +31,7 @@ from engine.bakeoff.labels import (
     share_intervals,
     timed_modes,
 )
-from engine.bakeoff.latency import STAGES
+from engine.bakeoff.latency import PREFILL_SPLIT, STAGES
 from engine.bakeoff.metadata import run_metadata
 from engine.bakeoff.stats import half_width
 
@@ -234,9 +234,13 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
     for stage in STAGES:
         values = [result.latency[m].stage_p50_ms.get(stage, 0.0) for m in timed]
         parts.append(f"| {STAGE_LABELS[stage]} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        if stage == "generation.prefill_ms":
+            parts += _prefill_split_rows(result, timed)
     parts.append("| **retrieval (embed to scoring)** | "
                  + " | ".join(f"**{retrieval_ms(result, m):.2f}**" for m in timed) + " |")
     parts.append("")
+    if any(result.latency[m].prefill_split_p50_ms for m in timed if m != "baked"):
+        parts += [_PREFILL_SPLIT_NOTE, ""]
     if result.memory:
         m = result.memory
         parts += ["## Memory (resident MB added)", "", "| part | MB |", "|---|---|",
@@ -254,6 +258,23 @@ def render_markdown(result: ComparisonResult, context: dict, plot_names: list[st
         parts.append("")
     parts.append(f"Run took {result.seconds:.0f} s.")
     return "\n".join(parts) + "\n"
+
+
+_PREFILL_SPLIT_NOTE = (
+    "The spliced modes' prefill is split in two: right after each timed spliced answer the same question is "
+    "prefilled after the same cached prefix with no passage (same adapter and settings); its p50 is the "
+    "question's own tokens, and the rest of the prefill's p50 is the question's attention over the spliced "
+    "positions. The baked prefill is its question's own tokens alone.")
+
+
+def _prefill_split_rows(result: ComparisonResult, timed: list[str]) -> list[str]:
+    """The prefill's two parts (``PREFILL_SPLIT``) as table rows; "n/a" for a mode without them."""
+    rows = []
+    for stage in PREFILL_SPLIT:
+        cells = [f"{split[stage]:.2f}" if stage in (split := result.latency[m].prefill_split_p50_ms) else "n/a"
+                 for m in timed]
+        rows.append(f"| &nbsp;&nbsp;{STAGE_LABELS[stage]} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def _cell(text: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from engine import Answer, AnswerTimings, Citation, GenerationTimings, SearchTimings
 from engine.bakeoff.compare import READER_MODE, READER_MODES, CompareConfig, run_comparison, select_questions
-from engine.bakeoff.latency import STAGES, stage_ms
+from engine.bakeoff.latency import PREFILL_SPLIT, STAGES, stage_ms
 from engine.bakeoff.report import retrieval_vs_reader, summary_table, write_report
 from engine.embedding.embedder import Embedder
 from engine.errors import InputError
@@ -182,6 +182,21 @@ def test_splicing_is_graded_on_the_same_passages_and_timed_warm_and_cold_beside_
     assert 0 <= result.kv_cache["hit_rate"] <= 1 and result.kv_cache["bytes_per_token"] > 0
     assert result.ttft_ratio_spliced_over_baked == pytest.approx(
         result.latency["rag-spliced"].ttft_p50_ms / result.latency["baked"].ttft_p50_ms)
+
+
+def test_the_spliced_prefill_is_split_next_to_bakeds(comparison):
+    result, _, out = comparison
+    for mode in ("rag-spliced", "hybrid-spliced", "rag-spliced-cold"):
+        split = result.latency[mode].prefill_split_p50_ms
+        assert list(split) == list(PREFILL_SPLIT) and split["prefill.question_ms"] > 0
+        assert sum(split.values()) == pytest.approx(result.latency[mode].stage_p50_ms["generation.prefill_ms"])
+    baked = result.latency["baked"]
+    assert baked.prefill_split_p50_ms == {"prefill.question_ms": baked.stage_p50_ms["generation.prefill_ms"],
+                                          "prefill.spliced_positions_ms": 0.0}, "baked prefills its own tokens only"
+    assert result.latency["rag"].prefill_split_p50_ms == {} == result.latency["hybrid"].prefill_split_p50_ms
+    stages = write_report(result, out).markdown_path.read_text().split("## Latency per stage")[1].split("##")[0]
+    own = next(line for line in stages.splitlines() if "the question's own tokens" in line)
+    assert "n/a" in own and own.count("|") == len(result.latency) + 2, "a cell per timed mode, n/a for full prefill"
 
 
 def test_report_files(comparison):

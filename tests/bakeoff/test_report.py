@@ -169,3 +169,26 @@ def test_the_commit_is_none_outside_a_checkout_and_dirty_when_changed(tmp_path):
     assert git_commit(repo) == f"{commit}+dirty"
     (repo / "sub").mkdir()
     assert git_commit(repo / "sub") is None, "a folder inside a checkout is not that checkout's code"
+
+
+def test_the_spliced_prefill_split_is_tabled_and_drawn_beside_bakeds(result, tmp_path):
+    import dataclasses
+
+    split = {"prefill.question_ms": 12.0, "prefill.spliced_positions_ms": 18.0}  # rag-spliced's prefill is 30 ms
+    result.latency["rag-spliced"] = dataclasses.replace(result.latency["rag-spliced"], prefill_split_p50_ms=split)
+    result.latency["baked"] = dataclasses.replace(result.latency["baked"], prefill_split_p50_ms={
+        "prefill.question_ms": 25.0, "prefill.spliced_positions_ms": 0.0})
+    stages = write_report(result, tmp_path, context=CONTEXT).markdown_path.read_text().split(
+        "## Latency per stage")[1].split("## ")[0]
+    # columns: rag, baked, hybrid, rag-spliced, rag-spliced-cold, hybrid-spliced
+    assert "| &nbsp;&nbsp;prefill: the question's own tokens | n/a | 25.00 | n/a | 12.00 | n/a | n/a |" in stages
+    assert "| &nbsp;&nbsp;prefill: attention over spliced positions | n/a | 0.00 | n/a | 18.00 | n/a | n/a |" in stages
+    assert "no passage (same adapter and settings)" in stages
+    axis = figures(result, CONTEXT)["latency_stages.png"].axes[0]
+    legend = [t.get_text() for t in axis.get_legend().get_texts()]
+    assert {"prefill", "prefill: the question's own tokens", "prefill: attention over spliced positions"} <= set(legend)
+    spliced_row = 3  # rag-spliced's bar: its prefill drawn as its two parts, no whole-prefill segment
+    widths = {c.get_label(): c.patches[spliced_row].get_width() for c in axis.containers}
+    assert widths["prefill"] == 0
+    assert widths["prefill: the question's own tokens"] == 12.0
+    assert widths["prefill: attention over spliced positions"] == 18.0
