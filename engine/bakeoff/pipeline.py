@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine import models
-from engine._version import __version__
 from engine._files import sha256_file, write_text_atomic
+from engine._version import __version__
 from engine.bakeoff.compare import CompareConfig, ComparisonResult
 from engine.bakeoff.latency import Progress
 from engine.bakeoff.report import ReportFiles
@@ -186,11 +186,15 @@ def training_seconds(adapter: Path) -> float | None:
 
 def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Path, out: Path,
                        config: CompareConfig, threads: int | None, progress: Progress | None = None,
-                       say: Callable[[str], None] | None = None) -> tuple[ComparisonResult, ReportFiles]:
+                       say: Callable[[str], None] | None = None,
+                       flash_attn: bool | None = None) -> tuple[ComparisonResult, ReportFiles]:
     """Answer the questions in every mode with one Engine and write the report into ``out``.
 
     ``threads`` None measures the fastest generation thread count first
     (``engine.generation.threads.fastest_thread_count``, a few seconds) and says which it took.
+    ``flash_attn`` None measures which flash-attention setting prefills a question over spliced
+    chunk states fastest with those threads (``fastest_attention``, a few seconds), True or False
+    takes it as given; the report says which, with the probe's times.
     The adapter's training time, when recorded beside it, is the report's retrain setup cost.
     """
     from engine.bakeoff.compare import run_comparison
@@ -199,7 +203,7 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     from engine.bakeoff.report import write_report
     from engine.facade import Engine
     from engine.generation.kv_cache import ChunkKvCache
-    from engine.generation.threads import fastest_thread_count
+    from engine.generation.threads import FLASH_MARGIN, FLASH_SETTINGS, fastest_attention, fastest_thread_count
     from engine.questions.qa import load_questions
 
     config.validate()  # before minutes of measuring
@@ -210,13 +214,23 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     else:
         how = f"{threads}, as given"
     (say or (lambda _: None))(f"generation threads: {how}")
+    if flash_attn is None:
+        chosen, flash_ms = fastest_attention(model, n_threads=threads)
+        flash_attn = FLASH_SETTINGS[chosen]
+        said = "measured fastest" if chosen != "auto" else f"kept: nothing measured more than {FLASH_MARGIN:.0%} faster"
+        attention = (f"{chosen}, {said} for a 32-token question over 384 spliced positions ("
+                     + ", ".join(f"{name}: {ms:.1f} ms" for name, ms in flash_ms.items()) + ")")
+    else:
+        attention = f"flash {'on' if flash_attn else 'off'}, as given"
+    (say or (lambda _: None))(f"attention: {attention}")
     memory = memory_footprint(model, adapter, kb)
     # Chunk states in RAM only: the comparison measures a warm cache and, emptying it, a cold one.
-    with Engine(model, adapter=adapter, kb=kb, n_threads=threads, kv_cache=ChunkKvCache(None)) as engine:
+    with Engine(model, adapter=adapter, kb=kb, n_threads=threads, kv_cache=ChunkKvCache(None),
+                flash_attn=flash_attn) as engine:
         result = run_comparison(engine, questions, config=config, docs_dir=docs, work_dir=out / "freshness",
                                 memory=memory, progress=progress, retrain_seconds=training_seconds(adapter))
     context = {**run_metadata(model, threads), "adapter": str(adapter), "knowledge base": str(kb),
-               "questions": str(qa), "generation threads": how}
+               "questions": str(qa), "generation threads": how, "attention": attention}
     return result, write_report(result, out, context=context)
 
 

@@ -202,6 +202,9 @@ def test_a_run_trains_then_reuses_the_adapter_until_a_document_changes(tmp_path,
     assert [p[1] for p in first_progress.phases] == list(PHASES)
     assert first_progress.phases[2][2] > 0, "the fine-tune phase is in the ETA when it will train"
     assert first.files.markdown_path.is_file() and first.adapter.is_file()
+    attention = next(m for m in first_progress.messages if m.startswith("attention: "))
+    assert "auto: " in attention and "flash off: " in attention, "the probe's times are said"
+    assert f"- {attention}" in first.files.markdown_path.read_text(), "and written beside the thread choice"
     assert set(first.phase_seconds) == set(PHASES)
     for mode in ("rag", "baked", "hybrid"):
         assert first.result.counts[mode]["heldout"] == 2 and first.result.counts[mode]["train"] == 2
