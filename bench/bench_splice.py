@@ -11,6 +11,14 @@ bundled documents and held-out questions, with the real SmolLM2-135M and MiniLM:
 - "question alone": the RAG system prompt and the question with no passage, through
   the same generator: what a prompt with nothing retrieved costs (the floor).
 
+A fourth, "cold" (``test_cold_k3``): the states are not cached, so the answer computes them
+first (``ChunkStates.fetch``: the missing chunks in one batch after the prefix's kept
+state, kept in the cache's RAM, their files written behind the answer), against the way
+before (the prefix evaluated afresh, then each chunk one by one, each file written before
+the answer goes on: ``Generator.chunk_state`` and ``put``, unchanged) and
+against a full prefill of the same tokens, interleaved question by question, with the
+cold path's stages.
+
 Ratios are printed against "question alone" and "prefill"; absolute times on a shared
 2-core machine are indications only. The retrieval step is left out (the passages are
 given), so the ratios are about generation.
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +41,7 @@ from engine import Engine
 from engine.embedding.embedder import Embedder
 from engine.generation.chat import RAG_SYSTEM_PROMPT
 from engine.generation.kv_cache import ChunkKvCache
+from engine.generation.splice import Splice
 from engine.hardware import default_threads
 from engine.kb import KnowledgeBase
 from engine.questions.qa import load_questions
@@ -75,7 +85,6 @@ def _measure(engine: Engine, kb: KnowledgeBase, k: int) -> dict[str, float]:
 
 def _k_shift_ms(engine: Engine, kb: KnowledgeBase, k: int = 3) -> dict[str, float]:
     """Tail prefill with the states shifted into place against states computed where they land (no shift)."""
-    from engine.generation.splice import Splice
 
     shifted, in_place = [], []
     generator = engine.generator
@@ -147,6 +156,62 @@ def _shift_and_restore(generator_model_path: Path, engine: Engine, kb: Knowledge
     return out
 
 
+def _cold(engine: Engine, kb: KnowledgeBase, k: int = 3) -> dict[str, float]:
+    """Cold spliced TTFT (states computed, kept and written, then the question prefilled) now and the way
+    before, against a full prefill of the same tokens, interleaved question by question; p50s (ms)."""
+    cache, states, generator = engine.kv_cache, engine._states, engine.generator
+    assert cache is not None and states is not None
+    rows: dict[str, list[float]] = {}
+
+    def add(**values: float) -> None:
+        for name, value in values.items():
+            rows.setdefault(name, []).append(value)
+
+    for n, question in enumerate(_questions()):
+        hits = kb.search(question, k=k).hits
+        prepared, _ = engine._prepare(question, "rag", 1, hits, "prefill")  # the spliced layout's tokens
+        tokens, prefix, blocks = list(prepared.tokens), prepared.prefix, prepared.blocks
+
+        def now() -> None:  # what Engine.ask(splice="on") does on a miss
+            cache.clear()
+            fetched = states.fetch(prefix, blocks, {})
+            timings = generator.generate(tokens, max_tokens=1, splices=fetched.splices).timings
+            add(cold_ms=prepared.prompt_build_ms + fetched.ms + timings.ttft_ms, prefix_ms=fetched.prefix_ms,
+                compute_ms=fetched.compute_ms, store_ms=fetched.store_ms, restore_ms=timings.splice_ms,
+                question_prefill_ms=timings.prefill_ms, batches=fetched.batches,
+                chunk_tokens=sum(len(b.tokens) for b in blocks))
+
+        def before() -> None:  # the prefix evaluated afresh, then each chunk alone, each kept as it came
+            cache.clear()
+            started = time.perf_counter()
+            key = states.key(prefix, {})
+            generator.reset()
+            generator.chunk_state(prefix[:1], prefix[1:])
+            prefix_done = time.perf_counter()
+            splices = []
+            for block in blocks:
+                state = generator.chunk_state(prefix, block.tokens)
+                kept = cache.put(key, block.text, block.tokens, len(prefix), state)
+                splices.append(Splice(block.start, kept.state, kept.n_tokens, kept.position))
+            fetch_ms = (time.perf_counter() - started) * 1000.0
+            timings = generator.generate(tokens, max_tokens=1, splices=splices).timings
+            add(before_ms=prepared.prompt_build_ms + fetch_ms + timings.ttft_ms,
+                before_prefix_ms=(prefix_done - started) * 1000.0)
+
+        def full() -> None:
+            timings = engine.ask(question, passages=hits, splice="prefill", max_tokens=1).timings
+            add(prefill_ms=timings.prompt_build_ms + timings.generation.ttft_ms)
+
+        ways = [now, before, full]
+        for way in ways[n % 3:] + ways[:n % 3]:  # each way first, second and third as often
+            way()
+        add(cold_over_prefill=rows["cold_ms"][-1] / rows["prefill_ms"][-1],
+            before_over_prefill=rows["before_ms"][-1] / rows["prefill_ms"][-1])
+    out = {name: statistics.median(values) for name, values in rows.items()}
+    out["prefix_evaluations"] = states.prefix_evaluations
+    return out
+
+
 @pytest.fixture(scope="module")
 def embedder(embedder_dir) -> Embedder:
     return Embedder(embedder_dir)
@@ -176,6 +241,41 @@ def test_shift_and_restore_k3(generator_model_path, embedder, tmp_path_factory, 
     (RESULTS.parent / "splice_shift.json").write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, **row},
                                                                   indent=2))
     assert row["shift"] == "rotated"
+
+
+def test_cold_k3(generator_model_path, embedder, tmp_path_factory, claims):
+    """Cold states: ``pytest bench/bench_splice.py -o python_files='bench_*.py' -s -k cold``."""
+    folder = tmp_path_factory.mktemp("kb_cold")
+    kb = KnowledgeBase.build(DOCS, folder / "kb", embedder=embedder)
+    cache = ChunkKvCache(folder / "kv")  # on disk, as Engine(kv_cache=True) keeps them: the write is timed
+    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache) as engine:
+        burn_in = _questions()[0]  # untimed: page faults, and the prefix's one evaluation per process
+        first = engine.ask(burn_in, passages=kb.search(burn_in, k=3).hits, splice="on", max_tokens=1)
+        row = _cold(engine, kb)
+    print(f"\ncold spliced answers, k = 3, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 ms, interleaved")
+    print("| way | TTFT | / full prefill (p50 of ratios) |\n|---|---|---|")
+    print(f"| full prefill of the same tokens | {row['prefill_ms']:.0f} | 1 |")
+    print(f"| cold, before: prefix afresh, chunks one by one | {row['before_ms']:.0f} "
+          f"| {row['before_over_prefill']:.3f} |")
+    print(f"| cold, now: kept prefix state, chunks in one batch | {row['cold_ms']:.0f} "
+          f"| {row['cold_over_prefill']:.3f} |")
+    print(f"\ncold path now, by stage (p50 ms): prefix {row['prefix_ms']:.1f} (evaluated "
+          f"{row['prefix_evaluations']} time(s) in the process, once before timing: {first.timings.kv_ms:.0f} ms for "
+          f"that whole first fetch), {row['chunk_tokens']:.0f} chunk tokens in {row['batches']:.0f} batch(es) "
+          f"{row['compute_ms']:.0f}, kept in RAM {row['store_ms']:.1f} (files written behind), "
+          f"restore {row['restore_ms']:.1f}, "
+          f"question prefill {row['question_prefill_ms']:.0f}; before, the prefix alone took "
+          f"{row['before_prefix_ms']:.0f}")
+    claims.add("splice", "cold spliced TTFT / full prefill of the same tokens, k=3 (p50 of ratios)",
+               row["cold_over_prefill"], "x", target="<= 1.0")
+    claims.add("splice", "cold spliced TTFT / full prefill, k=3, before (prefix afresh, chunks one by one)",
+               row["before_over_prefill"], "x")
+    claims.add("splice", "cold path: chunk states computed, k=3", row["compute_ms"], "ms")
+    claims.add("splice", "cold path: states kept (RAM; files written behind), k=3", row["store_ms"], "ms")
+    RESULTS.parent.mkdir(exist_ok=True)
+    (RESULTS.parent / "splice_cold.json").write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, **row},
+                                                                 indent=2))
+    assert row["batches"] == 1 and row["prefix_ms"] == 0.0
 
 
 def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_factory, claims):

@@ -47,7 +47,7 @@ class FetchedStates:
     computed: int  # states that were not cached (computed during this call)
     prefix_ms: float = 0.0  # evaluating the prefix (0 when its kept state was used)
     compute_ms: float = 0.0  # evaluating the missing chunks and reading their states
-    store_ms: float = 0.0  # keeping the computed states in the cache (RAM, and the disk write)
+    store_ms: float = 0.0  # keeping the computed states in the cache's RAM (their files are written behind)
     batches: int = 0  # llama_decode calls that evaluated the missing chunks
 
 
@@ -113,7 +113,8 @@ class ChunkStates:
                     t2 = time.perf_counter()
                     for i, state in zip(missing, made.states):
                         block = blocks[i]
-                        states[i] = self.cache.put(key, block.text, block.tokens, position, state)
+                        # The file is written off the answer's critical path (the state is in RAM now).
+                        states[i] = self.cache.put(key, block.text, block.tokens, position, state, wait=False)
                     compute_ms, store_ms = (t2 - t1) * 1000.0, (time.perf_counter() - t2) * 1000.0
                     computed, batches = len(missing), made.batches
             finally:

@@ -25,7 +25,12 @@ can therefore make states refused, never used. A file forged by the cache's own 
 in a folder that user controls could tell them apart.
 
 Each write goes through a temporary file of its own, so writers of the same state do
-not collide. A write that fails (a full disk, a folder in the file's place) costs that
+not collide. ``put(..., wait=False)`` (what an answer computing its states uses) keeps
+the state in RAM at once and leaves the file to a writer thread, off the answer's
+critical path; :meth:`ChunkKvCache.flush` waits for those writes, and ``clear``,
+``discard`` and ``prune`` flush first (so a cleared cache stays empty), as does the
+interpreter's exit (the writer is not a daemon).
+A write that fails (a full disk, a folder in the file's place) costs that
 state its file only: it stays in RAM, the failure is counted in
 ``stats().failed_writes`` and said once. A folder that cannot be written at all is
 used as RAM only, with one warning.
@@ -42,7 +47,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +137,9 @@ class ChunkKvCache:
         self._disk: OrderedDict[Path, int] = OrderedDict()  # file -> bytes, least recently used first
         self._disk_size = 0
         self._counts = dict(ram_hits=0, disk_hits=0, misses=0, rejected=0, evictions=0, stored=0, failed_writes=0)
+        self._pending: deque[tuple[StateKey, tuple[str, str], tuple[int, ...], CachedState]] = deque()
+        self._writer: threading.Thread | None = None  # runs while writes are pending, then ends
+        self._idle = threading.Condition(self._lock)
         self.directory = Path(directory) if directory is not None else None
         if self.directory is not None and not self._writable(self.directory):
             warnings.warn(f"the chunk-KV cache folder '{self.directory}' is not writable: chunk states are kept in "
@@ -163,16 +171,32 @@ class ChunkKvCache:
             self._keep_in_ram(name, found)
         return found
 
-    def put(self, key: StateKey, text: str, tokens: Sequence[int], position: int, state: bytes) -> CachedState:
-        """Keep a freshly computed state (in RAM, and on disk when there is a folder)."""
+    def put(self, key: StateKey, text: str, tokens: Sequence[int], position: int, state: bytes, *,
+            wait: bool = True) -> CachedState:
+        """Keep a freshly computed state (in RAM, and on disk when there is a folder).
+
+        ``wait=False`` returns once the state is in RAM and writes its file on the cache's
+        writer thread (see :meth:`flush`); a failed write is counted and said the same way.
+        """
         name = (key.digest, text_sha256(text))
         found = CachedState(bytes(state), len(tokens), int(position))
         self._keep_in_ram(name, found)
         with self._lock:
             self._counts["stored"] += 1
+            if self.directory is not None and not wait:
+                self._pending.append((key, name, tuple(tokens), found))
+                if self._writer is None:
+                    self._writer = threading.Thread(target=self._write_pending, name="chunk-kv-writer")
+                    self._writer.start()
+                return found
         if self.directory is not None:
             self._write(key, name, tokens, found)
         return found
+
+    def flush(self) -> None:
+        """Wait until every state handed over with ``put(..., wait=False)`` so far has its file (or failed)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._writer is None)
 
     def stats(self) -> KvCacheStats:
         """Counts since the cache was made, and what it holds now."""
@@ -183,6 +207,7 @@ class ChunkKvCache:
 
     def clear(self) -> None:
         """Forget every state in RAM and delete every state file (e.g. to measure a cold cache)."""
+        self.flush()
         with self._lock:
             self._ram.clear()
             self._ram_size = 0
@@ -194,6 +219,7 @@ class ChunkKvCache:
         for states the native core refused although their file passed every check here (a file
         forged with a valid header and checksum), so the next ask recomputes them instead of failing."""
         names = {(key.digest, text_sha256(t)) for t in texts}
+        self.flush()
         with self._lock:
             for name in names:
                 if name in self._ram:
@@ -209,6 +235,7 @@ class ChunkKvCache:
         """Delete ``key``'s states whose text is not in ``keep_texts`` (chunks no longer indexed); returns how many."""
         keep = {text_sha256(t) for t in keep_texts}
         removed = 0
+        self.flush()
         with self._lock:
             for name in [n for n in self._ram if n[0] == key.digest and n[1] not in keep]:
                 self._ram_size -= len(self._ram.pop(name).state)
@@ -291,6 +318,20 @@ class ChunkKvCache:
             with contextlib.suppress(OSError):
                 os.utime(file, follow_symlinks=False)  # least recently used survives a restart
         return found
+
+    def _write_pending(self) -> None:
+        """The writer thread: writes the pending states in order, and ends when there are none."""
+        try:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    key, name, tokens, found = self._pending.popleft()
+                self._write(key, name, tokens, found)
+        finally:  # also if a write raised something unforeseen: flush() must not wait forever
+            with self._lock:
+                self._writer = None
+                self._idle.notify_all()
 
     def _write(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], found: CachedState) -> None:
         data = encode(key, tokens, found)

@@ -251,7 +251,8 @@ def test_four_threads_asking_for_the_same_states_on_an_empty_folder_write_every_
         assert fresh.stats().disk_hits == 6
 
 
-def test_a_failed_write_costs_that_state_only(tmp_path):
+@pytest.mark.parametrize("wait", [True, False], ids=["written-at-once", "written-behind"])
+def test_a_failed_write_costs_that_state_only(tmp_path, wait):
     blocked = _state_file(tmp_path, "b")
     blocked.mkdir()
     (blocked / "inside").write_text("a directory that cannot be replaced by a file")
@@ -259,7 +260,8 @@ def test_a_failed_write_costs_that_state_only(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for text in ("a", "b", "c", "b", "d"):
-            cache.put(KEY, text, TOKENS, 0, STATE)
+            cache.put(KEY, text, TOKENS, 0, STATE, wait=wait)
+        cache.flush()
     assert len(caught) <= 1  # said once, not per state
     stats = cache.stats()
     assert stats.disk_enabled and stats.failed_writes == 2
@@ -420,3 +422,18 @@ def test_a_fetch_computing_three_states_evaluates_the_prefix_once_and_the_chunks
     assert states.fetch(prefix, blocks, {}).computed == 1 and states.prefix_evaluations == 1
     other = ChunkStates(gen, ChunkKvCache(tmp_path / "fresh")).fetch(prefix, blocks[::-1], {})
     assert [s.state for s in other.splices[::-1]] == [s.state for s in states.fetch(prefix, blocks, {}).splices]
+
+
+def test_states_written_behind_are_in_ram_at_once_and_a_cleared_cache_stays_empty(tmp_path):
+    """put(wait=False) (an answer's states) must not let a write land after clear(): a cold measurement
+    would otherwise find the state it just cleared."""
+    cache = ChunkKvCache(tmp_path)
+    for i in range(20):
+        assert cache.put(KEY, f"block {i}", TOKENS, 0, STATE, wait=False).state == STATE
+    assert cache.get(KEY, "block 19", TOKENS, 0) is not None
+    cache.clear()
+    cache.flush()
+    assert _files(cache) == [] and cache.stats().disk_bytes == 0
+    cache.put(KEY, "again", TOKENS, 0, STATE, wait=False)
+    cache.flush()
+    assert ChunkKvCache(tmp_path).get(KEY, "again", TOKENS, 0) is not None  # the file is complete

@@ -232,7 +232,8 @@ def test_chunk_states_leave_the_prefix_cached_and_check_their_prefix_state(gen):
     prefix, chunk, tail = _parts(gen)
     prefix_state = gen.prefix_state(prefix)
     state = gen.chunk_states(prefix, prefix_state, [chunk]).states[0]
-    out = gen.generate(prefix + chunk + tail, max_tokens=2, splices=[Splice(len(prefix), state, len(chunk), len(prefix))])
+    splices = [Splice(len(prefix), state, len(chunk), len(prefix))]
+    out = gen.generate(prefix + chunk + tail, max_tokens=2, splices=splices)
     assert out.timings.reused_tokens == len(prefix)  # the prefix left cached is what the answer reuses
     with pytest.raises(InputError, match="prefix state holds positions 0\\.\\."):
         gen.chunk_states(prefix + chunk, prefix_state, [tail])  # a state of a shorter prefix
@@ -293,6 +294,7 @@ def test_a_damaged_state_file_is_recomputed_and_counted(engine, generator_model_
     question = "Who founded Fenwhistle Aquatronics?"
     engine.ask(question, splice="on")
     assert engine.kv_cache is not None and engine.kv_cache.directory is not None
+    engine.kv_cache.flush()  # an answer's state files are written behind it
     for file in engine.kv_cache.directory.glob("*/*.kv"):
         data = bytearray(file.read_bytes())
         data[-7] ^= 0xFF
@@ -303,6 +305,7 @@ def test_a_damaged_state_file_is_recomputed_and_counted(engine, generator_model_
         assert answer.timings.kv_computed == len(answer.citations)
         assert fresh.stats().rejected >= len(answer.citations)
         assert again.ask(question, splice="on").timings.kv_computed == 0
+    fresh.flush()  # its rewritten files land now, not in the middle of the next test on this folder
 
 
 def test_a_forged_state_the_core_refuses_is_discarded_and_recomputed_not_raised_on_every_ask(
@@ -310,8 +313,10 @@ def test_a_forged_state_the_core_refuses_is_discarded_and_recomputed_not_raised_
     # A file forged by the cache's own user passes the cache's checks (a valid header, the checksum of
     # the state it holds) but holds another chunk's state: the core refuses it, the ask recomputes.
     question = "Who founded Fenwhistle Aquatronics?"
-    engine.ask(question, splice="on")
     assert engine.kv_cache is not None and engine.kv_cache.directory is not None
+    engine.kv_cache.clear()  # the folder then holds this question's states only: files[0] is one it splices
+    engine.ask(question, splice="on")
+    engine.kv_cache.flush()
     files = sorted(engine.kv_cache.directory.glob("*/*.kv"))
     parts = []
     for file in files[:2]:
@@ -329,6 +334,7 @@ def test_a_forged_state_the_core_refuses_is_discarded_and_recomputed_not_raised_
     with Engine(generator_model_path, kb=kb.path, n_ctx=1024, n_threads=1, k=2, kv_cache=fresh) as again:
         answer = again.ask(question, splice="on")  # refused by the core, discarded, recomputed: no error
         assert answer.timings.kv_computed >= 1 and fresh.stats().rejected >= 1
+        fresh.flush()  # the recomputed state's file is written behind the answer
         assert files[0].read_bytes() != forged
         assert again.ask(question, splice="on").timings.kv_computed == 0
 
@@ -366,4 +372,5 @@ def test_hybrid_states_are_kept_apart_from_the_base_models(generator_model_path,
         hybrid = engine.ask(question, "hybrid", splice="on")
         assert rag.timings.kv_computed == len(rag.citations) and hybrid.timings.kv_computed == len(hybrid.citations)
         assert engine.ask(question, "hybrid", splice="on").timings.kv_computed == 0
+    cache.flush()
     assert len({f.parent.name for f in (tmp_path / "kv").glob("*/*.kv")}) == 2
