@@ -103,6 +103,12 @@ class GeneratorConfig:
             raise InputError(f"splice_slots must be an integer in [0, {MAX_SPLICE_SLOTS}], got {self.splice_slots!r}")
         if self.extra_buffers not in EXTRA_BUFFERS:
             raise InputError(f"extra_buffers must be one of {', '.join(EXTRA_BUFFERS)}, got {self.extra_buffers!r}")
+        if self.kv_type == "bf16" and self.splice_slots:
+            # A moved bf16 state falls back to llama.cpp's K-shift (our rotation is f16 only), whose
+            # CPU RoPE takes f16 and f32 (quantized types are cast to f32 first) and aborts the
+            # process on bf16 (ggml ops.cpp); refusing here is the only way to lose nothing.
+            raise InputError('kv_type="bf16" cannot be used with splice_slots: this llama.cpp cannot move a bf16 '
+                             'chunk state to another position; use kv_type="f16" (or f32, or a quantized type)')
 
 
 @dataclass(frozen=True)

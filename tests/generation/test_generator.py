@@ -297,6 +297,14 @@ def test_invalid_settings(generator_model_path):
         Generator(generator_model_path, n_ctx=0)
 
 
+def test_bf16_kv_with_splice_slots_is_refused_before_llama_cpp_can_abort(generator_model_path):
+    """A bf16 chunk state moved to another position went to llama.cpp's K-shift, whose CPU RoPE
+    aborts the process on bf16 (exit 134): the combination is refused when the generator is made."""
+    with pytest.raises(InputError, match='kv_type="bf16" cannot be used with splice_slots'):
+        Generator(generator_model_path, n_ctx=256, kv_type="bf16", splice_slots=1)
+    Generator(generator_model_path, n_ctx=256, n_threads=1, kv_type="bf16").generate("Hi", max_tokens=1)
+
+
 def test_errors_are_one_hierarchy():
     assert issubclass(ContextOverflowError, GenerationError) and issubclass(ContextOverflowError, InputError)
     assert issubclass(CancelledError, GenerationError)
