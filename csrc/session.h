@@ -1,7 +1,7 @@
 #pragma once
 // A llama_context on a shared Model: the KV cache with prefix reuse, the decode
 // loop, sampling, LoRA attachment per request, cancellation and timings, and the
-// splicing of chunk states (splice.h; those members are defined in splice.cpp).
+// splicing of chunk states (splice.h; those members are defined in chunk_states.cpp and splice.cpp).
 // One generation at a time per Session (a second concurrent call raises Busy).
 #include <atomic>
 #include <cstdint>
@@ -182,7 +182,7 @@ class Session {
                            const StepCheck& between_steps = {});
   // The states of `chunks`, each as if evaluated after `prefix`, whose K/V
   // `prefix_state` holds (restored, not evaluated again): up to splice_slots chunks per
-  // llama_decode, one sequence each (splice.cpp says how each chunk's cells are placed so
+  // llama_decode, one sequence each (chunk_states.cpp says how each chunk's cells are placed so
   // that its bytes do not depend on the chunks beside it). Each state is read like
   // chunk_state's: cells at positions [prefix.size(), prefix.size() + chunk.size()) of
   // sequence 1. The cache keeps the prefix, exact. Call with the GIL released. Throws
@@ -252,7 +252,7 @@ class Session {
   void decode(const llama_token* tokens, size_t n, size_t logits_from, const LogitsSink& on_logits,
               const StepCheck& between_steps);
   void rollback();
-  // Splicing: chunk_state above and these two are defined in splice.cpp.
+  // Splicing: the state computations above are defined in chunk_states.cpp, these two in splice.cpp.
   // Evaluates prompt[from, end) with the splices' K/V placed where they land; the
   // last prompt token gets logits. Leaves no scratch sequence behind, also on throw.
   void prefill_spliced(const std::vector<llama_token>& prompt, size_t from, const std::vector<Splice>& splices,

@@ -1,8 +1,9 @@
 #pragma once
 // Splicing: a chunk's K/V, computed once after a shared prefix, stands in for the
 // chunk's tokens in later prompts instead of being evaluated again. The Session
-// members that do it (chunk_state, check_splices, prefill_spliced) are declared with
-// the Session (session.h) and defined in splice.cpp.
+// members that do it are declared with the Session (session.h): those that compute
+// states (prefix_state, chunk_state, chunk_states) are defined in chunk_states.cpp,
+// those that splice them (check_splices, prefill_spliced) in splice.cpp.
 #include <cstddef>
 #include <cstdint>
 #include <string_view>

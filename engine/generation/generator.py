@@ -339,7 +339,7 @@ class Generator:
         ``prefix_state`` is :meth:`prefix_state`'s of the same ``prefix`` and ``adapters``: it is
         restored, not evaluated again. Up to ``splice_slots`` chunks are evaluated in one
         llama_decode, one sequence each, every chunk's cells placed so that its state is the
-        same bytes whichever chunks it is computed with (csrc/splice.cpp says how); more
+        same bytes whichever chunks it is computed with (csrc/chunk_states.cpp says how); more
         chunks go in further groups. Each state splices like :meth:`chunk_state`'s
         (``Splice(start, state, len(chunk), len(prefix))``), from which it differs only
         within f16 rounding. The cache keeps the prefix.
