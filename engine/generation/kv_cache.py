@@ -320,18 +320,25 @@ class ChunkKvCache:
         return found
 
     def _write_pending(self) -> None:
-        """The writer thread: writes the pending states in order, and ends when there are none."""
-        try:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    key, name, tokens, found = self._pending.popleft()
-                self._write(key, name, tokens, found)
-        finally:  # also if a write raised something unforeseen: flush() must not wait forever
+        """The writer thread: writes the pending states in order, and ends when there are none.
+
+        It says it has ended under the same hold of the lock in which it found nothing pending:
+        otherwise a ``put`` in between would queue a state, see a writer still running and start
+        none, and that state's file would never be written."""
+        while True:
             with self._lock:
-                self._writer = None
-                self._idle.notify_all()
+                if not self._pending:
+                    self._writer = None
+                    self._idle.notify_all()
+                    return
+                key, name, tokens, found = self._pending.popleft()
+            try:
+                self._write(key, name, tokens, found)
+            except BaseException:  # something unforeseen: the next put starts a writer; flush() must not hang
+                with self._lock:
+                    self._writer = None
+                    self._idle.notify_all()
+                raise
 
     def _write(self, key: StateKey, name: tuple[str, str], tokens: Sequence[int], found: CachedState) -> None:
         data = encode(key, tokens, found)
