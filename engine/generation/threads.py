@@ -111,22 +111,27 @@ def fastest_attention(model_path: str | os.PathLike[str], *, n_threads: int | No
     prompt = [*prefix, *(t for block in blocks for t in block), *range(9000, 9000 + question_tokens)]
     if len(prompt) + 1 > 2048:
         raise InputError(f"the probe's prompt is {len(prompt)} tokens: it must fit a 2048-token context")
-    generators = {name: Generator(model_path, n_threads=n_threads, n_ctx=2048, flash_attn=flash, splice_slots=chunks,
-                                  **config) for name, flash in FLASH_SETTINGS.items()}
-    splices = {}
-    for name, generator in generators.items():
-        # every state computed at its own place: the probe times the attention, not a shift
-        splices[name] = [Splice(len(prefix) + i * chunk_tokens,
-                                generator.chunk_state([*prefix, *(t for b in blocks[:i] for t in b)], block),
-                                chunk_tokens, len(prefix) + i * chunk_tokens) for i, block in enumerate(blocks)]
-        generator.generate(prompt, max_tokens=1, splices=splices[name])  # leaves the prefix cached, warm
-    best = dict.fromkeys(generators, math.inf)
-    for _ in range(rounds):
+    generators: dict[str, Generator] = {}
+    try:
+        for name, flash in FLASH_SETTINGS.items():
+            generators[name] = Generator(model_path, n_threads=n_threads, n_ctx=2048, flash_attn=flash,
+                                         splice_slots=chunks, **config)
+        splices = {}
         for name, generator in generators.items():
-            timings = generator.generate(prompt, max_tokens=1, splices=splices[name]).timings
-            best[name] = min(best[name], timings.prefill_ms)
-    for generator in generators.values():
-        generator.close()
+            # every state computed at its own place: the probe times the attention, not a shift
+            splices[name] = [Splice(len(prefix) + i * chunk_tokens,
+                                    generator.chunk_state([*prefix, *(t for b in blocks[:i] for t in b)], block),
+                                    chunk_tokens, len(prefix) + i * chunk_tokens) for i, block in enumerate(blocks)]
+            generator.generate(prompt, max_tokens=1, splices=splices[name])  # leaves the prefix cached, warm
+        best = dict.fromkeys(generators, math.inf)
+        for _ in range(rounds):
+            for name, generator in generators.items():
+                timings = generator.generate(prompt, max_tokens=1, splices=splices[name]).timings
+                best[name] = min(best[name], timings.prefill_ms)
+    finally:  # each holds a model and a 2048-token context: freed also when one is refused (a quantized
+        # kv_type refuses flash off after auto and on were made)
+        for generator in generators.values():
+            generator.close()
     fastest = min(best, key=lambda name: best[name])
     return (fastest if best[fastest] < best["auto"] * (1 - FLASH_MARGIN) else "auto"), best
 
