@@ -232,8 +232,8 @@ class KnowledgeBase:
             verify: ``"auto"``, ``"size"`` or ``"full"`` (see the module docstring).
             lock_timeout_s: default wait for the writer lock in ``add``/``remove``.
             query_variant: ``"auto"`` (queries of an fp32-built knowledge base opened with an fp32
-                embedder use the same model's int8-full graph: 0.44-0.46x its time, no bundled
-                question of 878 lost), ``"fp32"``, ``"int8"`` or ``"int8-full"``; see
+                embedder use the same model's int8-full graph: 0.44x its time on a loaded machine,
+                no bundled question of 878 lost), ``"fp32"``, ``"int8"`` or ``"int8-full"``; see
                 ``engine/kb/query_cache.py``.
             query_cache_size: query vectors kept for exact repeats of a query (0: none).
 

@@ -8,8 +8,8 @@ Two decisions a user can notice:
   embedding is most of a search's time (the hybrid search after it is 1-2 ms at 10k chunks).
   ``bench/bench_embed.py`` ``test_query_latency_interleaved`` (300 distinct query-sized sentences,
   the graphs interleaved, 2 cores kept busy by other jobs, load 11): int8-full 0.44x fp32's time,
-  int8 0.54x (int8-full/int8 0.82x); on the quiet machine int8 was 0.69x fp32 and int8-full
-  measured 0.46x in a scratch run. int8-full query vectors searched against the fp32 chunk
+  int8 0.54x (int8-full/int8 0.82x); on the quiet machine int8 was 0.69x fp32 (int8-full not
+  measured quiet). int8-full query vectors searched against the fp32 chunk
   vectors lose nothing on the bundled set: recall@4 96.0 % on 878 questions, as with fp32
   queries (95.9 % with the int8 graph's; ``bench/bench_retrieval.py``
   ``test_bundled_qa_int8_queries``). Documents are still embedded with the embedder the
