@@ -203,7 +203,13 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
     from engine.bakeoff.report import write_report
     from engine.facade import Engine
     from engine.generation.kv_cache import ChunkKvCache
-    from engine.generation.threads import FLASH_MARGIN, FLASH_SETTINGS, fastest_attention, fastest_thread_count
+    from engine.generation.threads import (
+        ATTENTION_PROBE,
+        FLASH_MARGIN,
+        FLASH_SETTINGS,
+        fastest_attention,
+        fastest_thread_count,
+    )
     from engine.questions.qa import load_questions
 
     config.validate()  # before minutes of measuring
@@ -218,7 +224,7 @@ def compare_and_report(kb: Path, adapter: Path, qa: Path, docs: Path, model: Pat
         chosen, flash_ms = fastest_attention(model, n_threads=threads)
         flash_attn = FLASH_SETTINGS[chosen]
         said = "measured fastest" if chosen != "auto" else f"kept: nothing measured more than {FLASH_MARGIN:.0%} faster"
-        attention = (f"{chosen}, {said} for a 32-token question over 384 spliced positions ("
+        attention = (f"{chosen}, {said} for {ATTENTION_PROBE} ("
                      + ", ".join(f"{name}: {ms:.1f} ms" for name, ms in flash_ms.items()) + ")")
     else:
         attention = f"flash {'on' if flash_attn else 'off'}, as given"
@@ -272,7 +278,8 @@ def _index(docs: Path, kb_dir: Path, progress: RunProgress) -> None:
 
 
 def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None = None,
-                knowledge_set: Path = BUNDLED_SET, progress: RunProgress | None = None) -> RunResult:
+                flash_attn: bool | None = None, knowledge_set: Path = BUNDLED_SET,
+                progress: RunProgress | None = None) -> RunResult:
     """The whole bake-off on a knowledge set (``docs/``, ``updates/``, ``qa.jsonl``).
 
     Writes ``work/kb`` (shared by the profiles), ``work/<profile>/adapter.gguf`` with
@@ -282,6 +289,8 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
         work: the working folder (created).
         profile: ``QUICK`` or ``FULL`` (or your own ``RunProfile``).
         threads: generation threads (None: the count measured fastest at the start of the comparison).
+        flash_attn: flash attention on or off for every answer (None: the setting measured fastest
+            at the start of the comparison, see ``compare_and_report``).
         knowledge_set: a folder laid out like the bundled set.
         progress: callbacks for phases, bars and messages.
 
@@ -333,7 +342,7 @@ def run_bakeoff(work: Path, profile: RunProfile = QUICK, *, threads: int | None 
 
     clock.start(3)
     result, files = compare_and_report(kb_dir, adapter, qa, docs, model, folder / "report", profile.compare,
-                                       threads, progress.compare, progress.message)
+                                       threads, progress.compare, progress.message, flash_attn)
     clock.finish()
     return RunResult(profile.name, result, files, adapter, reused, clock.seconds)
 

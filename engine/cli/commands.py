@@ -251,11 +251,17 @@ def compare(args: argparse.Namespace) -> int:
     bar = out.PhaseBar()
     try:
         result, files = compare_and_report(args.kb, args.adapter, args.qa, args.docs, _model_path(args.model),
-                                           args.out, compare_config(args), args.threads, bar, out.say)
+                                           args.out, compare_config(args), args.threads, bar, out.say,
+                                           flash_attn=_flash_attn(args))
     finally:
         bar.close()
     out.emit(args.json, out.comparison_payload(result, files), lambda: out.print_comparison(result, files))
     return 0
+
+
+def _flash_attn(args: argparse.Namespace) -> bool | None:
+    """``--flash-attn on|off`` as the pipeline takes it; None (not given) measures it."""
+    return None if args.flash_attn is None else args.flash_attn == "on"
 
 
 def run_profile(args: argparse.Namespace):
@@ -277,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
 
     bars = out.RunBars(PHASES)
     try:
-        done = run_bakeoff(args.work, run_profile(args), threads=args.threads, progress=bars)
+        done = run_bakeoff(args.work, run_profile(args), threads=args.threads, flash_attn=_flash_attn(args),
+                           progress=bars)
     finally:
         bars.close()
     out.print_run_phases(done)

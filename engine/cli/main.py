@@ -241,6 +241,9 @@ def _add_compare_args(parser: argparse.ArgumentParser, defaults_from: str | None
                         help=f"questions about the unseen documents graded, 0 for none{where or ' (default: all)'}")
     parser.add_argument("--threads", type=int, default=None,
                         help="generation threads (default: the count measured fastest on this machine at the start)")
+    parser.add_argument("--flash-attn", choices=["on", "off"], default=None,
+                        help="flash attention for every answer (default: the setting measured fastest on this "
+                             "machine at the start, for a question over spliced chunk states)")
 
 
 def _add_embedder_args(parser: argparse.ArgumentParser) -> None:

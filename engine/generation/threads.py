@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from engine.errors import InputError
@@ -72,9 +73,28 @@ FLASH_SETTINGS: dict[str, bool | None] = {"auto": None, "flash on": True, "flash
 FLASH_MARGIN = 0.05
 
 
+@dataclass(frozen=True)
+class AttentionProbe:
+    """The prompt :func:`fastest_attention` times by default: a spliced RAG prompt of three 128-token
+    passages after a 64-token prefix (real ones are ~390 spliced tokens), and a 32-token question."""
+
+    prefix_tokens: int = 64
+    chunks: int = 3
+    chunk_tokens: int = 128
+    question_tokens: int = 32
+
+    def __str__(self) -> str:
+        return f"a {self.question_tokens}-token question over {self.chunks * self.chunk_tokens} spliced positions"
+
+
+ATTENTION_PROBE = AttentionProbe()
+
+
 def fastest_attention(model_path: str | os.PathLike[str], *, n_threads: int | None = None,
-                      prefix_tokens: int = 64, chunks: int = 3, chunk_tokens: int = 128, question_tokens: int = 32,
-                      rounds: int = 3, **config: Any) -> tuple[str, dict[str, float]]:
+                      prefix_tokens: int = ATTENTION_PROBE.prefix_tokens, chunks: int = ATTENTION_PROBE.chunks,
+                      chunk_tokens: int = ATTENTION_PROBE.chunk_tokens,
+                      question_tokens: int = ATTENTION_PROBE.question_tokens, rounds: int = 3,
+                      **config: Any) -> tuple[str, dict[str, float]]:
     """Measure which flash-attention setting prefills a short question over a long spliced cache fastest, now.
 
     Each setting (``FLASH_SETTINGS``) gets a generator with ``chunks`` splice slots; ``chunks``
@@ -86,8 +106,7 @@ def fastest_attention(model_path: str | os.PathLike[str], *, n_threads: int | No
     Args:
         model_path: the GGUF to measure with.
         n_threads: generation threads (None: the Generator's default), as the engine will use.
-        prefix_tokens, chunks, chunk_tokens, question_tokens: the probe's shape (the default is a
-            spliced RAG prompt of three 128-token passages; real ones are ~390 spliced tokens).
+        prefix_tokens, chunks, chunk_tokens, question_tokens: the probe's shape (default: ``ATTENTION_PROBE``).
         rounds: interleaved repetitions per setting.
         **config: other ``Generator`` settings (e.g. ``kv_type``).
 

@@ -180,6 +180,11 @@ class _Recorder(RunProgress):
         self.train_steps += 1
 
 
+_BRIEF_COMPARE = CompareConfig(limit_facts=1, spread_facts=True, timing_questions=1, repetitions=1, warmup=0,
+                               max_tokens=8, freshness=False, answer_passage=False, splice=False, splice_cold=False,
+                               probe=False)
+
+
 @pytest.fixture(scope="module")
 def tiny_profile() -> RunProfile:
     return RunProfile(
@@ -212,13 +217,17 @@ def test_a_run_trains_then_reuses_the_adapter_until_a_document_changes(tmp_path,
     setup = first.result.setup_seconds
     assert setup["reindex"] > 0 and setup["retrain"] > setup["reindex"], "both ways of absorbing a change are timed"
 
+    # The runs after the first show reuse and retraining: the same profile (its fine-tune settings are in the
+    # fingerprint), with the comparison cut to one fact answered plainly and flash attention as given.
+    brief = dataclasses.replace(tiny_profile, compare=_BRIEF_COMPARE)
     again = _Recorder()
-    second = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=again)
+    second = run_bakeoff(work, brief, threads=1, flash_attn=False, knowledge_set=kset, progress=again)
     assert second.adapter_reused and again.train_steps == 0
     assert any("reusing the adapter" in m for m in again.messages)
+    assert "attention: flash off, as given" in again.messages
     assert again.phases[2][2] == again.phases[3][2], "a reused adapter takes no time in the ETA"
 
     with open(kset / "docs" / "price-list-2025.md", "a", encoding="utf-8") as handle:
         handle.write("\nGift cards are sold in every shop.\n")
-    third = run_bakeoff(work, tiny_profile, threads=1, knowledge_set=kset, progress=_Recorder())
+    third = run_bakeoff(work, brief, threads=1, flash_attn=False, knowledge_set=kset, progress=_Recorder())
     assert not third.adapter_reused, "the adapter was trained on the documents: a changed one retrains it"

@@ -111,6 +111,10 @@ def test_run_follows_the_quick_profile_unless_told_otherwise():
     assert cli_commands.run_profile(parser.parse_args(["run", "--profile", "full"])) == FULL
     compare = cli_commands.compare_config(parser.parse_args(["compare", "--kb", "k", "--adapter", "a", "--out", "o"]))
     assert compare.unseen_facts is None and compare.splice_questions is None, "compare grades everything by default"
+    flash = [cli_commands._flash_attn(parser.parse_args([command, *given, "--kb", "k", "--adapter", "a", "--out", "o"]
+                                                        if command == "compare" else [command, *given]))
+             for command in ("run", "compare") for given in ([], ["--flash-attn", "on"], ["--flash-attn", "off"])]
+    assert flash == [None, True, False] * 2, "measured unless given"
 
 
 def test_a_profile_that_does_not_exist_is_refused_naming_those_that_do(capsys, tmp_path):
