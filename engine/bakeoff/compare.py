@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from engine.answer.types import SpliceMode
 from engine.bakeoff.grading import GradedAnswer, grade
-from engine.bakeoff.latency import LatencySummary, Progress, time_mode
+from engine.bakeoff.latency import LatencySummary, Progress, TimedWay, time_modes
 from engine.bakeoff.memory import MemoryFootprint
 from engine.errors import InputError
 from engine.questions.qa import Question, answer_passage, round_robin, select_facts, unseen_questions
@@ -219,18 +219,13 @@ def run_comparison(
     if splicing:
         result.answers += _grade_spliced(engine, graded[: config.splice_questions], modes, config, say,
                                          result.kv_cache)
-    timing = graded[: config.timing_questions]
-    timed = functools.partial(time_mode, engine, timing, warmup=config.warmup, repetitions=config.repetitions,
-                              max_tokens=config.max_tokens, say=say)
-    for mode in modes:
-        result.latency[mode] = timed(mode)
+    ways = [TimedWay(mode, mode) for mode in modes]
     if splicing:
-        for mode in (m for m in modes if m != "baked"):
-            result.latency[f"{mode}-spliced"] = timed(mode, splice="on",
-                                                           label=f"{mode}-spliced")
+        ways += [TimedWay(f"{mode}-spliced", mode, "on") for mode in modes if mode != "baked"]
         if config.splice_cold:
-            result.latency[SPLICED_COLD] = timed("rag", splice="on",
-                                                      label=SPLICED_COLD, cold=True)
+            ways.append(TimedWay(SPLICED_COLD, "rag", "on", cold=True))
+    result.latency.update(time_modes(engine, graded[: config.timing_questions], ways, warmup=config.warmup,
+                                     repetitions=config.repetitions, max_tokens=config.max_tokens, say=say))
     if config.freshness and docs_dir is not None:
         # every wording of each selected fact that an update changes: the split is then big enough to tell
         selected = {q.fact_id for q in graded}

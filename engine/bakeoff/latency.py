@@ -1,9 +1,13 @@
 """How fast each mode answers: every stage of an answer timed, summarised per mode (p50/p95).
 
-Latency is measured after a warm-up, over several repetitions of a timing subset, one
-mode at a time (switching adapters drops the KV cache, so interleaving would charge
-both modes for it). ``cold`` empties the chunk-KV cache before each answer, so the
-spliced path's states are computed on the fly.
+Latency is measured after a warm-up, over several repetitions of a timing subset, in
+rounds (:func:`time_modes`): each round times every way once, one way at a time over all
+the questions (switching adapters drops the KV cache, so interleaving answer by answer
+would charge every way for it; one untimed answer starts each way's turn), in forward
+order in even rounds and backward in odd ones. A way's samples then come from the same
+stretches of the run as the others', so a machine that warms up or gets busy mid-run
+moves every way's p50 alike, and the ratios between ways hold. ``cold`` empties the
+chunk-KV cache before each answer, so the spliced path's states are computed on the fly.
 
 A spliced answer's prefill is split in two (``PREFILL_SPLIT``): right after each timed
 spliced answer the same question is prefilled after the same cached prefix with no passage
@@ -59,32 +63,67 @@ class LatencySummary:
     prefill_split_p50_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TimedWay:
+    """One way of answering to time: ``mode`` with ``splice`` (None: full prefill for rag and hybrid),
+    reported under ``label``; ``cold`` empties the chunk-KV cache before each answer."""
+
+    label: str
+    mode: Mode
+    splice: SpliceMode | None = None
+    cold: bool = False
+
+
+def time_modes(engine: Engine, questions: Sequence[Question], ways: Sequence[TimedWay], *, warmup: int,
+               repetitions: int, max_tokens: int, say: Progress) -> dict[str, LatencySummary]:
+    """Latency of every way in ``ways``, timed in ``repetitions`` rounds (see the module's docstring).
+
+    ``warmup`` untimed answers per way precede the first round (the model's and the adapters' pages,
+    the query cache, the thread pool); after that each way's turn starts with one untimed answer
+    (max 1 token) that puts its adapter and prefix in place, as a run of that way's questions would.
+    """
+    for way in ways:
+        for q in questions[: warmup]:
+            engine.ask(q.question, way.mode, max_tokens=max_tokens, splice=_splice(way))
+    samples: dict[str, list[Answer]] = {way.label: [] for way in ways}
+    alone_ms: dict[str, list[float]] = {way.label: [] for way in ways}
+    total = len(questions) * repetitions
+    for round_ in range(repetitions):
+        for way in (ways if round_ % 2 == 0 else list(reversed(ways))):
+            splice = _splice(way)
+            engine.ask(questions[-1].question, way.mode, max_tokens=1, splice=splice)
+            for q in questions:
+                if way.cold and engine.kv_cache is not None:
+                    engine.kv_cache.clear()
+                samples[way.label].append(engine.ask(q.question, way.mode, max_tokens=max_tokens, splice=splice))
+                if splice == "on":  # the counterfactual, while the answer's prefix is cached: see the docstring
+                    alone_ms[way.label].append(engine.prefill_without_passages(q.question, way.mode).prefill_ms)
+                say(f"latency/{way.label}", len(samples[way.label]), total)
+    summaries = {}
+    for way in ways:
+        summary = _latency(way.label, samples[way.label])
+        if way.mode == "baked":
+            summary = dataclasses.replace(summary, prefill_split_p50_ms=_split(summary, None))
+        elif alone_ms[way.label]:
+            summary = dataclasses.replace(summary,
+                                          prefill_split_p50_ms=_split(summary, statistics.median(alone_ms[way.label])))
+        summaries[way.label] = summary
+    return summaries
+
+
 def time_mode(engine: Engine, questions: Sequence[Question], mode: Mode, *, warmup: int, repetitions: int,
               max_tokens: int, say: Progress, splice: SpliceMode | None = None, label: str | None = None,
               cold: bool = False) -> LatencySummary:
-    """Latency of ``mode`` (``splice`` for rag) after a warm-up; ``cold`` empties the chunk-KV cache before each."""
-    label = label or mode
-    if mode != "baked" and splice is None:
-        splice = "off"  # the engine's default may be "on" (it has a chunk-KV cache): the mode's row is full prefill
-    for q in questions[: warmup]:
-        engine.ask(q.question, mode, max_tokens=max_tokens, splice=splice)
-    samples: list[Answer] = []
-    alone_ms: list[float] = []
-    total = len(questions) * repetitions
-    for _ in range(repetitions):
-        for q in questions:
-            if cold and engine.kv_cache is not None:
-                engine.kv_cache.clear()
-            samples.append(engine.ask(q.question, mode, max_tokens=max_tokens, splice=splice))
-            if splice == "on":  # the counterfactual, while the answer's prefix is cached: see the docstring
-                alone_ms.append(engine.prefill_without_passages(q.question, mode).prefill_ms)
-            say(f"latency/{label}", len(samples), total)
-    summary = _latency(label, samples)
-    if mode == "baked":
-        return dataclasses.replace(summary, prefill_split_p50_ms=_split(summary, None))
-    if alone_ms:
-        return dataclasses.replace(summary, prefill_split_p50_ms=_split(summary, statistics.median(alone_ms)))
-    return summary
+    """Latency of one way alone (:func:`time_modes` with one ``TimedWay``)."""
+    way = TimedWay(label or mode, mode, splice, cold)
+    return time_modes(engine, questions, [way], warmup=warmup, repetitions=repetitions, max_tokens=max_tokens,
+                      say=say)[way.label]
+
+
+def _splice(way: TimedWay) -> SpliceMode | None:
+    """The splice mode a way's answers are asked with: rag and hybrid without one are full prefill (the
+    engine's own default may be "on" when it has a chunk-KV cache)."""
+    return "off" if way.mode != "baked" and way.splice is None else way.splice
 
 
 def _split(summary: LatencySummary, question_ms: float | None) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.bakeoff.latency import PREFILL_SPLIT, time_mode
+from engine.bakeoff.latency import PREFILL_SPLIT, TimedWay, time_mode, time_modes
 from engine.embedding.embedder import Embedder
 from engine.errors import InputError
 from engine.facade import Engine
@@ -52,3 +52,21 @@ def test_a_spliced_mode_splits_its_prefill_and_full_prefill_does_not(engine):
     assert question_ms > 0
     assert question_ms + spliced_ms == pytest.approx(spliced.stage_p50_ms["generation.prefill_ms"])
     assert full.prefill_split_p50_ms == {}, "a full prefill has no spliced positions to split off"
+
+
+def test_ways_are_timed_in_rounds_forward_then_backward_each_turn_started_untimed(engine, monkeypatch):
+    asked = []
+    ask = engine.ask
+
+    def recording(question, mode, *, max_tokens, splice=None):
+        asked.append((mode, splice, max_tokens))
+        return ask(question, mode, max_tokens=max_tokens, splice=splice)
+
+    monkeypatch.setattr(engine, "ask", recording)
+    ways = [TimedWay("rag", "rag"), TimedWay("rag-spliced", "rag", "on")]
+    summaries = time_modes(engine, QUESTIONS, ways, warmup=1, repetitions=2, max_tokens=2, say=lambda *_: None)
+    assert [s.samples for s in summaries.values()] == [4, 4] and list(summaries) == ["rag", "rag-spliced"]
+    full, spliced = ("rag", "off", 2), ("rag", "on", 2)
+    turn = [("rag", "off", 1), full, full], [("rag", "on", 1), spliced, spliced]
+    assert asked == [full, spliced, *turn[0], *turn[1], *turn[1], *turn[0]], \
+        "warm-ups, then round one forward and round two backward, each turn after one untimed 1-token answer"
