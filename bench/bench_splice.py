@@ -24,7 +24,9 @@ Ratios are printed against "question alone" and "prefill"; absolute times on a s
 given), so the ratios are about generation.
 
 Run: ``.venv/bin/python -m pytest bench/bench_splice.py -o python_files='bench_*.py' -s``
-(``BAKEOFF_BENCH_QUESTIONS``, default 8; ``BAKEOFF_BENCH_THREADS``, default the engine's).
+(``BAKEOFF_BENCH_QUESTIONS``, default 8; ``BAKEOFF_BENCH_THREADS``, default the engine's;
+``BAKEOFF_BENCH_FLASH`` auto, on or off, default auto: the engine's own default, while ``bakeoff
+run`` measures which is fastest, see ``bench/bench_attention.py``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ DOCS = ROOT / "engine" / "data" / "kb" / "docs"
 QA = ROOT / "engine" / "data" / "kb" / "qa.jsonl"
 QUESTIONS = int(os.environ.get("BAKEOFF_BENCH_QUESTIONS", "8"))
 THREADS = int(os.environ.get("BAKEOFF_BENCH_THREADS", str(default_threads())))
+FLASH = os.environ.get("BAKEOFF_BENCH_FLASH", "auto")
+FLASH_ATTN = {"auto": None, "on": True, "off": False}[FLASH]
 KS = (1, 2, 3, 4, 6, 8)
 CHUNK_TOKENS = (64, 128, 200, 254)  # the embedder reads at most 254 tokens per chunk
 RESULTS = ROOT / "bench" / "results" / "splice.json"
@@ -222,7 +226,8 @@ def test_shift_and_restore_k3(generator_model_path, embedder, tmp_path_factory, 
     folder = tmp_path_factory.mktemp("kb_shift") / "kb"
     kb = KnowledgeBase.build(DOCS, folder, embedder=embedder)
     cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
-    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache) as engine:
+    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache,
+                flash_attn=FLASH_ATTN) as engine:
         row = _shift_and_restore(generator_model_path, engine, kb)
     print(f"\nrestore + shift, k = 3, n_ctx 2048, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 of the "
           f"minimum of 5 (moved states: {row['shift']})\n| way | restore (+ move) | shift in prefill | restore + shift "
@@ -248,11 +253,13 @@ def test_cold_k3(generator_model_path, embedder, tmp_path_factory, claims):
     folder = tmp_path_factory.mktemp("kb_cold")
     kb = KnowledgeBase.build(DOCS, folder / "kb", embedder=embedder)
     cache = ChunkKvCache(folder / "kv")  # on disk, as Engine(kv_cache=True) keeps them: the write is timed
-    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache) as engine:
+    with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache,
+                flash_attn=FLASH_ATTN) as engine:
         burn_in = _questions()[0]  # untimed: page faults, and the prefix's one evaluation per process
         first = engine.ask(burn_in, passages=kb.search(burn_in, k=3).hits, splice="on", max_tokens=1)
         row = _cold(engine, kb)
-    print(f"\ncold spliced answers, k = 3, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 ms, interleaved")
+    print(f"\ncold spliced answers, k = 3, {QUESTIONS} held-out questions, {THREADS} thread(s), flash {FLASH}, "
+          "p50 ms, interleaved")
     print("| way | TTFT | / full prefill (p50 of ratios) |\n|---|---|---|")
     print(f"| full prefill of the same tokens | {row['prefill_ms']:.0f} | 1 |")
     print(f"| cold, before: prefix afresh, chunks one by one | {row['before_ms']:.0f} "
@@ -273,7 +280,8 @@ def test_cold_k3(generator_model_path, embedder, tmp_path_factory, claims):
     claims.add("splice", "cold path: chunk states computed, k=3", row["compute_ms"], "ms")
     claims.add("splice", "cold path: states kept (RAM; files written behind), k=3", row["store_ms"], "ms")
     RESULTS.parent.mkdir(exist_ok=True)
-    (RESULTS.parent / "splice_cold.json").write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS, **row},
+    (RESULTS.parent / "splice_cold.json").write_text(json.dumps({"threads": THREADS, "questions": QUESTIONS,
+                                                                  "flash": FLASH, **row},
                                                                  indent=2))
     assert row["batches"] == 1 and row["prefix_ms"] == 0.0
 
@@ -285,7 +293,8 @@ def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_facto
         kb = KnowledgeBase.build(DOCS, folder, embedder=embedder, chunk_tokens=chunk_tokens,
                                  overlap_tokens=chunk_tokens // 5)
         cache = ChunkKvCache(None, ram_bytes=8 * 2**30)
-        with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=max(KS), kv_cache=cache) as engine:
+        with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=max(KS), kv_cache=cache,
+                    flash_attn=FLASH_ATTN) as engine:
             if chunk_tokens == 200:
                 shift = _k_shift_ms(engine, kb)
                 print(f"\nK-shift, k=3: {shift}", flush=True)
