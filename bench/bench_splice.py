@@ -31,10 +31,12 @@ run`` measures which is fastest, see ``bench/bench_attention.py``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,7 @@ from engine.embedding.embedder import Embedder
 from engine.generation.chat import RAG_SYSTEM_PROMPT
 from engine.generation.kv_cache import ChunkKvCache
 from engine.generation.splice import Splice
+from engine.generation.types import GenerationTimings
 from engine.hardware import default_threads
 from engine.kb import KnowledgeBase
 from engine.questions.qa import load_questions
@@ -284,6 +287,49 @@ def test_cold_k3(generator_model_path, embedder, tmp_path_factory, claims):
                                                                   "flash": FLASH, **row},
                                                                  indent=2))
     assert row["batches"] == 1 and row["prefix_ms"] == 0.0
+
+
+def test_question_tokens_cost_the_same_per_way(generator_model_path, adapter_path, embedder, tmp_path_factory,
+                                               claims):
+    """The question's own tokens, per way, interleaved question by question (order rotated), each way in
+    a context of its own so each keeps the prefix it would keep alone: baked in a plain context, baked in
+    a context with splice slots (as ``bakeoff run``'s engine has), and the spliced layout's prompt with no
+    passage (``Engine.prefill_without_passages``) with the adapter (hybrid) and without (rag).
+    ``pytest bench/bench_splice.py -o python_files='bench_*.py' -s -k per_way``."""
+    folder = tmp_path_factory.mktemp("kb_per_way")
+    kb = KnowledgeBase.build(DOCS, folder / "kb", embedder=embedder)
+    engine = functools.partial(Engine, generator_model_path, adapter=adapter_path, n_threads=THREADS,
+                               flash_attn=FLASH_ATTN)
+    engines = [engine(), *(engine(kb=kb, kv_cache=ChunkKvCache(None)) for _ in range(3))]
+    ways: dict[str, Callable[[str], GenerationTimings]] = {
+        "baked, plain context": lambda q: engines[0].ask(q, "baked", max_tokens=1).timings.generation,
+        "baked, context with splice slots": lambda q: engines[1].ask(q, "baked", max_tokens=1).timings.generation,
+        "hybrid layout, no passage": lambda q: engines[2].prefill_without_passages(q, "hybrid"),
+        "rag layout, no passage (no adapter)": lambda q: engines[3].prefill_without_passages(q, "rag"),
+    }
+    questions = _questions()
+    try:
+        for answer in ways.values():  # untimed: each context's prefix, page faults
+            answer(questions[0])
+        rows: dict[str, list[GenerationTimings]] = {name: [] for name in ways}
+        order = list(ways)
+        for i, question in enumerate(questions * 2):
+            for name in order[i % len(order):] + order[: i % len(order)]:
+                rows[name].append(ways[name](question))
+    finally:
+        for opened in engines:
+            opened.close()
+    print(f"\nthe question's own tokens per way, {len(questions)} held-out questions x 2, {THREADS} thread(s), "
+          f"flash {FLASH}, interleaved, p50\n| way | tokens evaluated | prefill (ms) | ms per token |\n|---|---|---|---|")
+    per_token = {}
+    for name, timings in rows.items():
+        per_token[name] = statistics.median(t.prefill_ms / t.prefill_tokens for t in timings)
+        print(f"| {name} | {statistics.median(t.prefill_tokens for t in timings):.0f} "
+              f"| {statistics.median(t.prefill_ms for t in timings):.1f} | {per_token[name]:.2f} |")
+    base = per_token["baked, plain context"]
+    for name in list(ways)[1:]:
+        claims.add("splice", f"question's own tokens, ms per token: {name} / baked in a plain context",
+                   per_token[name] / base, "x")
 
 
 def test_ttft_by_k_and_chunk_size(generator_model_path, embedder, tmp_path_factory, claims):
