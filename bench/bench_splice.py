@@ -124,8 +124,9 @@ def _shift_and_restore(generator_model_path: Path, engine: Engine, kb: Knowledge
     from engine.hardware import use_extra_buffer_types
 
     model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())
+    flash = {"auto": -1, "on": 1, "off": 0}[FLASH]  # as the engine's states were made: V's layout follows it
     sessions = {way: core.Session(model, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, splice_slots=k,
-                                  rotate_splices=way == "rotated") for way in ("rotated", "k-shift")}
+                                  flash_attn=flash, rotate_splices=way == "rotated") for way in ("rotated", "k-shift")}
     sampling = core.SamplingOptions()
     splice_ms, prefill_ms, ttft_ms = {}, {}, {}
     for question in _questions():
@@ -232,7 +233,8 @@ def test_shift_and_restore_k3(generator_model_path, embedder, tmp_path_factory, 
     with Engine(generator_model_path, kb=kb, n_ctx=2048, n_threads=THREADS, k=3, kv_cache=cache,
                 flash_attn=FLASH_ATTN) as engine:
         row = _shift_and_restore(generator_model_path, engine, kb)
-    print(f"\nrestore + shift, k = 3, n_ctx 2048, {QUESTIONS} held-out questions, {THREADS} thread(s), p50 of the "
+    print(f"\nrestore + shift, k = 3, n_ctx 2048, {QUESTIONS} held-out questions, {THREADS} thread(s), flash {FLASH}, "
+          "p50 of the "
           f"minimum of 5 (moved states: {row['shift']})\n| way | restore (+ move) | shift in prefill | restore + shift "
           "| spliced TTFT |\n|---|---|---|---|---|")
     for way, label in (("k-shift", "llama.cpp K-shift (before)"), ("rotated", "own keys rotated (after)")):
