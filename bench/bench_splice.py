@@ -124,7 +124,8 @@ def _shift_and_restore(generator_model_path: Path, engine: Engine, kb: Knowledge
     from engine.hardware import use_extra_buffer_types
 
     model = core.Model(str(generator_model_path), use_extra_bufts=use_extra_buffer_types())
-    flash = {"auto": -1, "on": 1, "off": 0}[FLASH]  # as the engine's states were made: V's layout follows it
+    # as the engine's states were made (V's layout follows it), in the core's -1/0/1 as Generator passes it
+    flash = -1 if FLASH_ATTN is None else int(FLASH_ATTN)
     sessions = {way: core.Session(model, n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, splice_slots=k,
                                   flash_attn=flash, rotate_splices=way == "rotated") for way in ("rotated", "k-shift")}
     sampling = core.SamplingOptions()

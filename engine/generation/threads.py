@@ -155,4 +155,5 @@ def fastest_attention(model_path: str | os.PathLike[str], *, n_threads: int | No
     return (fastest if best[fastest] < best["auto"] * (1 - FLASH_MARGIN) else "auto"), best
 
 
-__all__ = ["FLASH_MARGIN", "FLASH_SETTINGS", "fastest_attention", "fastest_thread_count"]
+__all__ = ["ATTENTION_PROBE", "AttentionProbe", "FLASH_MARGIN", "FLASH_SETTINGS", "fastest_attention",
+           "fastest_thread_count"]
